@@ -1,0 +1,94 @@
+"""What a data set is: its static description (``DatasetInfo``) and an in-memory tensor set."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import Dataset
+
+MNIST_CLASSES = tuple(str(i) for i in range(10))
+FASHION_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Static description of a named data set (no I/O needed to know it)."""
+
+    name: str
+    kind: str  # "image" (x: (N, C, H, W) in [0, 1]) or "points" (x: (N, D), unbounded)
+    shape: tuple[int, ...]  # one example's shape: (C, H, W) or (D,)
+    classes: tuple[str, ...]  # class (or mode) names, index = label
+    needs_download: bool  # False for data embedded in a package or generated
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def num_features(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+
+INFOS: dict[str, DatasetInfo] = {
+    "mnist": DatasetInfo("mnist", "image", (1, 28, 28), MNIST_CLASSES, True),
+    "fashion-mnist": DatasetInfo("fashion-mnist", "image", (1, 28, 28), FASHION_CLASSES, True),
+    "cifar10": DatasetInfo("cifar10", "image", (3, 32, 32), CIFAR10_CLASSES, True),
+    "digits": DatasetInfo("digits", "image", (1, 8, 8), MNIST_CLASSES, False),
+    "ring8": DatasetInfo("ring8", "points", (2,), tuple(f"mode{i}" for i in range(8)), False),
+    "grid25": DatasetInfo("grid25", "points", (2,), tuple(f"mode{i}" for i in range(25)), False),
+}
+
+
+def info(name: str) -> DatasetInfo:
+    """The ``DatasetInfo`` of a named data set; unknown names list the valid ones."""
+    if name not in INFOS:
+        import difflib
+
+        close = difflib.get_close_matches(str(name), list(INFOS), n=3)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ValueError(f"unknown dataset {name!r}.{hint} Valid datasets: {', '.join(INFOS)}")
+    return INFOS[name]
+
+
+def available() -> list[str]:
+    return list(INFOS)
+
+
+class TensorSet(Dataset):
+    """An in-memory data set: ``x`` float32 (images in [0, 1]), ``y`` int64, and its info."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, info: DatasetInfo, split: str) -> None:
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"{info.name}/{split}: {x.shape[0]} examples but {y.shape[0]} labels")
+        self.x = x
+        self.y = y
+        self.info = info
+        self.split = split
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.info.classes
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+    def subset(self, index: torch.Tensor) -> TensorSet:
+        """The examples at ``index`` (a LongTensor), as a new set of the same info and split."""
+        return TensorSet(self.x[index], self.y[index], self.info, self.split)
+
+    def __repr__(self) -> str:
+        return (f"TensorSet({self.info.name!r}, split={self.split!r}, n={len(self)}, "
+                f"x={tuple(self.x.shape)}, classes={self.info.num_classes})")
