@@ -1,0 +1,1 @@
+"""The ``advlab`` command line: thin commands that parse options and call one library function."""

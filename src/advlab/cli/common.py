@@ -1,0 +1,66 @@
+"""Options and helpers shared by the command groups."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from typer.core import TyperGroup
+
+console = Console()
+err_console = Console(stderr=True)
+
+OutOption = typer.Option(None, "--out", help="Run directory (default: runs/<command>-<time>).")
+DeviceOption = typer.Option("auto", "--device", help="auto | cpu | cuda | mps")
+DataDirOption = typer.Option(None, "--data-dir", help="Data root (overrides ADVLAB_DATA).",
+                             envvar=None)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("advlab").setLevel(logging.INFO)
+
+
+def apply_data_dir(data_dir: Path | None) -> None:
+    if data_dir is not None:
+        from advlab import data
+
+        data.set_data_dir(data_dir)
+
+
+def fail(message: str) -> None:
+    """Print a one-line error and exit with status 2 (no traceback for user errors)."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(2)
+
+
+def parse_floats(spec: str) -> list[float]:
+    """``0.1`` -> [0.1]; ``0.1,0.2`` -> [0.1, 0.2]; ``0:0.3:0.05`` -> 0, 0.05, ..., 0.3."""
+    spec = spec.strip()
+    try:
+        if ":" in spec:
+            parts = [float(p) for p in spec.split(":")]
+            if len(parts) != 3 or parts[2] <= 0 or parts[1] < parts[0]:
+                raise ValueError
+            start, stop, step = parts
+            n = int(round((stop - start) / step))
+            return [round(start + i * step, 10) for i in range(n + 1)]
+        return [float(p) for p in spec.split(",") if p]
+    except ValueError:
+        raise ValueError(f"expected a number, a list 'a,b,c' or a range 'start:stop:step' "
+                         f"(stop >= start, step > 0), got {spec!r}") from None
+
+
+class DefaultCommandGroup(TyperGroup):
+    """A group whose first argument may be a path instead of a command: ``advlab eval RUN``
+    runs the group's default command on RUN, while ``advlab eval robust RUN`` runs ``robust``."""
+
+    default_command = "accuracy"
+
+    def resolve_command(self, ctx, args: list[str]):
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args.insert(0, self.default_command)
+        return super().resolve_command(ctx, args)

@@ -1,0 +1,34 @@
+"""Entry point of the ``advlab`` command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from advlab.cli import data_cmd, eval_cmd, train_cmd
+from advlab.cli.common import DeviceOption, OutOption, console, fail, setup_logging
+
+app = typer.Typer(help="advlab: generative models, adversarial attacks and defenses on PyTorch.",
+                  no_args_is_help=True, add_completion=False)
+app.add_typer(data_cmd.app, name="data")
+app.add_typer(train_cmd.app, name="train")
+app.add_typer(eval_cmd.app, name="eval")
+
+
+@app.command()
+def demo(out: Path = OutOption, device: str = DeviceOption,
+         quick: bool = typer.Option(False, help="Smaller settings (used by the tests).")) -> None:
+    """The main job end to end on the embedded digits data set (no download)."""
+    from advlab.demo import run_demo
+
+    setup_logging()
+    try:
+        path = run_demo(out, device=device, quick=quick)
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    console.print(f"demo finished: results in [bold]{path}[/]")
+
+
+if __name__ == "__main__":
+    app()

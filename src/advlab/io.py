@@ -1,0 +1,115 @@
+"""Atomic file writes and safe, code-free state files (safetensors + JSON metadata).
+
+A *state file* is one safetensors file holding every tensor of a nested structure (model weights,
+optimizer moments, RNG states) and the non-tensor rest as JSON in the safetensors metadata. It is
+written to a temporary file and renamed, so a crash never leaves a half-written file, and it is
+loaded without unpickling anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+_TENSOR = "__tensor__"
+_META_KEY = "advlab"
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if hasattr(obj, "tolist"):  # numpy scalars and arrays
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} as JSON")
+
+
+def _split(obj: Any, tensors: dict[str, torch.Tensor], prefix: str) -> Any:
+    """Replace every tensor in a nested dict/list structure by a reference into ``tensors``."""
+    if isinstance(obj, torch.Tensor):
+        key = prefix or "_"
+        tensors[key] = obj.detach().cpu().contiguous()
+        return {_TENSOR: key}
+    if isinstance(obj, dict):
+        if not all(isinstance(k, (str, int)) for k in obj):
+            raise TypeError(f"state keys must be str or int at {prefix!r}")
+        # JSON keys are strings: remember which keys were ints (optimizer state uses them).
+        return {
+            "__dict__": [[k, _split(v, tensors, f"{prefix}.{k}" if prefix else str(k))]
+                         for k, v in obj.items()]
+        }
+    if isinstance(obj, (list, tuple)):
+        return [_split(v, tensors, f"{prefix}.{i}") for i, v in enumerate(obj)]
+    return obj
+
+
+def _join(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, dict):
+        if _TENSOR in obj:
+            return tensors[obj[_TENSOR]]
+        if "__dict__" in obj:
+            return {k: _join(v, tensors) for k, v in obj["__dict__"]}
+        return {k: _join(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_join(v, tensors) for v in obj]
+    return obj
+
+
+def save_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """Write a nested structure of tensors and JSON values to one safetensors file, atomically."""
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = _split(state, tensors, "")
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(skeleton)})
+
+
+def load_state(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a file written by :func:`save_state` (no code is executed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no state file at {path}")
+    try:
+        tensors = load_file(str(path))
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from e
+    if _META_KEY not in meta:
+        raise ValueError(f"{path}: safetensors file without advlab metadata")
+    return _join(json.loads(meta[_META_KEY]), tensors)

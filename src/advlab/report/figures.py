@@ -1,0 +1,75 @@
+"""Figures of classifier runs (matplotlib, Agg backend, PNG files)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+def save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def learning_curves(history: Sequence[dict[str, float]], path: str | Path) -> Path:
+    """Loss and accuracy per epoch for every split present in the history."""
+    epochs = [r["epoch"] for r in history]
+    fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for split in ("train", "val", "test"):
+        if history and f"{split}_loss" in history[0]:
+            ax_l.plot(epochs, [r[f"{split}_loss"] for r in history], marker="o", label=split)
+            ax_a.plot(epochs, [r[f"{split}_acc"] for r in history], marker="o", label=split)
+    ax_l.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    ax_a.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    for ax in (ax_l, ax_a):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return save(fig, path)
+
+
+def confusion_matrix(cm: np.ndarray, classes: Sequence[str], path: str | Path) -> Path:
+    k = len(classes)
+    fig, ax = plt.subplots(figsize=(0.55 * k + 2.5, 0.55 * k + 2))
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xticks(range(k), classes, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(k), classes, fontsize=8)
+    ax.set(xlabel="predicted", ylabel="true", title="confusion matrix")
+    return save(fig, path)
+
+
+def to_image(x: torch.Tensor) -> np.ndarray:
+    """(C, H, W) in [0, 1] -> (H, W) or (H, W, C) numpy for imshow."""
+    x = x.detach().cpu().clamp(0, 1)
+    return x[0].numpy() if x.shape[0] == 1 else x.permute(1, 2, 0).numpy()
+
+
+def prediction_grid(x: torch.Tensor, y: torch.Tensor, pred: torch.Tensor, conf: torch.Tensor,
+                    classes: Sequence[str], path: str | Path, cols: int = 8) -> Path:
+    """Images with true / predicted label and confidence; mistakes titled in red."""
+    n = x.shape[0]
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, 1.75 * rows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= n:
+            continue
+        ax.imshow(to_image(x[i]), cmap="gray", vmin=0, vmax=1)
+        ok = int(pred[i]) == int(y[i])
+        ax.set_title(f"{classes[int(pred[i])]} {float(conf[i]):.2f}\n(true {classes[int(y[i])]})",
+                     fontsize=7, color="black" if ok else "red")
+    return save(fig, path)

@@ -1,0 +1,133 @@
+"""Train a classifier of the zoo on a named data set into a run directory (CLI and demo use it)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from advlab import data, models
+from advlab.config import from_dict, to_dict
+from advlab.eval.classification import confusion_matrix, evaluate, per_class_accuracy
+from advlab.report import figures
+from advlab.runs import RunDir, attach_log_file, new_run_dir
+from advlab.train.config import TrainConfig
+from advlab.train.loop import fit
+from advlab.train.objective import Objective
+from advlab.weights import library_versions, save_model
+
+log = logging.getLogger(__name__)
+CHECKPOINT = "checkpoint.safetensors"
+
+
+@dataclass(frozen=True)
+class ClassifierJob:
+    dataset: str = "digits"
+    model: str = "mlp"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    n_train: int | None = None  # a seeded, class-balanced subset of the training set
+    data_dir: str | None = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"command": "train classifier", "dataset": self.dataset, "model": self.model,
+                "model_kwargs": json.loads(json.dumps(dict(self.model_kwargs))), "n_train": self.n_train,
+                "data_dir": self.data_dir, "train": to_dict(self.train)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ClassifierJob:
+        d = {k: v for k, v in d.items() if k != "command"}
+        d["train"] = from_dict(TrainConfig, d.get("train"))
+        return from_dict(cls, d)
+
+
+def _resumable_view(config: dict[str, Any]) -> dict[str, Any]:
+    """The part of a run's configuration that a resume must not change."""
+    train = {k: v for k, v in config.get("train", {}).items() if k not in ("epochs", "device")}
+    return {**{k: v for k, v in config.items() if k != "data_dir"}, "train": train}
+
+
+def load_splits(job: ClassifierJob):
+    root = job.data_dir
+    train = data.load(job.dataset, "train", root=root)
+    test = data.load(job.dataset, "test", root=root)
+    if job.n_train is not None:
+        train = data.subset(train, job.n_train, seed=job.train.seed, balanced=True)
+    val = None
+    if job.train.val_fraction > 0:
+        train, val = data.train_val_split(train, job.train.val_fraction, seed=job.train.seed)
+    return train, val, test
+
+
+def train_classifier(job: ClassifierJob, out: str | Path | None = None, *, resume: bool = False,
+                     objective: Objective | None = None, progress: bool = True,
+                     extra_config: dict[str, Any] | None = None) -> tuple[RunDir, dict[str, Any]]:
+    """Train ``job`` into a run directory and return it with the final metrics.
+
+    With ``resume=True`` the run in ``out`` continues from its last completed epoch; the saved
+    configuration must match ``job`` (more epochs are allowed).
+    """
+    if resume and out is None:
+        raise ValueError("--resume needs --out DIR naming the run to continue")
+    run = new_run_dir("train", out, exist_ok=resume)
+    handler = attach_log_file(run)
+    try:
+        config = {**job.to_dict(), **(extra_config or {})}
+        if resume and (run.path / "config.yaml").is_file():
+            saved = run.read_config()
+            if _resumable_view(saved) != _resumable_view(config):
+                raise ValueError(f"cannot resume {run.path}: its config.yaml differs from the "
+                                 f"options given (only --epochs and --device may change)")
+        run.write_config(config)
+        train, val, test = load_splits(job)
+        torch.manual_seed(job.train.seed)
+        model = models.create(job.model, dataset=job.dataset, **job.model_kwargs)
+        ckpt = run.path / CHECKPOINT
+        log.info("training %s on %s (%d examples) into %s", job.model, job.dataset,
+                 len(train), run.path)
+        result = fit(model, train, job.train, objective=objective, val=val, test=test,
+                     checkpoint=ckpt, resume=resume and ckpt.is_file(), progress=progress)
+        model.cpu()
+        metrics = report_classifier(run, model, test, result.history)
+        metrics.update({"best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
+                        "epochs_completed": len(result.history),
+                        "mean_epoch_seconds": sum(r["train_seconds"] for r in result.history)
+                        / max(len(result.history), 1)})
+        save_model(run.path, model, {"dataset": job.dataset, "config": config,
+                                     "metrics": {"test_acc": metrics["test_acc"]}})
+        metrics["versions"] = library_versions()
+        run.write_metrics(metrics)
+        return run, metrics
+    finally:
+        logging.getLogger("advlab").removeHandler(handler)
+        handler.close()
+
+
+def report_classifier(run: RunDir, model: torch.nn.Module, test, history=None) -> dict[str, Any]:
+    """Test accuracy, per-class accuracy, confusion matrix and the figures of a classifier."""
+    ev = evaluate(model, test)
+    k = test.info.num_classes
+    cm = confusion_matrix(test.y, ev.pred, k)
+    per_class = per_class_accuracy(cm)
+    figs = run.figures
+    if history:
+        figures.learning_curves(history, figs / "learning_curves.png")
+    figures.confusion_matrix(cm, test.classes, figs / "confusion_matrix.png")
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randperm(len(test), generator=g)[:32]
+    conf, _ = ev.probs[idx].max(1)
+    figures.prediction_grid(test.x[idx], test.y[idx], ev.pred[idx], conf, test.classes,
+                            figs / "predictions.png")
+    return {
+        "dataset": test.info.name,
+        "n_test": len(test),
+        "test_acc": ev.accuracy,
+        "test_loss": ev.loss,
+        "per_class_acc": {c: float(a) for c, a in zip(test.classes, per_class)},
+        "confusion_matrix": cm.tolist(),
+        "history": list(history or []),
+    }

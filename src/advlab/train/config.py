@@ -1,0 +1,43 @@
+"""The classifier training configuration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("none", "cosine", "step", "onecycle")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10  # passes over the training set
+    batch_size: int = 128
+    optimizer: str = "adam"  # one of OPTIMIZERS
+    lr: float = 1e-3
+    momentum: float = 0.9  # SGD only
+    weight_decay: float = 0.0
+    schedule: str = "none"  # one of SCHEDULES; stepped once per batch ("onecycle") or epoch
+    step_size: int = 10  # "step" schedule: epochs between decays
+    gamma: float = 0.1  # "step" schedule: decay factor
+    seed: int = 0  # model init, shuffling, dropout
+    val_fraction: float = 0.0  # held out of the training set for early stopping / model choice
+    patience: int = 0  # early stopping: epochs without validation improvement (0 = off)
+    eval_batch_size: int = 1000
+    device: str = "auto"  # auto | cpu | cuda | mps
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer: expected one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule: expected one of {SCHEDULES}, got {self.schedule!r}")
+        for name in ("epochs", "batch_size", "eval_batch_size", "step_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name}: expected an integer >= 1, got {getattr(self, name)!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr: expected a positive number, got {self.lr!r}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay: expected >= 0, got {self.weight_decay!r}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction: expected a number in [0, 1), got {self.val_fraction!r}")
+        if self.patience < 0:
+            raise ValueError(f"patience: expected >= 0, got {self.patience!r}")

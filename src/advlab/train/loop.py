@@ -1,0 +1,236 @@
+"""The one classifier training loop: epochs of an objective, evaluation, checkpoints, resume.
+
+Data sets are in-memory tensors (``TensorSet``), so batches are slices of a permuted index on the
+device: no DataLoader workers, no per-sample Python. Shuffling uses a generator seeded by
+``(seed, epoch)`` and the global RNG state (dropout) is saved with every checkpoint, so a run that
+is killed and resumed from its last completed epoch ends with the same weights as an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from advlab.config import to_dict
+from advlab.data.base import TensorSet
+from advlab.device import resolve_device
+from advlab.eval.classification import evaluate
+from advlab.io import load_state, save_state
+from advlab.train.config import TrainConfig
+from advlab.train.objective import CrossEntropy, Objective
+from advlab.train.progress import EpochProgress
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]]  # one row per completed epoch
+    best_epoch: int  # epoch whose weights the model holds at the end (1-based)
+    stopped_early: bool
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                           weight_decay=config.weight_decay)
+
+
+def make_scheduler(opt: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
+    """Return ``(scheduler, per_batch)``; ``scheduler`` is None for a constant rate."""
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs), False
+    if config.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, config.step_size, config.gamma), False
+    if config.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=config.lr, epochs=config.epochs, steps_per_epoch=steps_per_epoch
+        ), True
+    return None, False
+
+
+def _epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
+    g = torch.Generator(device="cpu")
+    g.manual_seed(seed * 1_000_003 + epoch)
+    return g
+
+
+def fit(
+    model: nn.Module,
+    train: TensorSet,
+    config: TrainConfig,
+    *,
+    objective: Objective | None = None,
+    val: TensorSet | None = None,
+    test: TensorSet | None = None,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> FitResult:
+    """Train ``model`` in place on ``train`` with ``objective`` (cross-entropy by default).
+
+    Each epoch ends with an evaluation on ``val`` (used for early stopping and to pick the best
+    weights) and ``test`` (reported only), and, when ``checkpoint`` is a path, with an atomic
+    checkpoint of everything needed to resume: weights, optimizer and scheduler state, RNG
+    state, history. ``resume=True`` continues from that file's last completed epoch.
+    """
+    objective = objective or CrossEntropy()
+    device = resolve_device(config.device)
+    model.to(device)
+    x_train, y_train = train.x.to(device), train.y.to(device)
+    n = x_train.shape[0]
+    steps_per_epoch = math.ceil(n / config.batch_size)
+    opt = make_optimizer(model, config)
+    scheduler, per_batch = make_scheduler(opt, config, steps_per_epoch)
+
+    history: list[dict[str, float]] = []
+    best = {"epoch": 0, "score": -math.inf, "state": None}
+    bad_epochs = 0
+    start_epoch = 1
+    torch.manual_seed(config.seed)
+    if resume:
+        if checkpoint is None or not Path(checkpoint).is_file():
+            raise FileNotFoundError(f"cannot resume: no checkpoint at {checkpoint}")
+        state = load_state(checkpoint)
+        _check_resumable(state, config)
+        _load_model_state(model, state["model"], checkpoint)
+        opt.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler") is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        history = state["history"]
+        best = {"epoch": state["best_epoch"], "score": state["best_score"],
+                "state": state.get("best_model")}
+        bad_epochs = state["bad_epochs"]
+        start_epoch = state["epoch"] + 1
+        log.info("resumed from %s after epoch %d", checkpoint, state["epoch"])
+
+    stopped_early = False
+    bar = EpochProgress(enabled=progress, total_batches=steps_per_epoch)
+    with bar:
+        for epoch in range(start_epoch, config.epochs + 1):
+            t0 = time.perf_counter()
+            model.train()
+            perm = torch.randperm(n, generator=_epoch_generator(config.seed, epoch, device))
+            perm = perm.to(device)
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device, dtype=torch.long)
+            extra_sums: dict[str, torch.Tensor] = {}
+            bar.start_epoch(epoch, config.epochs)
+            for b in range(steps_per_epoch):
+                idx = perm[b * config.batch_size:(b + 1) * config.batch_size]
+                xb, yb = x_train[idx], y_train[idx]
+                out = objective(model, xb, yb)
+                if not torch.isfinite(out.loss):
+                    raise TrainingDiverged(
+                        f"loss became {out.loss.item()} at epoch {epoch}, batch {b + 1}; "
+                        f"stopping. The last good checkpoint (epoch {epoch - 1}) is kept"
+                        + (f" at {checkpoint}" if checkpoint else "")
+                        + ". Try a lower learning rate."
+                    )
+                opt.zero_grad(set_to_none=True)
+                out.loss.backward()
+                opt.step()
+                if per_batch:
+                    scheduler.step()
+                with torch.no_grad():
+                    loss_sum += out.loss.detach() * yb.shape[0]
+                    if out.logits is not None:
+                        correct += (out.logits.argmax(1) == yb).sum()
+                    for k, v in out.metrics.items():
+                        extra_sums[k] = extra_sums.get(k, 0.0) + v.detach() * yb.shape[0]
+                bar.advance(out.loss)
+            if scheduler is not None and not per_batch:
+                scheduler.step()
+            train_seconds = time.perf_counter() - t0
+            row: dict[str, float] = {
+                "epoch": epoch,
+                "train_loss": loss_sum.item() / n,
+                "train_acc": correct.item() / n,
+                "lr": opt.param_groups[0]["lr"],
+                "train_seconds": train_seconds,
+            }
+            row.update({k: float(v) / n for k, v in extra_sums.items()})
+            for split_name, ds in (("val", val), ("test", test)):
+                if ds is not None:
+                    ev = evaluate(model, ds, batch_size=config.eval_batch_size, device=device)
+                    row[f"{split_name}_loss"] = ev.loss
+                    row[f"{split_name}_acc"] = ev.accuracy
+            row["epoch_seconds"] = time.perf_counter() - t0
+            history.append(row)
+            bar.end_epoch(row)
+            log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in row.items()})
+
+            score = row.get("val_acc", row["train_acc"] if val is None else -math.inf)
+            if val is not None and score > best["score"]:
+                best = {"epoch": epoch, "score": score,
+                        "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+                bad_epochs = 0
+            elif val is not None:
+                bad_epochs += 1
+            if checkpoint is not None:
+                save_state(checkpoint, {
+                    "kind": "advlab-train-checkpoint",
+                    "epoch": epoch,
+                    "config": to_dict(config),
+                    "objective": getattr(objective, "name", type(objective).__name__),
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "rng": torch.get_rng_state(),
+                    "history": history,
+                    "best_epoch": best["epoch"],
+                    "best_score": best["score"] if math.isfinite(best["score"]) else -1.0,
+                    "best_model": best["state"],
+                    "bad_epochs": bad_epochs,
+                    "metadata": metadata or {},
+                })
+            if on_epoch is not None:
+                on_epoch(row)
+            if val is not None and config.patience and bad_epochs >= config.patience:
+                log.info("early stopping after epoch %d (best epoch %d)", epoch, best["epoch"])
+                stopped_early = True
+                break
+
+    best_epoch = len(history) and history[-1]["epoch"]
+    if val is not None and best["state"] is not None:
+        model.load_state_dict(best["state"])
+        best_epoch = best["epoch"]
+    model.eval()
+    return FitResult(history=history, best_epoch=int(best_epoch), stopped_early=stopped_early)
+
+
+def _check_resumable(state: dict[str, Any], config: TrainConfig) -> None:
+    if state.get("kind") != "advlab-train-checkpoint":
+        raise ValueError("cannot resume: the file is not an advlab training checkpoint")
+    saved = dict(state["config"])
+    now = to_dict(config)
+    # A resumed run may be extended (more epochs) or moved to another device; nothing else.
+    diff = [k for k in now if k not in ("epochs", "device") and saved.get(k) != now[k]]
+    if diff:
+        pairs = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {now[k]!r}" for k in diff)
+        raise ValueError(f"cannot resume with a different configuration ({pairs})")
+
+
+def _load_model_state(model: nn.Module, weights: dict[str, torch.Tensor], source: Any) -> None:
+    from advlab.weights import check_state_dict
+
+    check_state_dict(model, weights, source)
+    model.load_state_dict(weights)
