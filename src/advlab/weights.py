@@ -51,6 +51,15 @@ def check_state_dict(model: nn.Module, weights: dict[str, torch.Tensor], source:
                          f"(they come from another architecture): {'; '.join(parts)}")
 
 
+def check_spec(model: nn.Module, saved_spec: dict[str, Any] | None, source: Any) -> None:
+    """Raise ValueError when a file's architecture spec differs from ``model``'s."""
+    spec = getattr(model, "spec", None)
+    if saved_spec is not None and spec is not None and saved_spec != spec:
+        raise ValueError(f"{source}: holds weights of another architecture "
+                         f"({saved_spec.get('name')!r} {saved_spec.get('kwargs')}) than the model "
+                         f"given ({spec.get('name')!r} {spec.get('kwargs')})")
+
+
 def save_model(path: str | Path, model: nn.Module, metadata: dict[str, Any] | None = None) -> Path:
     path = Path(path)
     if path.is_dir() or path.suffix != ".safetensors":
@@ -96,6 +105,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
 def load_weights_into(model: nn.Module, path: str | Path) -> nn.Module:
     """Load a saved model's weights into an existing module, checking the architecture."""
     state = load_state(_weights_path(path))
+    check_spec(model, state.get("meta", {}).get("spec"), path)
     check_state_dict(model, state["model"], path)
     model.load_state_dict(state["model"])
     return model

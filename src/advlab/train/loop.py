@@ -28,6 +28,7 @@ from advlab.io import load_state, save_state
 from advlab.train.config import TrainConfig
 from advlab.train.objective import CrossEntropy, Objective
 from advlab.train.progress import EpochProgress
+from advlab.weights import check_spec, check_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ def fit(
             raise FileNotFoundError(f"cannot resume: no checkpoint at {checkpoint}")
         state = load_state(checkpoint)
         _check_resumable(state, config)
-        _load_model_state(model, state["model"], checkpoint)
+        _load_model_state(model, state["model"], state.get("spec"), checkpoint)
         opt.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler") is not None:
             scheduler.load_state_dict(state["scheduler"])
@@ -200,6 +201,7 @@ def fit(
                     "best_score": best["score"] if math.isfinite(best["score"]) else -1.0,
                     "best_model": best["state"],
                     "bad_epochs": bad_epochs,
+                    "spec": getattr(model, "spec", None),
                     "metadata": metadata or {},
                 })
             if on_epoch is not None:
@@ -229,8 +231,8 @@ def _check_resumable(state: dict[str, Any], config: TrainConfig) -> None:
         raise ValueError(f"cannot resume with a different configuration ({pairs})")
 
 
-def _load_model_state(model: nn.Module, weights: dict[str, torch.Tensor], source: Any) -> None:
-    from advlab.weights import check_state_dict
-
+def _load_model_state(model: nn.Module, weights: dict[str, torch.Tensor],
+                      spec: dict[str, Any] | None, source: Any) -> None:
+    check_spec(model, spec, f"cannot resume: {source}")
     check_state_dict(model, weights, source)
     model.load_state_dict(weights)
