@@ -55,4 +55,7 @@ def prepare(name: str, data_dir: Path | None = DataDirOption) -> None:
         where = data.prepare(name)
     except (ValueError, OSError) as e:
         fail(str(e))
-    console.print(f"{name} ready in {where}")
+    if where is None:
+        console.print(f"{name} needs no download (it is embedded or generated)")
+    else:
+        console.print(f"{name} ready in {where}")

@@ -75,3 +75,84 @@ def classifier(
     table.add_row("seconds / epoch", f"{metrics['mean_epoch_seconds']:.2f}")
     console.print(table)
     console.print(f"results in [bold]{run.path}[/]")
+
+
+@app.command()
+def generative(
+    model: str = typer.Option("vae", help="ae | vae | gan | dcgan | wgan-gp."),
+    dataset: str = typer.Option("digits", help="Data set name (advlab data list)."),
+    epochs: int = typer.Option(None, help="Epochs [by model and data kind]."),
+    batch_size: int = typer.Option(None, help="Batch size."),
+    lr: float = typer.Option(None, help="Adam step size of the generator / autoencoder."),
+    lr_critic: float = typer.Option(None, help="Adam step size of the critic [lr]."),
+    beta1: float = typer.Option(None, help="Adam beta1."),
+    beta2: float = typer.Option(None, help="Adam beta2."),
+    d_steps: int = typer.Option(None, help="Discriminator / critic steps per generator step."),
+    loss: str = typer.Option(None, help="Generator loss: non-saturating | minimax | "
+                                        "wasserstein."),
+    gp_weight: float = typer.Option(None, help="Gradient-penalty weight (wgan-gp) [10]."),
+    steps_per_epoch: int = typer.Option(None, help="Generator steps per epoch (0 = a data "
+                                                   "pass)."),
+    latent_dim: int = typer.Option(None, help="Latent size."),
+    arch: str = typer.Option(None, help="mlp | conv."),
+    hidden: str = typer.Option(None, help="MLP hidden widths, e.g. 150 or 256,512."),
+    width: int = typer.Option(None, help="Channels of the first conv layer."),
+    likelihood: str = typer.Option(None, help="AE/VAE decoder: bernoulli | gaussian."),
+    n_train: int = typer.Option(None, help="Train on a seeded subset of n examples."),
+    n_eval: int = typer.Option(None, help="Test examples for the VAE bounds [all]."),
+    classifier: Path = typer.Option(None, help="advlab classifier run (or weights) for the "
+                                               "Inception-style score and Fréchet distance."),
+    seed: int = typer.Option(None, help="Seed of init, batch order and latent draws [0]."),
+    out: Path = OutOption,
+    resume: bool = typer.Option(False, help="Continue the run in --out from its last epoch."),
+    device: str = DeviceOption,
+    data_dir: Path = DataDirOption,
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Train a generative model; writes weights, metrics and figures to a run directory."""
+    from advlab import data
+    from advlab.generative.job import GenerativeJob, train_generative
+    from advlab.generative.train import default_config
+
+    setup_logging()
+    apply_data_dir(data_dir)
+    try:
+        kind = data.info(dataset).kind
+        train_opts = dict(epochs=epochs, batch_size=batch_size, lr=lr, lr_critic=lr_critic,
+                          d_steps=d_steps, loss=loss, gp_weight=gp_weight,
+                          steps_per_epoch=steps_per_epoch, seed=seed, device=device)
+        config = default_config(model, kind, **train_opts)
+        if beta1 is not None or beta2 is not None:
+            from dataclasses import replace
+
+            b1, b2 = config.betas
+            config = replace(config, betas=(b1 if beta1 is None else beta1,
+                                            b2 if beta2 is None else beta2))
+        model_kwargs = {k: v for k, v in dict(latent_dim=latent_dim, arch=arch, width=width,
+                                               likelihood=likelihood).items() if v is not None}
+        if hidden:
+            model_kwargs["hidden"] = [int(w) for w in hidden.split(",") if w]
+        job = GenerativeJob(dataset=dataset, model=model, model_kwargs=model_kwargs,
+                            n_train=n_train, n_eval=n_eval,
+                            classifier=str(classifier) if classifier else None,
+                            train=config)
+        run, metrics = train_generative(job, out, resume=resume, progress=progress)
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    table = Table("metric", "value")
+    for key, label, fmt in (
+            ("test_negative_elbo", "test negative ELBO (nats)", "{:.2f}"),
+            ("test_iw_nll", "test IW bound, k=100 (nats)", "{:.2f}"),
+            ("test_recon_nll", "test reconstruction NLL", "{:.2f}"),
+            ("modes_covered", "modes covered", "{}"),
+            ("high_quality_fraction", "high-quality fraction", "{:.3f}"),
+            ("inception_score", "Inception-style score", "{:.3f}"),
+            ("frechet_distance", "Fréchet distance", "{:.3f}")):
+        if key in metrics:
+            table.add_row(label, fmt.format(metrics[key]))
+    if "num_modes" in metrics:
+        table.add_row("modes in the mixture", str(metrics["num_modes"]))
+    table.add_row("epochs", str(metrics["epochs_completed"]))
+    table.add_row("seconds / epoch", f"{metrics['mean_epoch_seconds']:.2f}")
+    console.print(table)
+    console.print(f"results in [bold]{run.path}[/]")

@@ -17,6 +17,17 @@ CIFAR10_CLASSES = (
 )
 
 
+class DataError(ValueError):
+    """A data file that exists but cannot be used: bad format, truncated, inconsistent, unsafe.
+
+    The message names the file and the problem; no partial data set is ever returned.
+    """
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """No copy of a data set was found; the message lists every place looked at."""
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
     """Static description of a named data set (no I/O needed to know it)."""

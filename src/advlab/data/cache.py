@@ -1,0 +1,112 @@
+"""A cache of decoded IDX arrays as ``.npy`` files, so gzip is decoded once per source file.
+
+Entries live in ``<cache_dir>/decoded/`` (never in a data root, which may be read-only) and are
+keyed by the source's resolved path, size and modification time: a changed source is a miss.
+A cached array is used only if its dtype and shape equal those in the source's IDX header (read
+from the first bytes of the gzip stream); anything else, including an unreadable entry, is
+decoded again and rewritten. Entries are written to a temporary file and renamed into place.
+Failing to write the cache (read-only home, full disk) only logs a warning.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import os
+import tempfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from advlab.data.idx import IDX_DTYPES, UBYTE, read_idx
+from advlab.data.sources import cache_dir
+
+log = logging.getLogger(__name__)
+_unwritable: set[Path] = set()  # cache directories that failed a write (warned about once)
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x1f\x8b"
+
+
+def _header_shape(path: Path, ndim: int) -> tuple[int, ...] | None:
+    """The shape in the IDX header at the start of a gzip file, or None if unreadable."""
+    try:
+        with gzip.open(path, "rb") as f:
+            head = f.read(4 + 4 * ndim)
+    except (OSError, EOFError, zlib.error):
+        return None
+    if len(head) < 4 + 4 * ndim or head[3] != ndim:
+        return None
+    return tuple(int(s) for s in np.frombuffer(head, dtype=">u4", count=ndim, offset=4))
+
+
+def entry_path(source: Path) -> Path:
+    """The cache file for ``source`` (keyed by resolved path, size and mtime)."""
+    source = Path(source)
+    st = source.stat()
+    key = f"{source.resolve()}\0{st.st_size}\0{st.st_mtime_ns}".encode()
+    digest = hashlib.sha256(key).hexdigest()[:24]
+    return cache_dir() / "decoded" / f"{source.name.removesuffix('.gz')}-{digest}.npy"
+
+
+def _save_atomic(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array, allow_pickle=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_idx_cached(path: str | os.PathLike, *, ndim: int, dtype_code: int = UBYTE) -> np.ndarray:
+    """``read_idx(path)`` for a gzip source through the ``.npy`` cache; raw sources directly.
+
+    The result is validated exactly like ``read_idx`` on a miss, and against the source's
+    header (dtype, shape) on a hit.
+    """
+    path = Path(path)
+    if not _is_gzip(path):
+        return read_idx(path, dtype_code=dtype_code, ndim=ndim)
+    entry = entry_path(path)
+    if entry.is_file():
+        expected = _header_shape(path, ndim)
+        try:
+            cached = np.load(entry, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as err:
+            log.warning("ignoring unreadable cache entry %s (%s)", entry, err)
+        else:
+            if (expected is not None and cached.shape == expected
+                    and cached.dtype == IDX_DTYPES[dtype_code].newbyteorder("=")):
+                return cached
+            log.warning("ignoring cache entry %s: %s %s does not match the source header %s",
+                        entry, cached.dtype, cached.shape, expected)
+    array = read_idx(path, dtype_code=dtype_code, ndim=ndim)
+    native = array.astype(array.dtype.newbyteorder("="), copy=False)
+    try:
+        _save_atomic(entry, native)
+    except OSError as err:
+        # Once per directory: an unwritable cache should not flood the log on every load.
+        level = logging.DEBUG if entry.parent in _unwritable else logging.WARNING
+        _unwritable.add(entry.parent)
+        log.log(level, "could not write the decoded-array cache %s (%s)", entry, err)
+    return native
+
+
+def clear(directory: str | os.PathLike | None = None) -> int:
+    """Remove all decoded-array cache entries; returns how many files were removed."""
+    root = Path(directory) if directory is not None else cache_dir() / "decoded"
+    if not root.is_dir():
+        return 0
+    n = 0
+    for p in root.glob("*.npy"):
+        p.unlink(missing_ok=True)
+        n += 1
+    return n
+
