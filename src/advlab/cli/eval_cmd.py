@@ -7,8 +7,15 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from advlab.cli.common import (DataDirOption, DefaultCommandGroup, OutOption, apply_data_dir,
-                               console, fail, setup_logging)
+from advlab.cli.common import (
+    DataDirOption,
+    DefaultCommandGroup,
+    OutOption,
+    apply_data_dir,
+    console,
+    fail,
+    setup_logging,
+)
 
 app = typer.Typer(help="Evaluate a trained model: `advlab eval RUN`.", cls=DefaultCommandGroup,
                   no_args_is_help=True)

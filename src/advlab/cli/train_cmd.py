@@ -8,8 +8,15 @@ import typer
 import yaml
 from rich.table import Table
 
-from advlab.cli.common import (DataDirOption, DeviceOption, OutOption, apply_data_dir, console,
-                               fail, setup_logging)
+from advlab.cli.common import (
+    DataDirOption,
+    DeviceOption,
+    OutOption,
+    apply_data_dir,
+    console,
+    fail,
+    setup_logging,
+)
 
 app = typer.Typer(help="Train classifiers and generative models.", no_args_is_help=True)
 

@@ -35,8 +35,9 @@ class ClassifierJob:
 
     def to_dict(self) -> dict[str, Any]:
         return {"command": "train classifier", "dataset": self.dataset, "model": self.model,
-                "model_kwargs": json.loads(json.dumps(dict(self.model_kwargs))), "n_train": self.n_train,
-                "data_dir": self.data_dir, "train": to_dict(self.train)}
+                # JSON round trip: tuples become lists, so YAML can hold them.
+                "model_kwargs": json.loads(json.dumps(dict(self.model_kwargs))),
+                "n_train": self.n_train, "data_dir": self.data_dir, "train": to_dict(self.train)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ClassifierJob:

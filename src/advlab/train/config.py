@@ -38,6 +38,7 @@ class TrainConfig:
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay: expected >= 0, got {self.weight_decay!r}")
         if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction: expected a number in [0, 1), got {self.val_fraction!r}")
+            raise ValueError(
+                f"val_fraction: expected a number in [0, 1), got {self.val_fraction!r}")
         if self.patience < 0:
             raise ValueError(f"patience: expected >= 0, got {self.patience!r}")

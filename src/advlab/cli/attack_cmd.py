@@ -1,0 +1,130 @@
+"""``advlab attack RUN --attack pgd --eps 0.3``: robust accuracy of a trained classifier.
+
+Prints the numbers, the accuracy over ε and the soundness checks; writes ``config.yaml``,
+``metrics.json`` and figures into a run directory. ``--eps 0:0.3:0.05`` sweeps ε.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import typer
+
+from advlab.cli.common import (
+    DataDirOption,
+    DeviceOption,
+    OutOption,
+    apply_data_dir,
+    console,
+    fail,
+    parse_floats,
+    setup_logging,
+)
+
+
+def _params(attack: str, given: dict[str, object]) -> dict[str, object]:
+    """The options given (None dropped); evaluations stop per sample on success by default."""
+    from advlab.attacks import params as attack_params
+
+    out = {k: v for k, v in given.items() if v is not None}
+    if "early_stop" in attack_params(attack) and "early_stop" not in out:
+        out["early_stop"] = True
+    return out
+
+
+def attack_command(
+    run: Path = typer.Argument(..., help="Classifier run directory (or model.safetensors)."),
+    attack: str = typer.Option("pgd", "--attack", "-a", help="Attack name (fgsm, pgd, "
+                               "deepfool, cw, noise, ...)."),
+    eps: str = typer.Option(None, help="Budget: 0.3, a list 0.1,0.2 or a sweep 0:0.3:0.05. "
+                            "For deepfool/cw: where to read the accuracy curve."),
+    steps: int = typer.Option(None, help="Gradient steps (pgd, cw, deepfool)."),
+    norm: str = typer.Option(None, help="linf | l2 (pgd, deepfool)."),
+    alpha: float = typer.Option(None, help="PGD step size [2.5*eps/steps]."),
+    restarts: int = typer.Option(None, help="PGD restarts (best per sample kept)."),
+    random_start: bool = typer.Option(None, "--random-start/--no-random-start",
+                                      help="PGD random start [on]."),
+    c: float = typer.Option(None, "--c", help="CW: weight of the classification term."),
+    kappa: float = typer.Option(None, help="CW: confidence margin."),
+    lr: float = typer.Option(None, help="CW: Adam learning rate."),
+    binary_search_steps: int = typer.Option(None, help="CW: search steps over c."),
+    overshoot: float = typer.Option(None, help="DeepFool: relative overshoot."),
+    num_classes: int = typer.Option(None, help="DeepFool: candidate classes."),
+    early_stop: bool = typer.Option(None, "--early-stop/--no-early-stop",
+                                    help="PGD: stop a sample once fooled [on here]."),
+    n: int = typer.Option(1000, help="Evaluate a seeded random subset of n points (all if "
+                          "the split is smaller)."),
+    split: str = typer.Option("test", help="train | test"),
+    seed: int = typer.Option(0, help="Seed of the subset and of the attack."),
+    batch_size: int = typer.Option(500, help="Points per attack call."),
+    surrogate: Path = typer.Option(None, help="Another classifier run: adds the white-box vs "
+                                   "transfer soundness check."),
+    checks: bool = typer.Option(True, help="Run the soundness checks (gradient masking)."),
+    n_checks: int = typer.Option(200, help="Points used by the soundness checks."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+    out: Path = OutOption,
+    device: str = DeviceOption,
+    data_dir: Path = DataDirOption,
+) -> None:
+    """Attack a trained classifier; print and save robust accuracy, curves and checks."""
+    from advlab import data
+    from advlab.attacks import ATTACKS, create
+    from advlab.device import resolve_device
+    from advlab.report.attack_report import attack_report, checks_table, summary_table, sweep_table
+    from advlab.runs import attach_log_file, new_run_dir
+    from advlab.weights import library_versions, load_model, read_model_meta
+
+    setup_logging()
+    apply_data_dir(data_dir)
+    try:
+        cls = ATTACKS.get(attack)  # unknown name: the error lists the valid attacks
+        eps_list = parse_floats(eps) if eps is not None else None
+        params = _params(attack, dict(
+            steps=steps, norm=norm, alpha=alpha, restarts=restarts, random_start=random_start,
+            c=c, kappa=kappa, lr=lr, binary_search_steps=binary_search_steps,
+            overshoot=overshoot, num_classes=num_classes, early_stop=early_stop, seed=seed))
+        if cls.minimal:
+            create(attack, **params)
+        else:
+            create(attack, **params, **({"eps": eps_list[0]} if eps_list else {}))
+        if n < 1:
+            raise ValueError(f"expected --n >= 1, got {n}")
+        dev = resolve_device(device)
+        model = load_model(run, dev)
+        dataset = read_model_meta(run).get("dataset")
+        if not dataset:
+            raise ValueError(f"{run}: the model file does not name its data set")
+        ds = data.load(dataset, split)
+        if n < len(ds):
+            ds = data.subset(ds, n, seed=seed)
+        sur = load_model(surrogate, dev) if surrogate is not None else None
+        report = new_run_dir("attack", out)
+        config = {"command": "attack", "source_run": str(run), "dataset": dataset,
+                  "split": split, "n": len(ds), "seed": seed, "attack": attack,
+                  "params": params, "eps": eps_list, "batch_size": batch_size,
+                  "surrogate": str(surrogate) if surrogate else None}
+        report.write_config(config)
+        handler = attach_log_file(report)
+        try:
+            metrics = attack_report(model, ds.x, ds.y, ds.classes, attack, eps_list, params,
+                                    report.figures, batch_size=batch_size, device=dev,
+                                    progress=progress, checks=checks, surrogate=sur,
+                                    n_checks=n_checks, seed=seed)
+        finally:
+            logging.getLogger("advlab").removeHandler(handler)
+            handler.close()
+        metrics.update({"source_run": str(run), "dataset": dataset, "split": split,
+                        "versions": library_versions()})
+        report.write_metrics(metrics)
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    console.print(summary_table(metrics))
+    if len(metrics["curve"]["eps"]) > 1:
+        console.print(sweep_table(metrics))
+    if metrics["checks"]:
+        console.print(checks_table(metrics["checks"]))
+        if not metrics["reliable"]:
+            console.print("[bold red]unreliable:[/] a soundness check failed; the robust "
+                          "accuracy above is an overestimate until the failure is explained.")
+    console.print(f"results in [bold]{report.path}[/]")

@@ -1,0 +1,198 @@
+"""One attack on one model and data set, reported: numbers, soundness checks, figures, tables.
+
+``attack_report`` is the library function behind ``advlab attack RUN`` and the attack part of
+``advlab demo``: it evaluates, runs the soundness checks, draws the figures into a directory
+and returns JSON-ready metrics. ``summary_table`` and ``checks_table`` render them with rich.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.table import Table
+from torch import Tensor
+
+from advlab.attacks import ATTACKS, create
+from advlab.eval.checks import reliable, soundness_checks
+from advlab.eval.robust import (
+    AccuracyCurve,
+    Model,
+    RobustEvaluation,
+    accuracy_from_norms,
+    predict,
+    robust_accuracy,
+    robust_accuracy_curve,
+    worst_case,
+)
+from advlab.eval.roc import per_class_roc
+from advlab.report import attack_figures
+
+log = logging.getLogger(__name__)
+
+GRID_EXAMPLES = 8  # columns of the original / perturbation / adversarial figure
+
+
+def default_eps_grid(norms: Tensor, points: int = 21) -> list[float]:
+    """0 .. the largest successful perturbation norm, for the curve of a minimal attack."""
+    top = norms.max().item() if norms.numel() else 0.0
+    top = top if top > 0 else 1.0
+    return [round(top * i / (points - 1), 6) for i in range(points)]
+
+
+def grid_indices(ev: RobustEvaluation, k: int = GRID_EXAMPLES) -> Tensor:
+    """Up to ``k`` points to draw: fooled ones first, then other attacked ones, then any."""
+    order = [torch.nonzero(ev.fooled).squeeze(1),
+             torch.nonzero(ev.attacked & ~ev.fooled).squeeze(1),
+             torch.nonzero(~ev.attacked).squeeze(1)]
+    return torch.cat(order)[:k]
+
+
+def _draw_grid(ev: RobustEvaluation, x: Tensor, y: Tensor, clean_probs: Tensor,
+               classes: Sequence[str], path: Path, title: str) -> Path:
+    idx = grid_indices(ev).to(x.device)
+    adv_probs = ev.result.logits[idx].softmax(1)
+    conf_c, pred_c = clean_probs[idx].max(1)
+    conf_a, pred_a = adv_probs.max(1)
+    return attack_figures.adversarial_grid(x[idx], ev.result.adv[idx], y[idx], pred_c, conf_c,
+                                           pred_a, conf_a, classes, path, title=title)
+
+
+def _norm_of(attack: str, params: dict[str, Any]) -> str:
+    probe = create(attack, **params)
+    threat = getattr(probe, "threat", None)
+    return threat.norm if threat is not None else getattr(probe, "norm", "l2")
+
+
+def attack_report(model: Model, x: Tensor, y: Tensor, classes: Sequence[str], attack: str,
+                  eps: Sequence[float] | None, params: dict[str, Any], figures_dir: Path, *,
+                  batch_size: int = 500, device: torch.device | str | None = None,
+                  progress: bool = False, checks: bool = True, surrogate: Model | None = None,
+                  n_checks: int = 200, seed: int = 0) -> dict[str, Any]:
+    """Evaluate ``attack`` (a registered name) with ``params`` on ``(x, y)``; draw figures.
+
+    Fixed-budget attacks run at every ε of ``eps`` (default: the attack's own ε), cumulatively
+    (``robust_accuracy_curve``); the headline numbers are those at the largest ε. Minimal-
+    perturbation attacks run once; ``eps`` (default: 21 points up to the largest perturbation
+    found) only selects where the accuracy curve is read. Returns the metrics dict.
+    """
+    cls = ATTACKS.get(attack)
+    params = {k: v for k, v in params.items() if v is not None}
+    minimal = bool(getattr(cls, "minimal", False))
+    if minimal and params.get("eps") is not None:
+        raise ValueError(f"attack {attack!r} searches the smallest perturbation and takes no "
+                         "eps; pass --eps only to choose where its accuracy curve is read")
+    create(attack, **params)  # unknown parameters fail before any work
+    clean_logits = predict(model, x, batch_size, device)
+    clean_probs = clean_logits.softmax(1)
+    if minimal:
+        ev = robust_accuracy(model, x, y, create(attack, **params), batch_size=batch_size,
+                             device=device, progress=progress, clean_logits=clean_logits)
+        norm = _norm_of(attack, params)
+        norms = ev.result.l2 if norm == "l2" else ev.result.linf
+        grid = sorted(float(e) for e in eps) if eps else default_eps_grid(norms[ev.fooled])
+        curve = AccuracyCurve(attack, params, norm, grid,
+                              accuracy_from_norms(ev.clean_correct, ev.fooled, norms, grid),
+                              ev.clean_accuracy, ev.n, True, False, ev.seconds, [ev])
+        per_eps = []
+    else:
+        if not eps:
+            eps = [float(create(attack, **params).threat.eps)]
+        curve = robust_accuracy_curve(model, x, y, attack, eps, batch_size=batch_size,
+                                      progress=progress, device=device, **params)
+        ev, norm = worst_case(curve.evaluations), curve.norm  # strongest ε per point
+        per_eps = [{"eps": e, **c.to_dict()} for e, c in zip(curve.eps, curve.evaluations,
+                                                            strict=True)]
+    adv_probs = ev.result.logits.softmax(1)
+    roc_clean = per_class_roc(clean_probs, y, classes)
+    roc_adv = per_class_roc(adv_probs, y, classes)
+    check_results = []
+    if checks:
+        threat = None if minimal else create(attack, eps=max(curve.eps), **params).threat
+        check_results = soundness_checks(model, x, y, threat=threat, surrogate=surrogate,
+                                         n=n_checks, seed=seed, batch_size=batch_size,
+                                         device=device)
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    top_eps = None if minimal else max(curve.eps)
+    title = f"{attack}" + (f" eps={top_eps:g}" if top_eps is not None else "")
+    files = [
+        _draw_grid(ev, x, y, clean_probs, classes, figures_dir / "adversarial_grid.png", title),
+        attack_figures.accuracy_curves({attack: (curve.eps, curve.accuracy)},
+                                       figures_dir / "accuracy_vs_eps.png",
+                                       xlabel=f"eps ({norm})"),
+        attack_figures.roc_curves({"clean": roc_clean, "adversarial": roc_adv},
+                                  figures_dir / "roc.png"),
+    ]
+    if ev.n_fooled:
+        files.append(attack_figures.norm_histogram(
+            {"l2": ev.result.l2[ev.fooled], "linf": ev.result.linf[ev.fooled]},
+            figures_dir / "perturbation_norms.png"))
+    ok = reliable(check_results)
+    if not ok:
+        log.warning("soundness checks failed: the robust accuracy of %s is unreliable", attack)
+    return {
+        "attack": attack, "params": params, "minimal": minimal, "norm": norm,
+        "eps": top_eps, "n": ev.n,
+        "clean_accuracy": ev.clean_accuracy,
+        **{k: v for k, v in ev.to_dict().items() if k not in ("attack", "n")},
+        "per_eps": per_eps,
+        "curve": curve.to_dict(),
+        "auc_clean": roc_clean.to_dict(), "auc_adversarial": roc_adv.to_dict(),
+        "checks": [c.to_dict() for c in check_results], "reliable": ok,
+        "figures": [str(Path(f).name) for f in files],
+    }
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2%}"
+
+
+def _num(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4g}"
+
+
+def summary_table(m: dict[str, Any], title: str | None = None) -> Table:
+    """The headline numbers of ``attack_report``'s metrics."""
+    head = m["attack"] + (f" eps={m['eps']:g} ({m['norm']})" if m.get("eps") is not None else
+                          f" ({m['norm']}, minimal perturbation)")
+    t = Table("metric", "value", title=title or head)
+    t.add_row("points", str(m["n"]))
+    t.add_row("clean accuracy", _pct(m["clean_accuracy"]))
+    flag = "" if m.get("reliable", True) else " [bold red](unreliable)[/]"
+    t.add_row("robust accuracy", _pct(m["robust_accuracy"]) + flag)
+    t.add_row("success rate", _pct(m["success_rate"]))
+    t.add_row("l2 mean / median", f"{_num(m['l2_mean'])} / {_num(m['l2_median'])}")
+    t.add_row("linf mean / median", f"{_num(m['linf_mean'])} / {_num(m['linf_median'])}")
+    t.add_row("seconds", f"{m['seconds']:.2f}")
+    t.add_row("macro AUC clean / adv", f"{_num(m['auc_clean']['macro_auc'])} / "
+              f"{_num(m['auc_adversarial']['macro_auc'])}")
+    return t
+
+
+def sweep_table(m: dict[str, Any]) -> Table:
+    """Accuracy at every ε of the curve (fixed-budget sweeps: per-ε numbers too)."""
+    if m["per_eps"]:
+        t = Table("eps", "robust acc", "fooled here", "median l2", "median linf", "seconds",
+                  title=f"{m['attack']}: sweep (a point fooled at a smaller eps stays fooled)")
+        for r in m["per_eps"]:
+            t.add_row(f"{r['eps']:g}", _pct(r["robust_accuracy"]), str(r["n_fooled"]),
+                      _num(r["l2_median"]), _num(r["linf_median"]), f"{r['seconds']:.2f}")
+        return t
+    t = Table("eps", "accuracy", title=f"{m['attack']}: accuracy from one run")
+    for e, a in zip(m["curve"]["eps"], m["curve"]["accuracy"], strict=True):
+        t.add_row(f"{e:g}", _pct(a))
+    return t
+
+
+def checks_table(checks: list[dict[str, Any]]) -> Table:
+    t = Table("check", "result", "detail", title="soundness checks")
+    for c in checks:
+        t.add_row(c["name"], "[green]pass[/]" if c["passed"] else "[bold red]FAIL[/]",
+                  c["message"])
+    return t
+
+
+__all__ = ["attack_report", "checks_table", "default_eps_grid", "summary_table", "sweep_table"]
