@@ -11,6 +11,8 @@ from typing import Any
 
 from rich.console import Console
 
+from advlab.attacks_demo import demo_attacks
+from advlab.generative.demo import demo_generative
 from advlab.runs import new_run_dir
 from advlab.train.classifier import ClassifierJob, train_classifier
 from advlab.train.config import TrainConfig
@@ -29,9 +31,19 @@ def demo_classifier(out: Path, device: str, quick: bool) -> dict[str, Any]:
     return {"test_acc": metrics["test_acc"], "run": str(run.path)}
 
 
+PARTS = ("classifier", "attacks", "generative")
+
+
 def run_demo(out: str | Path | None = None, device: str = "auto", quick: bool = False) -> Path:
+    """Train the digits classifier, attack it (FGSM, PGD, DeepFool), then train a small VAE and
+    GAN; every part's numbers land in the run's ``metrics.json`` as soon as the part ends."""
     run = new_run_dir("demo", out)
     results: dict[str, Any] = {}
     results["classifier"] = demo_classifier(run.path, device, quick)
+    run.write_metrics(results)
+    results["attacks"] = demo_attacks(run.path / "attacks", Path(results["classifier"]["run"]),
+                                      device, quick)
+    run.write_metrics(results)
+    results["generative"] = demo_generative(run.path, device, quick)
     run.write_metrics(results)
     return run.path

@@ -44,7 +44,7 @@ def attack_command(
     alpha: float = typer.Option(None, help="PGD step size [2.5*eps/steps]."),
     restarts: int = typer.Option(None, help="PGD restarts (best per sample kept)."),
     random_start: bool = typer.Option(None, "--random-start/--no-random-start",
-                                      help="PGD random start [on]."),
+                                      help="PGD random start (default: on)."),
     c: float = typer.Option(None, "--c", help="CW: weight of the classification term."),
     kappa: float = typer.Option(None, help="CW: confidence margin."),
     lr: float = typer.Option(None, help="CW: Adam learning rate."),
@@ -52,7 +52,7 @@ def attack_command(
     overshoot: float = typer.Option(None, help="DeepFool: relative overshoot."),
     num_classes: int = typer.Option(None, help="DeepFool: candidate classes."),
     early_stop: bool = typer.Option(None, "--early-stop/--no-early-stop",
-                                    help="PGD: stop a sample once fooled [on here]."),
+                                    help="PGD: stop a sample once fooled (default here: on)."),
     n: int = typer.Option(1000, help="Evaluate a seeded random subset of n points (all if "
                           "the split is smaller)."),
     split: str = typer.Option("test", help="train | test"),
@@ -120,7 +120,8 @@ def attack_command(
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
     console.print(summary_table(metrics))
-    if len(metrics["curve"]["eps"]) > 1:
+    console.print(f"[dim]{metrics['summary']}[/]", highlight=False)
+    if metrics["curve"] is not None and (metrics["minimal"] or len(eps_list or []) > 1):
         console.print(sweep_table(metrics))
     if metrics["checks"]:
         console.print(checks_table(metrics["checks"]))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from advlab.cli import attack_cmd, data_cmd, eval_cmd, train_cmd
+from advlab.cli import attack_cmd, data_cmd, defend_cmd, eval_cmd, train_cmd
 from advlab.cli.common import DeviceOption, OutOption, console, fail, setup_logging
 
 app = typer.Typer(help="advlab: generative models, adversarial attacks and defenses on PyTorch.",
@@ -14,6 +14,7 @@ app = typer.Typer(help="advlab: generative models, adversarial attacks and defen
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(train_cmd.app, name="train")
 app.add_typer(eval_cmd.app, name="eval")
+app.add_typer(defend_cmd.app, name="defend")
 app.command("attack")(attack_cmd.attack_command)
 
 

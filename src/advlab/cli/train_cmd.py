@@ -38,6 +38,9 @@ def classifier(
     widths: str = typer.Option(None, help="Hidden widths of mlp, e.g. 500,150."),
     config: Path = typer.Option(None, help="YAML file with a 'train:' section and job keys."),
     defense: str = typer.Option(None, help="Training objective of a defense (advlab.defenses)."),
+    defense_param: list[str] = typer.Option(None, "--defense-param",
+                                            help="A defense parameter key=value (repeatable)."),
+    init: Path = typer.Option(None, help="Start from these weights (run directory): fine-tune."),
     out: Path = OutOption,
     resume: bool = typer.Option(False, help="Continue the run in --out from its last epoch."),
     device: str = DeviceOption,
@@ -63,15 +66,19 @@ def classifier(
         model_kwargs = dict(base.pop("model_kwargs", {}) or {})
         if widths:
             model_kwargs["widths"] = [int(w) for w in widths.split(",") if w]
-        job_opts = {"dataset": dataset, "model": model, "n_train": n_train, **base}
+        job_opts = {"dataset": dataset, "model": model, "n_train": n_train,
+                    "init": str(init) if init else None, **base}
         job = ClassifierJob(**{k: v for k, v in job_opts.items() if v is not None},
                             model_kwargs=model_kwargs, train=from_dict(TrainConfig, train_opts))
         objective, extra = None, None
+        if defense_param and not defense:
+            raise ValueError("--defense-param needs --defense NAME")
         if defense:
             from advlab import defenses
 
-            objective = defenses.create_objective(defense, dataset=job.dataset)
-            extra = {"defense": defense}
+            params = _key_values(defense_param or [], "--defense-param")
+            objective = defenses.create_objective(defense, dataset=job.dataset, **params)
+            extra = {"defense": defense, "defense_config": defenses.config(objective)}
         run, metrics = train_classifier(job, out, resume=resume, objective=objective,
                                         progress=progress, extra_config=extra)
     except (ValueError, FileNotFoundError) as e:
@@ -82,6 +89,24 @@ def classifier(
     table.add_row("seconds / epoch", f"{metrics['mean_epoch_seconds']:.2f}")
     console.print(table)
     console.print(f"results in [bold]{run.path}[/]")
+
+
+def _key_values(items: list[str], option: str) -> dict[str, object]:
+    """``["eps=0.3", "random_start=false"]`` -> ``{"eps": 0.3, "random_start": False}`` (YAML
+    scalars: numbers, booleans, strings)."""
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{option}: expected key=value, got {item!r}")
+        parsed = yaml.safe_load(value)
+        if isinstance(parsed, str):  # YAML 1.1 reads 1e-3 as a string
+            try:
+                parsed = float(parsed)
+            except ValueError:
+                pass
+        out[key.strip()] = parsed
+    return out
 
 
 @app.command()
@@ -100,6 +125,9 @@ def generative(
     gp_weight: float = typer.Option(None, help="Gradient-penalty weight (wgan-gp) [10]."),
     steps_per_epoch: int = typer.Option(None, help="Generator steps per epoch (0 = a data "
                                                    "pass)."),
+    lr_decay: str = typer.Option(None, help="none | linear (step sizes fall to 0 at the end)."),
+    ema: float = typer.Option(None, help="Moving-average decay of the generator's weights "
+                                         "(0 = off), e.g. 0.999."),
     latent_dim: int = typer.Option(None, help="Latent size."),
     arch: str = typer.Option(None, help="mlp | conv."),
     hidden: str = typer.Option(None, help="MLP hidden widths, e.g. 150 or 256,512."),
@@ -127,8 +155,9 @@ def generative(
         kind = data.info(dataset).kind
         train_opts = dict(epochs=epochs, batch_size=batch_size, lr=lr, lr_critic=lr_critic,
                           d_steps=d_steps, loss=loss, gp_weight=gp_weight,
-                          steps_per_epoch=steps_per_epoch, seed=seed, device=device)
-        config = default_config(model, kind, **train_opts)
+                          steps_per_epoch=steps_per_epoch, lr_decay=lr_decay, ema=ema,
+                          seed=seed, device=device)
+        config = default_config(model, kind, dataset=dataset, **train_opts)
         if beta1 is not None or beta2 is not None:
             from dataclasses import replace
 

@@ -13,6 +13,7 @@ from advlab.models import cnn, mlp, resnet  # noqa: F401  (register the models)
 from advlab.models.base import (
     MODELS,
     NORMALIZATION_STATS,
+    TRANSFORMS,
     Classifier,
     available,
     count_parameters,
@@ -24,6 +25,7 @@ from advlab.models.layers import Normalize, UnsupportedInput
 __all__ = [
     "MODELS",
     "NORMALIZATION_STATS",
+    "TRANSFORMS",
     "Classifier",
     "Normalize",
     "UnsupportedInput",

@@ -9,6 +9,7 @@ JSON-serialisable ``spec`` from which ``from_spec`` rebuilds the same architectu
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
 from typing import Any
@@ -21,6 +22,13 @@ from advlab.models.layers import Normalize, UnsupportedInput
 from advlab.registry import Registry
 
 MODELS: Registry[nn.Module] = Registry("model")
+
+# Transforms applied to a built model (e.g. the Lipschitz defense's spectral bounds), recorded in
+# ``spec["transforms"]`` as ``[{"name", "params"}]`` so that ``from_spec`` rebuilds the same
+# module tree. ``transform(model, **params) -> model`` appends its own entry to the spec. The
+# packages below define transforms and are imported on demand when a spec names one.
+TRANSFORMS: Registry[nn.Module] = Registry("model transform")
+TRANSFORM_PROVIDERS = ("advlab.defenses",)
 
 # Per-channel statistics of each data set's training images in [0, 1], used when
 # ``normalize=True`` and no ``mean``/``std`` are given.
@@ -208,4 +216,11 @@ def from_spec(spec: dict[str, Any]) -> Classifier:
     """Rebuild the architecture described by ``model.spec`` (weights freshly initialized)."""
     if not isinstance(spec, dict) or not {"name", "dataset", "kwargs"} <= set(spec):
         raise ValueError(f"expected a dict with keys name, dataset, kwargs, got {spec!r}")
-    return create(spec["name"], spec["dataset"], **spec["kwargs"])
+    model = create(spec["name"], spec["dataset"], **spec["kwargs"])
+    transforms = spec.get("transforms") or []
+    if transforms:
+        for provider in TRANSFORM_PROVIDERS:
+            importlib.import_module(provider)
+    for t in transforms:
+        model = TRANSFORMS.get(t["name"])(model, **t.get("params", {}))
+    return model

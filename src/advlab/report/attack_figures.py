@@ -24,6 +24,18 @@ def _signed_image(delta: torch.Tensor) -> np.ndarray:
     return delta.detach().float().cpu().mean(dim=0).numpy()
 
 
+def _strip(tiles: list[np.ndarray], pad: int) -> np.ndarray:
+    """Tiles (H, W) or (H, W, 3) side by side with ``pad`` columns of NaN (shown white)."""
+    h, w = tiles[0].shape[:2]
+    extra = tiles[0].shape[2:]
+    out = np.full((h, len(tiles) * (w + pad) - pad, *extra), np.nan, dtype=np.float64)
+    for i, t in enumerate(tiles):
+        out[:, i * (w + pad): i * (w + pad) + w] = t
+    if extra:  # RGB: imshow has no "bad" colour, pad with white
+        out = np.nan_to_num(out, nan=1.0)
+    return out
+
+
 def adversarial_grid(x: torch.Tensor, adv: torch.Tensor, y: torch.Tensor,
                      pred_clean: torch.Tensor, conf_clean: torch.Tensor,
                      pred_adv: torch.Tensor, conf_adv: torch.Tensor, classes: Sequence[str],
@@ -31,37 +43,48 @@ def adversarial_grid(x: torch.Tensor, adv: torch.Tensor, y: torch.Tensor,
     """Three rows (original, perturbation, adversarial) and one column per example.
 
     ``x``, ``adv`` (n, C, H, W) in [0, 1]; labels and confidences (n,). Each perturbation is
-    scaled by its own largest absolute value (the amplification is written under it) and shown
-    with a diverging colormap: red adds brightness, blue removes it, white is unchanged.
+    scaled by its own largest absolute value (the amplification is written above it) and
+    shown with a diverging colormap: red adds brightness, blue removes it, white is unchanged.
+    Predictions are written as "label confidence", in red when wrong. Each row is one image
+    strip (three axes in all), which keeps the figure fast to draw.
     """
     n = x.shape[0]
     if n == 0:
         raise ValueError("expected at least one example to draw, got none")
-    fig, axes = plt.subplots(3, n, figsize=(1.45 * n + 0.6, 4.9), squeeze=False)
+    h, w = x.shape[-2:]
+    pad = max(1, w // 6)
+    originals, deltas, advs, texts = [], [], [], ([], [], [])
     for i in range(n):
         delta = (adv[i].float() - x[i].float()).cpu()
         peak = delta.abs().max().item()
         amp = 1.0 / peak if peak > 0 else 1.0
-        ok_c, ok_a = int(pred_clean[i]) == int(y[i]), int(pred_adv[i]) == int(y[i])
-        ax = axes[0, i]
-        ax.imshow(to_image(x[i]), cmap="gray", vmin=0, vmax=1)
-        ax.set_title(f"{classes[int(pred_clean[i])]} {float(conf_clean[i]):.2f}\n"
-                     f"(true {classes[int(y[i])]})", fontsize=7,
-                     color="black" if ok_c else "red")
-        ax = axes[1, i]
-        ax.imshow(_signed_image(delta) * amp, cmap="RdBu_r", vmin=-1, vmax=1)
-        ax.set_title(f"x{amp:.3g}\nlinf {peak:.3g}", fontsize=7)
-        ax = axes[2, i]
-        ax.imshow(to_image(adv[i]), cmap="gray", vmin=0, vmax=1)
-        ax.set_title(f"{classes[int(pred_adv[i])]} {float(conf_adv[i]):.2f}", fontsize=7,
-                     color="black" if ok_a else "red")
-    for ax in axes.flat:
+        originals.append(to_image(x[i]))
+        deltas.append(_signed_image(delta) * amp)
+        advs.append(to_image(adv[i]))
+        yi, pc, pa = int(y[i]), int(pred_clean[i]), int(pred_adv[i])
+        texts[0].append((f"{classes[pc]} {float(conf_clean[i]):.2f}\n(true {classes[yi]})",
+                         "black" if pc == yi else "red"))
+        texts[1].append((f"x{amp:.3g}\nlinf {peak:.3g}", "black"))
+        texts[2].append((f"{classes[pa]} {float(conf_adv[i]):.2f}",
+                         "black" if pa == yi else "red"))
+    gray = plt.get_cmap("gray").with_extremes(bad="white")
+    diverging = plt.get_cmap("RdBu_r").with_extremes(bad="white")
+    fig, axes = plt.subplots(3, 1, figsize=(1.3 * n + 0.8, 5.4))
+    rows = [(originals, gray, 0.0, "original"), (deltas, diverging, -1.0, "perturbation"),
+            (advs, gray, 0.0, "adversarial")]
+    for ax, (tiles, cmap, vmin, label), row_text in zip(axes, rows, texts, strict=True):
+        ax.imshow(_strip(tiles, pad), cmap=cmap, vmin=vmin, vmax=1, interpolation="nearest")
+        for i, (text, color) in enumerate(row_text):
+            ax.text(i * (w + pad) + (w - 1) / 2, -0.8, text, ha="center", va="bottom",
+                    fontsize=7, color=color)
         ax.set_xticks([])
         ax.set_yticks([])
-    for row, label in enumerate(("original", "perturbation", "adversarial")):
-        axes[row, 0].set_ylabel(label, fontsize=8)
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        ax.set_ylabel(label, fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
+    fig.subplots_adjust(hspace=0.45)
     return save(fig, path)
 
 

@@ -8,6 +8,7 @@ and returns JSON-ready metrics. ``summary_table`` and ``checks_table`` render th
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,11 +37,15 @@ log = logging.getLogger(__name__)
 GRID_EXAMPLES = 8  # columns of the original / perturbation / adversarial figure
 
 
-def default_eps_grid(norms: Tensor, points: int = 21) -> list[float]:
-    """0 .. the largest successful perturbation norm, for the curve of a minimal attack."""
+def default_eps_grid(norms: Tensor, points: int = 20) -> list[float]:
+    """0 .. the largest successful perturbation norm in about ``points`` round steps
+    (1, 2, 2.5 or 5 times a power of ten), for the curve of a minimal attack."""
     top = norms.max().item() if norms.numel() else 0.0
     top = top if top > 0 else 1.0
-    return [round(top * i / (points - 1), 6) for i in range(points)]
+    raw = top / points
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw * (1 - 1e-9))
+    return [round(i * step, 10) for i in range(math.ceil(top / step - 1e-9) + 1)]
 
 
 def grid_indices(ev: RobustEvaluation, k: int = GRID_EXAMPLES) -> Tensor:
@@ -51,20 +56,15 @@ def grid_indices(ev: RobustEvaluation, k: int = GRID_EXAMPLES) -> Tensor:
     return torch.cat(order)[:k]
 
 
-def _draw_grid(ev: RobustEvaluation, x: Tensor, y: Tensor, clean_probs: Tensor,
-               classes: Sequence[str], path: Path, title: str) -> Path:
+def draw_grid(ev: RobustEvaluation, x: Tensor, y: Tensor, clean_probs: Tensor,
+              classes: Sequence[str], path: Path, title: str = "") -> Path:
+    """The original / perturbation / adversarial figure of ``grid_indices(ev)``."""
     idx = grid_indices(ev).to(x.device)
     adv_probs = ev.result.logits[idx].softmax(1)
     conf_c, pred_c = clean_probs[idx].max(1)
     conf_a, pred_a = adv_probs.max(1)
     return attack_figures.adversarial_grid(x[idx], ev.result.adv[idx], y[idx], pred_c, conf_c,
                                            pred_a, conf_a, classes, path, title=title)
-
-
-def _norm_of(attack: str, params: dict[str, Any]) -> str:
-    probe = create(attack, **params)
-    threat = getattr(probe, "threat", None)
-    return threat.norm if threat is not None else getattr(probe, "norm", "l2")
 
 
 def attack_report(model: Model, x: Tensor, y: Tensor, classes: Sequence[str], attack: str,
@@ -74,10 +74,15 @@ def attack_report(model: Model, x: Tensor, y: Tensor, classes: Sequence[str], at
                   n_checks: int = 200, seed: int = 0) -> dict[str, Any]:
     """Evaluate ``attack`` (a registered name) with ``params`` on ``(x, y)``; draw figures.
 
-    Fixed-budget attacks run at every ε of ``eps`` (default: the attack's own ε), cumulatively
-    (``robust_accuracy_curve``); the headline numbers are those at the largest ε. Minimal-
-    perturbation attacks run once; ``eps`` (default: 21 points up to the largest perturbation
-    found) only selects where the accuracy curve is read. Returns the metrics dict.
+    - Fixed-budget attacks (fgsm, pgd, noise) run at every ε of ``eps`` (default: the attack's
+      own ε) and at ε = 0 (free: the clean accuracy), cumulatively (``robust_accuracy_curve``);
+      the headline numbers are the worst case up to the largest ε.
+    - Minimal-perturbation attacks (deepfool, cw) run once; ``eps`` (default: about 20 round
+      steps up to the largest perturbation found) only says where the curve is read.
+    - Attacks without an ε budget that are not minimal (e.g. a transformation search) run once,
+      without a curve; ``eps`` must then be None.
+
+    Returns the metrics dict (JSON-ready); figures go to ``figures_dir``.
     """
     cls = ATTACKS.get(attack)
     params = {k: v for k, v in params.items() if v is not None}
@@ -85,47 +90,50 @@ def attack_report(model: Model, x: Tensor, y: Tensor, classes: Sequence[str], at
     if minimal and params.get("eps") is not None:
         raise ValueError(f"attack {attack!r} searches the smallest perturbation and takes no "
                          "eps; pass --eps only to choose where its accuracy curve is read")
-    create(attack, **params)  # unknown parameters fail before any work
+    probe = create(attack, **params)  # unknown parameters fail before any work
+    budget = not minimal and getattr(probe, "threat", None) is not None
+    if not minimal and not budget and eps:
+        raise ValueError(f"attack {attack!r} has no eps budget; run it without --eps")
     clean_logits = predict(model, x, batch_size, device)
     clean_probs = clean_logits.softmax(1)
-    if minimal:
-        ev = robust_accuracy(model, x, y, create(attack, **params), batch_size=batch_size,
-                             device=device, progress=progress, clean_logits=clean_logits)
-        norm = _norm_of(attack, params)
-        norms = ev.result.l2 if norm == "l2" else ev.result.linf
-        grid = sorted(float(e) for e in eps) if eps else default_eps_grid(norms[ev.fooled])
-        curve = AccuracyCurve(attack, params, norm, grid,
-                              accuracy_from_norms(ev.clean_correct, ev.fooled, norms, grid),
-                              ev.clean_accuracy, ev.n, True, False, ev.seconds, [ev])
-        per_eps = []
-    else:
-        if not eps:
-            eps = [float(create(attack, **params).threat.eps)]
+    curve, per_eps, top_eps, threat = None, [], None, None
+    if budget:
+        eps = sorted({0.0, *map(float, eps or [probe.threat.eps])})  # ε = 0 is free
         curve = robust_accuracy_curve(model, x, y, attack, eps, batch_size=batch_size,
                                       progress=progress, device=device, **params)
         ev, norm = worst_case(curve.evaluations), curve.norm  # strongest ε per point
         per_eps = [{"eps": e, **c.to_dict()} for e, c in zip(curve.eps, curve.evaluations,
                                                             strict=True)]
-    adv_probs = ev.result.logits.softmax(1)
+        top_eps = max(curve.eps)
+        threat = create(attack, eps=top_eps, **params).threat
+    else:
+        ev = robust_accuracy(model, x, y, probe, batch_size=batch_size, device=device,
+                             progress=progress, clean_logits=clean_logits)
+        norm = getattr(probe, "norm", "l2")
+        if minimal:
+            norms = ev.result.l2 if norm == "l2" else ev.result.linf
+            grid = sorted(float(e) for e in eps) if eps else default_eps_grid(norms[ev.fooled])
+            curve = AccuracyCurve(attack, params, norm, grid,
+                                  accuracy_from_norms(ev.clean_correct, ev.fooled, norms, grid),
+                                  ev.clean_accuracy, ev.n, True, False, ev.seconds, [ev])
     roc_clean = per_class_roc(clean_probs, y, classes)
-    roc_adv = per_class_roc(adv_probs, y, classes)
+    roc_adv = per_class_roc(ev.result.logits.softmax(1), y, classes)
     check_results = []
     if checks:
-        threat = None if minimal else create(attack, eps=max(curve.eps), **params).threat
         check_results = soundness_checks(model, x, y, threat=threat, surrogate=surrogate,
                                          n=n_checks, seed=seed, batch_size=batch_size,
                                          device=device)
     figures_dir.mkdir(parents=True, exist_ok=True)
-    top_eps = None if minimal else max(curve.eps)
-    title = f"{attack}" + (f" eps={top_eps:g}" if top_eps is not None else "")
+    title = attack + (f" eps={top_eps:g}" if top_eps is not None else "")
     files = [
-        _draw_grid(ev, x, y, clean_probs, classes, figures_dir / "adversarial_grid.png", title),
-        attack_figures.accuracy_curves({attack: (curve.eps, curve.accuracy)},
-                                       figures_dir / "accuracy_vs_eps.png",
-                                       xlabel=f"eps ({norm})"),
+        draw_grid(ev, x, y, clean_probs, classes, figures_dir / "adversarial_grid.png", title),
         attack_figures.roc_curves({"clean": roc_clean, "adversarial": roc_adv},
                                   figures_dir / "roc.png"),
     ]
+    if curve is not None:
+        files.append(attack_figures.accuracy_curves({attack: (curve.eps, curve.accuracy)},
+                                                    figures_dir / "accuracy_vs_eps.png",
+                                                    xlabel=f"eps ({norm})"))
     if ev.n_fooled:
         files.append(attack_figures.norm_histogram(
             {"l2": ev.result.l2[ev.fooled], "linf": ev.result.linf[ev.fooled]},
@@ -136,10 +144,9 @@ def attack_report(model: Model, x: Tensor, y: Tensor, classes: Sequence[str], at
     return {
         "attack": attack, "params": params, "minimal": minimal, "norm": norm,
         "eps": top_eps, "n": ev.n,
-        "clean_accuracy": ev.clean_accuracy,
         **{k: v for k, v in ev.to_dict().items() if k not in ("attack", "n")},
         "per_eps": per_eps,
-        "curve": curve.to_dict(),
+        "curve": curve.to_dict() if curve is not None else None,
         "auc_clean": roc_clean.to_dict(), "auc_adversarial": roc_adv.to_dict(),
         "checks": [c.to_dict() for c in check_results], "reliable": ok,
         "figures": [str(Path(f).name) for f in files],
@@ -156,13 +163,18 @@ def _num(v: float | None) -> str:
 
 def summary_table(m: dict[str, Any], title: str | None = None) -> Table:
     """The headline numbers of ``attack_report``'s metrics."""
-    head = m["attack"] + (f" eps={m['eps']:g} ({m['norm']})" if m.get("eps") is not None else
-                          f" ({m['norm']}, minimal perturbation)")
+    if m.get("eps") is not None:
+        head = f"{m['attack']} eps={m['eps']:g} ({m['norm']})"
+    elif m["minimal"]:
+        head = f"{m['attack']} ({m['norm']}, minimal perturbation)"
+    else:
+        head = f"{m['attack']} (no eps budget)"
     t = Table("metric", "value", title=title or head)
     t.add_row("points", str(m["n"]))
     t.add_row("clean accuracy", _pct(m["clean_accuracy"]))
     flag = "" if m.get("reliable", True) else " [bold red](unreliable)[/]"
-    t.add_row("robust accuracy", _pct(m["robust_accuracy"]) + flag)
+    label = "robust accuracy" + (" (any size)" if m["minimal"] else "")
+    t.add_row(label, _pct(m["robust_accuracy"]) + flag)
     t.add_row("success rate", _pct(m["success_rate"]))
     t.add_row("l2 mean / median", f"{_num(m['l2_mean'])} / {_num(m['l2_median'])}")
     t.add_row("linf mean / median", f"{_num(m['linf_mean'])} / {_num(m['linf_median'])}")
@@ -195,4 +207,5 @@ def checks_table(checks: list[dict[str, Any]]) -> Table:
     return t
 
 
-__all__ = ["attack_report", "checks_table", "default_eps_grid", "summary_table", "sweep_table"]
+__all__ = ["attack_report", "checks_table", "default_eps_grid", "draw_grid", "grid_indices",
+           "summary_table", "sweep_table"]

@@ -18,7 +18,7 @@ from advlab.runs import RunDir, attach_log_file, new_run_dir
 from advlab.train.config import TrainConfig
 from advlab.train.loop import fit
 from advlab.train.objective import Objective
-from advlab.weights import library_versions, save_model
+from advlab.weights import library_versions, load_weights_into, save_model
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.safetensors"
@@ -32,12 +32,14 @@ class ClassifierJob:
     n_train: int | None = None  # a seeded, class-balanced subset of the training set
     data_dir: str | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
+    init: str | None = None  # weights (run directory or file) to start from: fine-tuning
 
     def to_dict(self) -> dict[str, Any]:
         return {"command": "train classifier", "dataset": self.dataset, "model": self.model,
                 # JSON round trip: tuples become lists, so YAML can hold them.
                 "model_kwargs": json.loads(json.dumps(dict(self.model_kwargs))),
-                "n_train": self.n_train, "data_dir": self.data_dir, "train": to_dict(self.train)}
+                "n_train": self.n_train, "data_dir": self.data_dir, "train": to_dict(self.train),
+                **({"init": self.init} if self.init is not None else {})}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ClassifierJob:
@@ -87,6 +89,10 @@ def train_classifier(job: ClassifierJob, out: str | Path | None = None, *, resum
         train, val, test = load_splits(job)
         torch.manual_seed(job.train.seed)
         model = models.create(job.model, dataset=job.dataset, **job.model_kwargs)
+        if job.init is not None:
+            load_weights_into(model, job.init)
+        if hasattr(objective, "prepare_model"):  # a defense that transforms the model
+            model = objective.prepare_model(model)
         ckpt = run.path / CHECKPOINT
         log.info("training %s on %s (%d examples) into %s", job.model, job.dataset,
                  len(train), run.path)

@@ -1,0 +1,307 @@
+"""What an attack is: a frozen dataclass of settings, called on ``(model, x, y, target)``.
+
+``Attack.__call__`` is final and does the shared work once: input checks, eval mode (restored
+after, also on error), a seeded generator on ``x``'s device, float32 on ``x``'s device, then the
+subclass's ``run()``, then one forward pass on the adversarial batch to report predictions,
+success and perturbation norms in an ``AttackResult``. See README-dev.md to add an attack.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from advlab.attacks.threat import ThreatModel, clip_box, lp_norm
+
+log = logging.getLogger(__name__)
+
+Model = Callable[[Tensor], Tensor]  # pixels in [0, 1] (B, ...) -> logits (B, K)
+
+
+@dataclass
+class AttackResult:
+    """The outcome of one attack call on a batch of B inputs."""
+
+    adv: Tensor  # (B, ...) same shape, dtype and device as x, inside [0, 1]
+    success: Tensor  # (B,) bool: pred != y, or pred == target when targeted
+    l2: Tensor  # (B,) float32: ‖adv − x‖₂ per sample
+    linf: Tensor  # (B,) float32: ‖adv − x‖∞ per sample
+    pred: Tensor  # (B,) int64: labels predicted on adv
+    logits: Tensor  # (B, K) float32: logits on adv
+    iterations: Tensor  # (B,) int64: gradient steps (or model queries) spent per sample
+    info: dict[str, Any] = field(default_factory=dict)  # attack-specific extras
+
+    def __len__(self) -> int:
+        return self.adv.shape[0]
+
+    @property
+    def success_rate(self) -> float:
+        return self.success.float().mean().item() if len(self) else float("nan")
+
+    def summary(self) -> str:
+        """One line to spot a broken threat model at once (AutoAttack's habit)."""
+        if not len(self):
+            return "empty batch"
+        ok = self.success
+        med = self.l2[ok].median().item() if ok.any() else float("nan")
+        return (f"success {ok.float().mean().item():.1%} of {len(self)}; "
+                f"max linf {self.linf.max().item():.4g}, max l2 {self.l2.max().item():.4g}, "
+                f"median l2 of successes {med:.4g}; adv range "
+                f"[{self.adv.min().item():.3g}, {self.adv.max().item():.3g}]; "
+                f"non-finite {int((~torch.isfinite(self.adv)).sum())}")
+
+    @staticmethod
+    def cat(results: list[AttackResult]) -> AttackResult:
+        """Concatenate the results of consecutive batches (``info`` is kept per batch)."""
+        if not results:
+            raise ValueError("expected at least one AttackResult to concatenate, got none")
+        names = ("adv", "success", "l2", "linf", "pred", "logits", "iterations")
+        cols = {n: torch.cat([getattr(r, n) for r in results]) for n in names}
+        return AttackResult(**cols, info={"batches": [r.info for r in results]})
+
+
+@dataclass
+class RunOutput:
+    """What ``Attack.run`` returns; the base class turns it into an ``AttackResult``."""
+
+    adv: Tensor  # (B, ...) float32; clipped to [0, 1] by the base class
+    iterations: Tensor | int = 0  # (B,) int64 or one number for the whole batch
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+# --- parameter checks shared by the attacks' __post_init__ ---------------------------------
+
+def check_nonneg(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+        math.isfinite(value) and value >= 0
+    ):
+        raise ValueError(f"expected {name} to be a finite number >= 0, got {value!r}")
+
+
+def check_positive(name: str, value: object) -> None:
+    check_nonneg(name, value)
+    if value == 0:
+        raise ValueError(f"expected {name} to be a finite number > 0, got {value!r}")
+
+
+def check_int(name: str, value: object, low: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"expected {name} to be an integer >= {low}, got {value!r}")
+
+
+def check_bool(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected {name} to be True or False, got {value!r}")
+
+
+# --- helpers for run() ----------------------------------------------------------------------
+
+def check_differentiable(out: Tensor) -> None:
+    if not out.requires_grad:
+        raise ValueError("expected the model output to depend differentiably on the input, "
+                         "got an output without gradient (model run under no_grad or detached?)")
+
+
+def input_grad(loss: Tensor, x: Tensor) -> Tensor:
+    """d loss / d x, without touching any parameter's ``.grad`` (never ``.backward()``)."""
+    check_differentiable(loss)
+    (grad,) = torch.autograd.grad(loss, x, materialize_grads=True)
+    return grad
+
+
+def is_adversarial(logits: Tensor, label: Tensor, targeted: bool) -> Tensor:
+    """(B,) bool: the prediction is the target (targeted) or differs from the label."""
+    pred = logits.argmax(dim=1)
+    return pred == label if targeted else pred != label
+
+
+def expand_as(v: Tensor, like: Tensor) -> Tensor:
+    """A per-sample ``(B,)`` tensor viewed as ``(B, 1, ..., 1)``."""
+    return v.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+class _CheckedModel:
+    """Calls the model and validates its first output (logits (B, K), labels < K)."""
+
+    def __init__(self, model: Model, labels: list[tuple[str, Tensor]]) -> None:
+        self.model = model
+        self.labels = labels
+        self.checked = False
+
+    def __call__(self, x: Tensor) -> Tensor:
+        out = self.model(x)
+        if not self.checked:
+            self._check(x, out)
+            self.checked = True
+        return out
+
+    def _check(self, x: Tensor, out: object) -> None:
+        if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
+            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(f"expected the model to return logits of shape (B, K) = "
+                             f"({x.shape[0]}, K), got {shape}")
+        k = out.shape[1]
+        if k < 2:
+            raise ValueError(f"expected the model to return at least 2 logits, got {k}")
+        for name, lab in self.labels:
+            if lab.numel() and int(lab.max()) >= k:
+                raise ValueError(f"expected {name} in [0, {k - 1}] (the model has {k} logits), "
+                                 f"got a value {int(lab.max())}")
+        if not torch.isfinite(out).all():
+            raise ValueError("expected finite logits from the model, got NaN or inf")
+
+
+def _check_labels(name: str, lab: object, batch: int, device: torch.device) -> Tensor:
+    if not isinstance(lab, Tensor):
+        raise ValueError(f"expected {name} to be a torch.Tensor of class indices, "
+                         f"got {type(lab).__name__}")
+    if lab.dtype == torch.bool or lab.is_floating_point() or lab.is_complex():
+        raise ValueError(f"expected {name} to be an integer tensor, got dtype {lab.dtype}")
+    if lab.shape != (batch,):
+        raise ValueError(f"expected {name} of shape ({batch},) to match the batch of x, "
+                         f"got {tuple(lab.shape)}")
+    if lab.device != device:
+        raise ValueError(f"expected {name} on x's device {device}, got {lab.device}")
+    if lab.numel() and int(lab.min()) < 0:
+        raise ValueError(f"expected {name} >= 0 (class indices), got {int(lab.min())}")
+    return lab.long()
+
+
+def _check_inputs(x: object) -> None:
+    if not isinstance(x, Tensor):
+        raise ValueError(f"expected x to be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"expected x to be a floating-point tensor in [0, 1], got {x.dtype}")
+    if x.dim() < 2:
+        raise ValueError(f"expected x of shape (B, ...) with a batch dimension, "
+                         f"got {tuple(x.shape)}")
+    if x.numel():
+        lo, hi = (v.item() for v in torch.aminmax(x))  # one pass; NaN and inf show up here
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            bad = int((~torch.isfinite(x)).sum())
+            raise ValueError(f"expected finite x, got {bad} NaN or inf values")
+        if lo < 0 or hi > 1:
+            raise ValueError(f"expected x inside [0, 1] (pixels, before any normalization), "
+                             f"got values in [{lo:.4g}, {hi:.4g}]")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Attack(ABC):
+    """Base of all attacks. Subclasses are frozen dataclasses that implement ``run``."""
+
+    name: ClassVar[str] = ""  # set by ``@register``
+    minimal: ClassVar[bool] = False  # True: searches the smallest perturbation (no ε budget)
+
+    seed: int = 0  # seeds the attack's own torch.Generator (random starts, noise)
+
+    def __post_init__(self) -> None:
+        check_int("seed", self.seed, low=0)
+        self.check_params()
+
+    def check_params(self) -> None:  # noqa: B027 (an optional hook, not abstract)
+        """Validate the subclass's settings; raise ``ValueError`` naming the bad one."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__call__" in cls.__dict__:
+            raise TypeError(f"{cls.__name__} must not override Attack.__call__; implement run()")
+
+    @property
+    def targeted(self) -> bool:  # overridden by a dataclass field in targeted-capable attacks
+        return False
+
+    @property
+    def threat(self) -> ThreatModel | None:
+        """The fixed perturbation budget, or None for minimal-perturbation attacks."""
+        return None
+
+    def config(self) -> dict[str, Any]:
+        """The name and every setting, e.g. to store with a report."""
+        return {"attack": self.name, **asdict(self)}
+
+    @abstractmethod
+    def run(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
+            generator: torch.Generator) -> RunOutput:
+        """Craft adversarial examples for the float32 batch ``x`` (B, ...) in [0, 1].
+
+        ``model`` is in eval mode and validates its first output; ``y`` (B,) int64 labels;
+        ``target`` (B,) int64 when ``self.targeted``, else None; ``generator`` is seeded.
+        """
+
+    def __call__(self, model: nn.Module | Model, x: Tensor, y: Tensor,
+                 target: Tensor | None = None) -> AttackResult:
+        """Attack ``model`` on ``x`` (B, ...) in [0, 1] with labels ``y`` (B,)."""
+        _check_inputs(x)
+        batch = x.shape[0]
+        y = _check_labels("y", y, batch, x.device)
+        labels = [("y", y)]
+        if self.targeted:
+            if target is None:
+                raise ValueError(f"expected a target (B,) for the targeted attack {self.name!r}, "
+                                 "got None")
+            target = _check_labels("target", target, batch, x.device)
+            labels.append(("target", target))
+        elif target is not None:
+            raise ValueError(f"got a target for the untargeted attack {self.name!r}: "
+                             "create it with targeted=True, or pass target=None")
+        modules = list(model.modules()) if isinstance(model, nn.Module) else []
+        flags = [m.training for m in modules]
+        checked = _CheckedModel(model, labels)
+        try:
+            if isinstance(model, nn.Module):
+                model.eval()
+            with torch.inference_mode(False), torch.enable_grad():
+                # copies: tensors made under inference_mode cannot enter autograd
+                x32 = x.detach().to(torch.float32).clone()  # (B, ...)
+                y = y.clone()
+                target = None if target is None else target.clone()
+                checked.labels = [(n, lab.clone()) for n, lab in labels]
+                generator = torch.Generator(device=x.device)
+                generator.manual_seed(self.seed)
+                if batch:
+                    out = self.run(checked, x32, y, target, generator)
+                else:  # nothing to attack; the forward below still checks the model
+                    out = RunOutput(x32, 0)
+                adv = clip_box(out.adv.detach().to(torch.float32))
+                bad = ~torch.isfinite(adv)
+                if bad.any():
+                    log.warning("%s produced %d non-finite values; replaced by the clean pixels",
+                                self.name, int(bad.sum()))
+                    adv = torch.where(bad, x32, adv)
+                with torch.no_grad():
+                    logits = checked(adv).detach().float()  # (B, K)
+        finally:
+            for m, flag in zip(modules, flags, strict=True):
+                m.training = flag
+        result = _make_result(x, adv, logits, y, target, out)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s: %s", self.name, result.summary())
+        return result
+
+
+def _make_result(x: Tensor, adv: Tensor, logits: Tensor, y: Tensor, target: Tensor | None,
+                 out: RunOutput) -> AttackResult:
+    """Predictions, success and norms of the clipped float32 ``adv`` (B, ...), in x's dtype."""
+    pred = logits.argmax(dim=1)
+    success = pred == target if target is not None else pred != y
+    iters = out.iterations
+    if not isinstance(iters, Tensor):
+        iters = torch.full((x.shape[0],), int(iters), dtype=torch.int64, device=x.device)
+    adv_out = adv.to(x.dtype)
+    delta = adv_out.float() - x.float()
+    return AttackResult(adv=adv_out, success=success, l2=lp_norm(delta, "l2"),
+                        linf=lp_norm(delta, "linf"), pred=pred, logits=logits,
+                        iterations=iters.to(torch.int64), info=out.info)
+
+
+def cross_entropy(logits: Tensor, label: Tensor) -> Tensor:
+    """Per-sample cross-entropy, (B,)."""
+    return F.cross_entropy(logits, label, reduction="none")

@@ -1,0 +1,163 @@
+"""``advlab defend``: post-training defenses and certificates of trained classifiers.
+
+- ``advlab defend svd RUN --fraction 0:0.9:0.05 [--mode zero|scale] [--attack fgsm --eps 0.1]``:
+  test and adversarial accuracy against the fraction of singular values removed.
+- ``advlab defend certify RUN --eps 0.1,0.3``: Lipschitz bound and certified ℓ2 accuracy.
+
+Training-time defenses are objectives: ``advlab train classifier --defense NAME``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from advlab.cli.common import (
+    DataDirOption,
+    DeviceOption,
+    OutOption,
+    apply_data_dir,
+    console,
+    fail,
+    parse_floats,
+    setup_logging,
+)
+
+app = typer.Typer(help="Post-training defenses and certificates of a trained classifier.",
+                  no_args_is_help=True)
+
+
+def _load(run: Path, split: str, n: int | None, seed: int, device: str):
+    from advlab import data
+    from advlab.device import resolve_device
+    from advlab.weights import load_model, read_model_meta
+
+    if n is not None and n < 1:
+        raise ValueError(f"expected --n >= 1, got {n}")
+    dev = resolve_device(device)
+    model = load_model(run, dev)
+    dataset = read_model_meta(run).get("dataset")
+    if not dataset:
+        raise ValueError(f"{run}: the model file does not name its data set")
+    ds = data.load(dataset, split)
+    if n is not None and n < len(ds):
+        ds = data.subset(ds, n, seed=seed)
+    return model, dataset, ds, dev
+
+
+@app.command()
+def svd(
+    run: Path = typer.Argument(..., help="Classifier run directory (or model.safetensors)."),
+    fraction: str = typer.Option("0:0.9:0.05", help="Fractions of singular values: 0.5, a list "
+                                 "0,0.5 or a sweep start:stop:step."),
+    mode: str = typer.Option("zero", help="zero | scale (divide by --factor)."),
+    factor: float = typer.Option(10.0, help="Divisor of the bottom singular values (scale)."),
+    attack: str = typer.Option(None, help="Attack for the adversarial accuracy (fgsm, pgd, ...); "
+                               "none: clean accuracy only."),
+    eps: float = typer.Option(None, help="Budget of --attack."),
+    steps: int = typer.Option(None, help="Steps of --attack (pgd)."),
+    craft_on: str = typer.Option("truncated", help="truncated (white-box on each truncated "
+                                 "model) | original (transfer from the unmodified model)."),
+    n: int = typer.Option(None, help="Evaluate a seeded subset of n test points [all]."),
+    seed: int = typer.Option(0, help="Seed of the subset."),
+    batch_size: int = typer.Option(500, help="Points per attack call."),
+    out: Path = OutOption,
+    device: str = DeviceOption,
+    data_dir: Path = DataDirOption,
+) -> None:
+    """Zero (or shrink) the bottom singular values of every weight matrix; sweep the fraction."""
+    from advlab.attacks import create
+    from advlab.defenses.svd import MODES, sweep
+    from advlab.report.attack_figures import accuracy_curves
+    from advlab.runs import new_run_dir
+    from advlab.weights import library_versions
+
+    setup_logging()
+    apply_data_dir(data_dir)
+    try:
+        fractions = parse_floats(fraction)
+        if any(not 0 <= f <= 1 for f in fractions):
+            raise ValueError(f"expected --fraction values in [0, 1], got {fractions}")
+        if mode not in MODES:
+            raise ValueError(f"expected --mode in {', '.join(MODES)}, got {mode!r}")
+        att = None
+        params = {k: v for k, v in dict(eps=eps, steps=steps).items() if v is not None}
+        if attack is not None:
+            att = create(attack, **params)
+        elif params:
+            raise ValueError("--eps/--steps need --attack NAME")
+        model, dataset, ds, dev = _load(run, "test", n, seed, device)
+        report = new_run_dir("defend-svd", out)
+        config = {"command": "defend svd", "source_run": str(run), "dataset": dataset,
+                  "n": len(ds), "seed": seed, "fractions": fractions, "mode": mode,
+                  "factor": factor, "attack": att.config() if att else None,
+                  "craft_on": craft_on}
+        report.write_config(config)
+        x, y = ds.x.to(dev), ds.y.to(dev)
+        rows = sweep(model, x, y, fractions, mode=mode, factor=factor, attack=att,
+                     craft_on=craft_on, batch_size=batch_size)
+        curves = {"test accuracy": (fractions, [r.clean_accuracy for r in rows])}
+        if att is not None:
+            label = f"{attack} eps={att.config().get('eps')} ({craft_on})"
+            curves[label] = (fractions, [r.adversarial_accuracy for r in rows])
+        verb = "zeroed" if mode == "zero" else f"divided by {factor:g}"
+        accuracy_curves(curves, report.figures / "svd_sweep.png",
+                        xlabel=f"fraction of singular values {verb}",
+                        title=f"SVD defense ({dataset})")
+        metrics = {**config, "rows": [r.__dict__ for r in rows], "versions": library_versions()}
+        report.write_metrics(metrics)
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    table = Table("fraction", "values changed", "test acc", "adversarial acc")
+    for r in rows:
+        adv = "-" if r.adversarial_accuracy is None else f"{r.adversarial_accuracy:.4f}"
+        table.add_row(f"{r.fraction:.3g}", str(r.removed), f"{r.clean_accuracy:.4f}", adv)
+    console.print(table)
+    console.print(f"results in [bold]{report.path}[/]")
+
+
+@app.command()
+def certify(
+    run: Path = typer.Argument(..., help="Classifier run directory (or model.safetensors)."),
+    eps: str = typer.Option("0.1,0.3,0.5", help="ℓ2 radii: a list or a sweep start:stop:step."),
+    n: int = typer.Option(None, help="Evaluate a seeded subset of n test points [all]."),
+    seed: int = typer.Option(0, help="Seed of the subset."),
+    out: Path = OutOption,
+    device: str = DeviceOption,
+    data_dir: Path = DataDirOption,
+) -> None:
+    """Lipschitz upper bound of the logits and the certified ℓ2 accuracy (margin > √2·L·ε)."""
+    from advlab.defenses.lipschitz import certified_radius, is_lipschitz, lipschitz_bound
+    from advlab.runs import new_run_dir
+    from advlab.weights import library_versions
+
+    setup_logging()
+    apply_data_dir(data_dir)
+    try:
+        eps_list = parse_floats(eps)
+        model, dataset, ds, dev = _load(run, "test", n, seed, device)
+        lip = lipschitz_bound(model)
+        radius = certified_radius(model, ds.x.to(dev), ds.y.to(dev), lipschitz=lip)
+        cert = {e: (radius > e).float().mean().item() for e in eps_list}
+        report = new_run_dir("defend-certify", out)
+        metrics = {"command": "defend certify", "source_run": str(run), "dataset": dataset,
+                   "n": len(ds), "seed": seed, "lipschitz_bound": lip,
+                   "spectrally_bounded": is_lipschitz(model),
+                   "clean_accuracy": (radius > 0).float().mean().item(),
+                   "median_certified_radius": radius.clamp_min(0).median().item(),
+                   "certified_accuracy": [{"eps": e, "accuracy": a} for e, a in cert.items()],
+                   "versions": library_versions()}
+        report.write_config({k: metrics[k] for k in ("command", "source_run", "n", "seed")}
+                            | {"eps": eps_list})
+        report.write_metrics(metrics)
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    console.print(f"Lipschitz bound of the logits: {lip:.4g}; clean accuracy "
+                  f"{metrics['clean_accuracy']:.4f} on {len(ds)} points")
+    table = Table("eps (l2)", "certified accuracy")
+    for e, a in cert.items():
+        table.add_row(f"{e:.4g}", f"{a:.4f}")
+    console.print(table)
+    console.print(f"results in [bold]{report.path}[/]")

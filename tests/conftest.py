@@ -1,0 +1,12 @@
+"""Shared test set-up.
+
+Torch's intra-op thread pool thrashes when the suite shares a small machine with other work
+(two threads on two busy cores ran 10-36x slower here), and the tiny tensors of unit tests gain
+nothing from it: pin one thread for the whole session.
+"""
+
+from __future__ import annotations
+
+import torch
+
+torch.set_num_threads(1)

@@ -1,0 +1,128 @@
+"""``advlab attack`` end to end on a tiny digits classifier, and the demo's attack part."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from advlab import data
+from advlab.attacks import create
+from advlab.attacks_demo import demo_attacks
+from advlab.cli.main import app
+from advlab.eval import robust_accuracy
+from advlab.train.classifier import ClassifierJob, train_classifier
+from advlab.train.config import TrainConfig
+from advlab.weights import load_model
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """An MLP trained for 2 epochs on digits, saved as a classifier run directory."""
+    out = tmp_path_factory.mktemp("clf") / "run"
+    job = ClassifierJob(dataset="digits", model="mlp",
+                        train=TrainConfig(epochs=2, lr=5e-3, batch_size=64, seed=0,
+                                          device="cpu"))
+    train_classifier(job, out, progress=False)
+    return out
+
+
+def read_json(path):
+    """metrics.json must be strict JSON: no NaN or Infinity."""
+    def reject(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    return json.loads(path.read_text(), parse_constant=reject)
+
+
+def invoke(*args: str):
+    return runner.invoke(app, ["attack", *args, "--device", "cpu", "--no-progress"])
+
+
+def test_attack_prints_table_and_writes_metrics_and_figures(run_dir, tmp_path):
+    out = tmp_path / "att"
+    res = invoke(str(run_dir), "--attack", "pgd", "--eps", "0.1", "--steps", "5", "--n", "60",
+                 "--n-checks", "40", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    for text in ("clean accuracy", "robust accuracy", "success rate", "l2 mean / median",
+                 "soundness checks", "unbounded", "max linf", "results in"):
+        assert text in res.output
+    m = read_json(out / "metrics.json")
+    assert m["attack"] == "pgd" and m["n"] == 60 and m["eps"] == 0.1
+    assert 0 <= m["robust_accuracy"] <= m["clean_accuracy"] <= 1
+    assert m["params"] == {"steps": 5, "early_stop": True, "seed": 0}
+    assert {c["name"] for c in m["checks"]} >= {"gradients", "unbounded", "more-steps"}
+    assert m["reliable"] == all(c["passed"] for c in m["checks"])
+    assert m["curve"]["eps"] == [0.0, 0.1]
+    assert m["curve"]["accuracy"][0] == pytest.approx(m["clean_accuracy"])
+    for name in ("adversarial_grid.png", "accuracy_vs_eps.png", "roc.png"):
+        assert (out / "figures" / name).stat().st_size > 1000
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["attack"] == "pgd" and cfg["n"] == 60 and cfg["source_run"] == str(run_dir)
+    # the numbers are the library's on the same seeded subset
+    ds = data.subset(data.load("digits", "test"), 60, seed=0)
+    ev = robust_accuracy(load_model(run_dir), ds.x, ds.y,
+                         create("pgd", eps=0.1, steps=5, early_stop=True, seed=0))
+    assert m["robust_accuracy"] == pytest.approx(ev.robust_accuracy)
+    assert m["clean_accuracy"] == pytest.approx(ev.clean_accuracy)
+
+
+def test_fgsm_sweep_gives_a_falling_curve(run_dir, tmp_path):
+    out = tmp_path / "sweep"
+    res = invoke(str(run_dir), "--attack", "fgsm", "--eps", "0:0.2:0.1", "--n", "80",
+                 "--no-checks", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    assert "sweep" in res.output
+    m = read_json(out / "metrics.json")
+    assert [r["eps"] for r in m["per_eps"]] == [0.0, 0.1, 0.2]
+    acc = m["curve"]["accuracy"]
+    assert acc[0] == pytest.approx(m["clean_accuracy"])
+    assert acc[0] >= acc[1] >= acc[2] and acc[2] == pytest.approx(m["robust_accuracy"])
+    assert m["checks"] == [] and m["reliable"] is True
+
+
+def test_deepfool_curve_from_one_run(run_dir, tmp_path):
+    out = tmp_path / "df"
+    res = invoke(str(run_dir), "--attack", "deepfool", "--eps", "0.5,2.0", "--n", "50",
+                 "--overshoot", "0.02", "--no-checks", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    m = read_json(out / "metrics.json")
+    assert m["minimal"] and m["per_eps"] == [] and m["curve"]["eps"] == [0.5, 2.0]
+    assert m["curve"]["accuracy"][0] >= m["curve"]["accuracy"][1]
+    assert m["success_rate"] > 0.9  # DeepFool fools an undefended model
+
+
+def test_unknown_attack_lists_the_valid_ones(run_dir, tmp_path):
+    res = invoke(str(run_dir), "--attack", "pgdd", "--out", str(tmp_path / "x"))
+    assert res.exit_code == 2
+    assert "unknown attack 'pgdd'" in res.output and "fgsm" in res.output
+    assert not (tmp_path / "x").exists()  # nothing written for a user error
+
+
+def test_parameter_the_attack_does_not_take_is_a_clear_error(run_dir, tmp_path):
+    res = invoke(str(run_dir), "--attack", "fgsm", "--steps", "10", "--out", str(tmp_path / "x"))
+    assert res.exit_code == 2
+    assert "unknown parameter 'steps' for attack 'fgsm'" in res.output
+    res = invoke(str(run_dir), "--attack", "pgd", "--eps", "0:0.1", "--out", str(tmp_path / "y"))
+    assert res.exit_code == 2 and "start:stop:step" in res.output
+    res = invoke(str(tmp_path / "missing"), "--attack", "fgsm", "--eps", "0.1")
+    assert res.exit_code == 2 and "no model weights" in res.output
+
+
+def test_demo_attacks_quick(run_dir, tmp_path):
+    r = demo_attacks(tmp_path / "demo", run_dir, device="cpu", quick=True)
+    assert set(r["attacks"]) == {"fgsm", "pgd", "deepfool"}
+    assert r["attacks"]["deepfool"]["robust_accuracy"] <= r["attacks"]["pgd"]["robust_accuracy"]
+    assert r["rho2"]["rho2"] > 0 and r["n"] == 100
+    acc = r["pgd_curve"]["accuracy"]
+    assert all(a >= b for a, b in zip(acc, acc[1:]))  # cumulative: never rises
+    figs = {p.name for p in (tmp_path / "demo" / "figures").iterdir()}
+    assert {"fgsm_grid.png", "pgd_grid.png", "deepfool_grid.png",
+            "accuracy_vs_eps.png"} <= figs
+    assert read_json(tmp_path / "demo" / "metrics.json")["n"] == 100
+    assert torch.isfinite(torch.tensor(r["clean_accuracy"]))
