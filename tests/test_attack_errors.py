@@ -16,7 +16,7 @@ def model() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
 
 
-X = torch.rand(4, 1, 4, 4)
+X = torch.rand(4, 1, 4, 4, generator=torch.Generator().manual_seed(0))  # not the global RNG
 Y = torch.tensor([0, 1, 2, 0])
 
 
@@ -73,6 +73,18 @@ def test_bad_models():
         PGD(eps=0.1, steps=1)(lambda x: model()(x).detach(), X, Y)
     with pytest.raises(ValueError, match="depend differentiably on the input"):
         DeepFool()(lambda x: model()(x).detach(), X, Y)
+
+
+@pytest.mark.parametrize("name", ["fgsm", "pgd", "cw", "deepfool", "optim", "universal"])
+def test_detached_model_is_rejected_even_when_nothing_is_left_to_attack(name):
+    # every sample already misclassified (or already at the target): the attacks' early exits
+    # must not skip the check that the model is differentiable
+    net = model()
+    pred = net(X).argmax(dim=1)
+    wrong = (pred + 1) % 3
+    kwargs = {"target": pred} if name == "optim" else {}
+    with pytest.raises(ValueError, match="depend differentiably on the input"):
+        attacks.create(name)(lambda x: net(x).detach(), X, wrong, **kwargs)
 
 
 def test_model_mode_is_restored_after_an_error():

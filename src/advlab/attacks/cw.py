@@ -12,6 +12,7 @@ from advlab.attacks.base import (
     Model,
     RunOutput,
     check_bool,
+    check_differentiable,
     check_int,
     check_nonneg,
     check_positive,
@@ -127,6 +128,7 @@ class CW(Attack):
                 delta = torch.where(w >= 0, up, down) * torch.tanh(w)  # adv inside [0, 1]
                 adv = x + delta  # (B, ...)
                 logits = model(adv)  # (B, K)
+                check_differentiable(logits)  # the l2 term alone would hide a detached model
                 l2sq = delta.flatten(1).pow(2).sum(dim=1)
                 gap = margin(logits, label, self.targeted)
                 loss = l2sq + c * gap.clamp(min=-self.kappa)

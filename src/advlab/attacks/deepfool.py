@@ -84,6 +84,7 @@ class DeepFool(Attack):
         for _ in range(self.steps):
             xa = adv[active].detach().requires_grad_(True)  # (A, ...)
             logits = model(xa)  # (A, K)
+            check_differentiable(logits)  # even when every sample is already fooled
             if classes is None:
                 k = min(self.num_classes, logits.shape[1])
                 classes = logits.detach().topk(k, dim=1).indices

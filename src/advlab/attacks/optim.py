@@ -11,6 +11,7 @@ from advlab.attacks.base import (
     Attack,
     Model,
     RunOutput,
+    check_differentiable,
     check_int,
     check_nonneg,
     check_positive,
@@ -94,6 +95,7 @@ class Optim(Attack):
             xa = adv[active].detach().requires_grad_(True)  # (A, ...)
             tgt = target[active]
             logits = model(xa)  # (A, K)
+            check_differentiable(logits)  # even when every sample already reached the target
             p = logits.detach().softmax(dim=1).gather(1, tgt[:, None]).squeeze(1)  # (A,)
             prob[active] = p
             going = p < self.confidence

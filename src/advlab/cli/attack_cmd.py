@@ -57,7 +57,9 @@ def attack_command(
                           "the split is smaller)."),
     split: str = typer.Option("test", help="train | test"),
     seed: int = typer.Option(0, help="Seed of the subset and of the attack."),
-    batch_size: int = typer.Option(500, help="Points per attack call."),
+    batch_size: int | None = typer.Option(
+        None, help="Points per attack call (default: the fastest for this machine and model, "
+        "measured once and cached)."),
     surrogate: Path = typer.Option(None, help="Another classifier run: adds the white-box vs "
                                    "transfer soundness check."),
     checks: bool = typer.Option(True, help="Run the soundness checks (gradient masking)."),

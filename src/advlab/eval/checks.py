@@ -54,7 +54,7 @@ def reliable(checks: list[CheckResult]) -> bool:
     return all(c.passed for c in checks)
 
 
-def _acc(model: Model, x: Tensor, y: Tensor, attack: Attack, batch_size: int,
+def _acc(model: Model, x: Tensor, y: Tensor, attack: Attack, batch_size: int | None,
          device: torch.device) -> float:
     return robust_accuracy(model, x, y, attack, batch_size=batch_size,
                            device=device).robust_accuracy
@@ -62,10 +62,10 @@ def _acc(model: Model, x: Tensor, y: Tensor, attack: Attack, batch_size: int,
 
 # --- checks on the model's outputs and gradients -------------------------------------------
 
-def check_logits(model: Model, x: Tensor, *, batch_size: int = 500,
+def check_logits(model: Model, x: Tensor, *, batch_size: int | None = None,
                  device: torch.device | str | None = None) -> CheckResult:
     """Fails when every output row is a probability vector (non-negative, summing to 1)."""
-    out = predict(model, x[:batch_size], batch_size, device)
+    out = predict(model, x[:batch_size or 500], batch_size, device)
     sums = out.sum(dim=1)
     probs = bool((out >= 0).all() and torch.allclose(sums, torch.ones_like(sums), atol=1e-4))
     if probs:
@@ -77,11 +77,11 @@ def check_logits(model: Model, x: Tensor, *, batch_size: int = 500,
                        {"mean_row_sum": sums.mean().item()})
 
 
-def check_deterministic(model: Model, x: Tensor, *, batch_size: int = 500,
+def check_deterministic(model: Model, x: Tensor, *, batch_size: int | None = None,
                         device: torch.device | str | None = None) -> CheckResult:
     """Fails when two forward passes on the same inputs differ (a randomized model)."""
-    a = predict(model, x[:batch_size], batch_size, device)
-    b = predict(model, x[:batch_size], batch_size, device)
+    a = predict(model, x[:batch_size or 500], batch_size, device)
+    b = predict(model, x[:batch_size or 500], batch_size, device)
     diff = (a - b).abs().max().item()
     scale = a.abs().max().item() + 1e-12
     if diff > 1e-5 * scale + 1e-6:
@@ -93,7 +93,7 @@ def check_deterministic(model: Model, x: Tensor, *, batch_size: int = 500,
                        {"max_logit_difference": diff})
 
 
-def input_gradients(model: Model, x: Tensor, y: Tensor, *, batch_size: int = 500,
+def input_gradients(model: Model, x: Tensor, y: Tensor, *, batch_size: int | None = None,
                     device: torch.device | str | None = None) -> Tensor:
     """d CE(model(x), y) / dx per sample, (N, ...), in eval mode, on ``x``'s device.
 
@@ -101,6 +101,7 @@ def input_gradients(model: Model, x: Tensor, y: Tensor, *, batch_size: int = 500
     """
     check_data(x, y)
     check_batch_size(batch_size)
+    batch_size = batch_size or 500
     dev = model_device(model, x, device)
     modules = list(model.modules()) if isinstance(model, nn.Module) else []
     flags = [m.training for m in modules]
@@ -125,7 +126,7 @@ def input_gradients(model: Model, x: Tensor, y: Tensor, *, batch_size: int = 500
 
 
 def check_gradients(model: Model, x: Tensor, y: Tensor, *, zero_tol: float = 1e-12,
-                    max_zero_fraction: float = 0.1, batch_size: int = 500,
+                    max_zero_fraction: float = 0.1, batch_size: int | None = None,
                     device: torch.device | str | None = None) -> CheckResult:
     """Fails when an input gradient is NaN/inf, or more than ``max_zero_fraction`` of the
     points have a gradient with every entry <= ``zero_tol`` in absolute value."""
@@ -154,7 +155,7 @@ def check_gradients(model: Model, x: Tensor, y: Tensor, *, zero_tol: float = 1e-
 # --- checks comparing attacks ---------------------------------------------------------------
 
 def check_unbounded(model: Model, x: Tensor, y: Tensor, *, steps: int = 20,
-                    max_accuracy: float = 0.05, batch_size: int = 500,
+                    max_accuracy: float = 0.05, batch_size: int | None = None,
                     device: torch.device | str | None = None) -> CheckResult:
     """PGD with ℓ∞ ε = 1 (any image of the box is reachable), no random start, must bring
     accuracy to <= ``max_accuracy``."""
@@ -173,7 +174,7 @@ def check_unbounded(model: Model, x: Tensor, y: Tensor, *, steps: int = 20,
 
 def check_more_steps(model: Model, x: Tensor, y: Tensor, *, eps: float, norm: str = "linf",
                      steps: int = 10, more_steps: int = 50, restarts: int = 1,
-                     random_start: bool = False, tol: float = 0.02, batch_size: int = 500,
+                     random_start: bool = False, tol: float = 0.02, batch_size: int | None = None,
                      device: torch.device | str | None = None) -> CheckResult:
     """PGD with ``more_steps`` (and ``restarts``) must not be more than ``tol`` more accurate
     than PGD with ``steps``; the step size follows the default 2.5·ε / steps of each."""
@@ -197,7 +198,7 @@ def check_more_steps(model: Model, x: Tensor, y: Tensor, *, eps: float, norm: st
 
 
 def check_fgsm_eps(model: Model, x: Tensor, y: Tensor, *, eps_small: float, eps_large: float,
-                   tol: float = 0.02, batch_size: int = 500,
+                   tol: float = 0.02, batch_size: int | None = None,
                    device: torch.device | str | None = None) -> CheckResult:
     """FGSM at ``eps_large`` must not be more than ``tol`` more accurate than at ``eps_small``."""
     if not 0 <= eps_small < eps_large:
@@ -218,7 +219,7 @@ def check_fgsm_eps(model: Model, x: Tensor, y: Tensor, *, eps_small: float, eps_
 
 
 def check_transfer(model: Model, x: Tensor, y: Tensor, *, surrogate: Model, attack: Attack,
-                   tol: float = 0.02, batch_size: int = 500,
+                   tol: float = 0.02, batch_size: int | None = None,
                    device: torch.device | str | None = None) -> CheckResult:
     """The white-box accuracy under ``attack`` must not exceed by more than ``tol`` the
     accuracy on ``attack``'s examples crafted on ``surrogate`` (a black-box transfer attack)."""
@@ -243,7 +244,7 @@ def soundness_checks(model: Model, x: Tensor, y: Tensor, *, threat: ThreatModel 
                      surrogate: Model | None = None, transfer_attack: Attack | None = None,
                      n: int | None = 200, seed: int = 0, steps: int = 10,
                      more_steps: int = 50, restarts: int = 3, tol: float = 0.02,
-                     batch_size: int = 500, device: torch.device | str | None = None
+                     batch_size: int | None = None, device: torch.device | str | None = None
                      ) -> list[CheckResult]:
     """Run every check that applies, on a seeded subset of ``n`` points (all if None).
 

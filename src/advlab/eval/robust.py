@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from advlab.attacks import Attack, AttackResult, create
 from advlab.attacks.threat import lp_norm
+from advlab.tuning import auto_batch_size
 
 Model = Callable[[Tensor], Tensor]  # pixels in [0, 1] (B, ...) -> logits (B, K)
 
@@ -63,15 +64,31 @@ def check_data(x: object, y: object) -> None:
 
 
 def check_batch_size(batch_size: object) -> None:
+    """``batch_size`` is an integer >= 1, or None: measured for the machine (``advlab.tuning``)."""
+    if batch_size is None:
+        return
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"expected batch_size to be an integer >= 1, got {batch_size!r}")
+        raise ValueError(f"expected batch_size to be an integer >= 1 or None (measured for "
+                         f"this machine), got {batch_size!r}")
+
+
+def attack_batch_size(batch_size: int | None, model: Model, x: Tensor, device: torch.device,
+                      points: int) -> int:
+    """``batch_size``, or when None the machine's fastest for ``model`` (measured once and
+    cached by ``advlab.tuning.auto_batch_size``; 500 for a model that is not a Module)."""
+    if batch_size is not None:
+        return batch_size
+    if not isinstance(model, nn.Module) or points == 0:
+        return 500
+    return auto_batch_size(model, tuple(x.shape[1:]), device, limit=max(points, 1))
 
 
 @torch.no_grad()
-def predict(model: Model, x: Tensor, batch_size: int = 1000,
+def predict(model: Model, x: Tensor, batch_size: int | None = 1000,
             device: torch.device | str | None = None) -> Tensor:
     """Logits of ``model`` on ``x`` in eval mode, batched; on ``x``'s device, float32. (N, K)"""
     check_batch_size(batch_size)
+    batch_size = batch_size or 1000
     dev = model_device(model, x, device)
     modules = list(model.modules()) if isinstance(model, nn.Module) else []
     flags = [m.training for m in modules]
@@ -119,6 +136,7 @@ class RobustEvaluation:
     linf_mean: float
     linf_median: float
     seconds: float  # wall time, clean pass included
+    batch_size: int  # points per attack call (given, or measured for this machine)
     clean_correct: Tensor = field(repr=False)  # (N,) bool
     robust: Tensor = field(repr=False)  # (N,) bool
     attacked: Tensor = field(repr=False)  # (N,) bool: points attacked (correct, in mask)
@@ -152,7 +170,8 @@ class RobustEvaluation:
             "mean_iterations": finite_or_none(
                 self.result.iterations[self.attacked].float().mean().item()
                 if self.n_attacked else float("nan")),
-            "seconds": self.seconds, "summary": self.summary(),
+            "seconds": self.seconds, "batch_size": self.batch_size,
+            "summary": self.summary(),
         }
 
 
@@ -185,8 +204,8 @@ def _assemble(x: Tensor, y: Tensor, clean_logits: Tensor, idx: Tensor,
 
 
 def robust_accuracy(model: Model, x: Tensor, y: Tensor, attack: Attack, *,
-                    batch_size: int = 500, mask: Tensor | None = None, progress: bool = False,
-                    device: torch.device | str | None = None,
+                    batch_size: int | None = None, mask: Tensor | None = None,
+                    progress: bool = False, device: torch.device | str | None = None,
                     clean_logits: Tensor | None = None) -> RobustEvaluation:
     """Robust accuracy of ``model`` on ``(x, y)`` under the untargeted ``attack``.
 
@@ -217,6 +236,7 @@ def robust_accuracy(model: Model, x: Tensor, y: Tensor, attack: Attack, *,
     if threat is not None and threat.eps == 0:  # the threat set is {x}: nothing to call
         idx = idx[:0]
     parts = []
+    batch_size = attack_batch_size(batch_size, model, x, dev, idx.numel())
     with progress_bar(progress, idx.numel(), f"{getattr(attack, 'name', 'attack')}") as advance:
         for chunk in idx.split(batch_size):
             r = attack(model, x[chunk].to(dev), y[chunk].to(dev))
@@ -234,7 +254,7 @@ def robust_accuracy(model: Model, x: Tensor, y: Tensor, attack: Attack, *,
         robust_accuracy=robust.float().mean().item(),
         success_rate=n_fool / n_att if n_att else float("nan"), n_attacked=n_att,
         n_fooled=n_fool, l2_mean=l2_mean, l2_median=l2_median, linf_mean=linf_mean,
-        linf_median=linf_median, seconds=time.perf_counter() - start,
+        linf_median=linf_median, seconds=time.perf_counter() - start, batch_size=batch_size,
         clean_correct=clean_correct, robust=robust, attacked=todo, result=result)
 
 
@@ -281,6 +301,7 @@ def worst_case(evaluations: Sequence[RobustEvaluation]) -> RobustEvaluation:
         success_rate=n_fool / n_att if n_att else float("nan"), n_attacked=n_att,
         n_fooled=n_fool, l2_mean=l2_mean, l2_median=l2_median, linf_mean=linf_mean,
         linf_median=linf_median, seconds=sum(ev.seconds for ev in evaluations),
+        batch_size=max(ev.batch_size for ev in evaluations),
         clean_correct=evaluations[0].clean_correct, robust=robust, attacked=attacked,
         result=result)
 
@@ -339,7 +360,7 @@ def _check_eps_list(eps_list: Sequence[float]) -> list[float]:
 
 def robust_accuracy_curve(model: Model, x: Tensor, y: Tensor, attack_name: str,
                           eps_list: Sequence[float], *, cumulative: bool = True,
-                          batch_size: int = 500, progress: bool = False,
+                          batch_size: int | None = None, progress: bool = False,
                           device: torch.device | str | None = None,
                           **params: Any) -> AccuracyCurve:
     """Accuracy of ``model`` under attack ``attack_name`` at every ε of ``eps_list`` (sorted).
@@ -413,7 +434,7 @@ class EpsRef:
 
 
 def eps_ref(model: Model, x: Tensor, y: Tensor, *, level: float = 0.5, eps_max: float = 1.0,
-            tol: float = 1e-3, grid: int = 8, batch_size: int = 500,
+            tol: float = 1e-3, grid: int = 8, batch_size: int | None = None,
             device: torch.device | str | None = None) -> EpsRef:
     """ε_ref of the Deep Defense report: the smallest FGSM ε at which accuracy falls to ``level``.
 
@@ -490,9 +511,9 @@ class Rho2:
                 "n_failed": self.n_failed, "attack": self.evaluation.attack}
 
 
-def rho2(model: Model, x: Tensor, y: Tensor, *, over: str = "correct", batch_size: int = 500,
-         progress: bool = False, device: torch.device | str | None = None,
-         **deepfool_params: Any) -> Rho2:
+def rho2(model: Model, x: Tensor, y: Tensor, *, over: str = "correct",
+         batch_size: int | None = None, progress: bool = False,
+         device: torch.device | str | None = None, **deepfool_params: Any) -> Rho2:
     """ρ₂ of Moosavi-Dezfooli et al.: the mean of ‖r(x)‖₂ / ‖x‖₂ of DeepFool perturbations r.
 
     ``over="correct"`` (default): DeepFool attacks the correctly classified points (true label);

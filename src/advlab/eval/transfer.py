@@ -59,7 +59,7 @@ def transfer_robust(target: Model, x: Tensor, y: Tensor, adv: Tensor, *, batch_s
 
 
 def transfer_matrix(models: Mapping[str, Model] | Sequence[Model], x: Tensor, y: Tensor,
-                    attack: Attack, *, batch_size: int = 500, progress: bool = False,
+                    attack: Attack, *, batch_size: int | None = None, progress: bool = False,
                     device: torch.device | str | None = None) -> TransferMatrix:
     """Accuracy of every target on every source's adversarial examples (see module docstring).
 

@@ -1,0 +1,81 @@
+"""advlab.tuning: the measured attack batch size, its cache and its override."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from advlab import tuning
+from advlab.attacks import create
+from advlab.eval.robust import robust_accuracy
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
+@pytest.fixture
+def measured(monkeypatch, tmp_path):
+    monkeypatch.delenv("ADVLAB_BATCH_SIZE", raising=False)
+    monkeypatch.setenv("ADVLAB_CACHE", str(tmp_path))
+    tuning._memo.clear()
+    yield tmp_path
+    tuning._memo.clear()
+
+
+def test_measures_a_candidate_caches_it_and_reads_the_cache(measured, monkeypatch):
+    model = _model()
+    model.train()
+    b = tuning.auto_batch_size(model, (1, 4, 4), "cpu", candidates=(8, 16, 32), reps=1)
+    assert b in (8, 16, 32)
+    assert model.training  # mode restored
+    cache = json.loads((measured / "batch_sizes.json").read_text())
+    assert list(cache.values()) == [b]
+    # A fresh process (empty memo) reads the file instead of measuring again.
+    tuning._memo.clear()
+    monkeypatch.setattr(tuning, "_time_per_example",
+                        lambda *a, **k: pytest.fail("measured although cached"))
+    assert tuning.auto_batch_size(model, (1, 4, 4), "cpu", candidates=(8, 16, 32)) == b
+    assert tuning.auto_batch_size(model, (1, 4, 4), "cpu", limit=3) == min(b, 3)
+
+
+def test_another_architecture_or_shape_is_measured_apart(measured):
+    a = tuning._key(_model(), (1, 4, 4), torch.device("cpu"))
+    wider = nn.Sequential(nn.Flatten(), nn.Linear(16, 9), nn.ReLU(), nn.Linear(9, 3))
+    assert tuning._key(wider, (1, 4, 4), torch.device("cpu")) != a
+    assert tuning._key(_model(), (16,), torch.device("cpu")) != a
+
+
+def test_a_corrupt_cache_is_measured_again(measured):
+    (measured / "batch_sizes.json").write_text("{not json")
+    b = tuning.auto_batch_size(_model(), (1, 4, 4), "cpu", candidates=(8, 16), reps=1)
+    assert b in (8, 16)
+    assert json.loads((measured / "batch_sizes.json").read_text())  # rewritten, valid
+
+
+def test_override_and_its_validation(measured, monkeypatch):
+    monkeypatch.setenv("ADVLAB_BATCH_SIZE", "7")
+    assert tuning.auto_batch_size(_model(), (1, 4, 4), "cpu") == 7
+    monkeypatch.setenv("ADVLAB_BATCH_SIZE", "seven")
+    with pytest.raises(ValueError, match="ADVLAB_BATCH_SIZE"):
+        tuning.auto_batch_size(_model(), (1, 4, 4), "cpu")
+
+
+def test_robust_accuracy_records_the_batch_size_and_does_not_depend_on_it(measured,
+                                                                          monkeypatch):
+    model = _model().eval()
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(40, 1, 4, 4, generator=g)
+    y = model(x).argmax(1)
+    attack = create("pgd", eps=0.2, alpha=0.05, steps=10, random_start=False)
+    ev_auto = robust_accuracy(model, x, y, attack)
+    assert ev_auto.batch_size >= 1 and ev_auto.to_dict()["batch_size"] == ev_auto.batch_size
+    ev_small = robust_accuracy(model, x, y, attack, batch_size=7)
+    assert ev_small.batch_size == 7
+    assert torch.equal(ev_auto.robust, ev_small.robust)  # no random start: chunking is moot
+    with pytest.raises(ValueError, match="batch_size"):
+        robust_accuracy(model, x, y, attack, batch_size=0)
