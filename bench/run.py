@@ -14,7 +14,7 @@ import importlib
 
 from bench.common import FRAGMENTS, ROOT
 
-ORDER = ["classifiers", "loop", "attacks", "generative", "defenses"]
+ORDER = ["classifiers", "loop", "attacks", "reproductions", "generative", "defenses"]
 
 
 def assemble() -> None:
