@@ -7,6 +7,7 @@
 from advlab.attacks.base import Attack, AttackResult, RunOutput
 from advlab.attacks.cw import CW
 from advlab.attacks.deepfool import DeepFool
+from advlab.attacks.eot import EOT
 from advlab.attacks.fgsm import FGSM
 from advlab.attacks.noise import Noise
 from advlab.attacks.optim import Optim
@@ -18,7 +19,7 @@ from advlab.attacks.transfer import Transfer
 from advlab.attacks.universal import Universal
 
 __all__ = [
-    "ATTACKS", "CW", "FGSM", "PGD", "Attack", "AttackResult", "DeepFool", "Noise", "RunOutput",
-    "ThreatModel", "available", "create", "params", "register",
+    "ATTACKS", "CW", "EOT", "FGSM", "PGD", "Attack", "AttackResult", "DeepFool", "Noise",
+    "RunOutput", "ThreatModel", "available", "create", "params", "register",
     "Optim", "Spatial", "Transfer", "Universal",
 ]

@@ -117,6 +117,13 @@ def input_grad(loss: Tensor, x: Tensor) -> Tensor:
     return grad
 
 
+def margin(logits: Tensor, label: Tensor, targeted: bool) -> Tensor:
+    """(B,) how far from success: z_y − max_{j≠y} z_j, or max_{j≠t} z_j − z_t if targeted."""
+    own = logits.gather(1, label[:, None]).squeeze(1)
+    other = logits.scatter(1, label[:, None], -torch.inf).amax(dim=1)
+    return other - own if targeted else own - other
+
+
 def is_adversarial(logits: Tensor, label: Tensor, targeted: bool) -> Tensor:
     """(B,) bool: the prediction is the target (targeted) or differs from the label."""
     pred = logits.argmax(dim=1)

@@ -18,15 +18,9 @@ from advlab.attacks.base import (
     check_positive,
     input_grad,
     is_adversarial,
+    margin,
 )
 from advlab.attacks.registry import register
-
-
-def margin(logits: Tensor, label: Tensor, targeted: bool) -> Tensor:
-    """(B,) how far from success: z_y − max_{j≠y} z_j, or max_{j≠t} z_j − z_t if targeted."""
-    own = logits.gather(1, label[:, None]).squeeze(1)
-    other = logits.scatter(1, label[:, None], -torch.inf).amax(dim=1)
-    return other - own if targeted else own - other
 
 
 def shrink_along_ray(model: Model, x: Tensor, adv: Tensor, label: Tensor, targeted: bool,

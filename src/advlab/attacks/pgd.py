@@ -1,4 +1,5 @@
-"""PGD: projected gradient ascent on the cross-entropy, in an ℓ∞ or ℓ2 ball (FGSM reuses it)."""
+"""PGD: projected gradient ascent on the cross-entropy (or the logit margin), in an ℓ∞ or ℓ2 ball
+(FGSM reuses it)."""
 
 from __future__ import annotations
 
@@ -18,18 +19,31 @@ from advlab.attacks.base import (
     expand_as,
     input_grad,
     is_adversarial,
+    margin,
 )
 from advlab.attacks.registry import register
 from advlab.attacks.threat import ThreatModel, check_norm
 
 DEFAULT_EPS = {"linf": 8 / 255, "l2": 1.0}
+LOSSES = ("ce", "margin")
+
+
+def attack_loss(logits: Tensor, label: Tensor, targeted: bool, loss: str = "ce") -> Tensor:
+    """(B,) the loss PGD ascends: CE(label), or −CE(target) when targeted; with ``loss="margin"``
+    the CW margin max_{j≠y} z_j − z_y (resp. z_t − max_{j≠t} z_j), which does not saturate
+    when the softmax does (a very confident point has a CE gradient that underflows to 0)."""
+    if loss == "margin":
+        return -margin(logits, label, targeted)
+    ce = cross_entropy(logits, label)
+    return -ce if targeted else ce
 
 
 def pgd_loop(model: Model, x: Tensor, label: Tensor, targeted: bool, threat: ThreatModel,
-             alpha: float, steps: int, start: Tensor, early_stop: bool) -> tuple[Tensor, Tensor]:
+             alpha: float, steps: int, start: Tensor, early_stop: bool,
+             loss: str = "ce") -> tuple[Tensor, Tensor]:
     """``steps`` projected ascent steps from ``start`` (B, ...); returns (adv, iterations (B,)).
 
-    The loss ascended is CE(label) (untargeted) or −CE(target) (targeted). With ``early_stop``
+    The loss ascended is ``attack_loss`` (CE or margin, see there). With ``early_stop``
     a sample stops at the first iterate found adversarial (read from the logits of the gradient
     step itself: no extra forward) and later steps run only on the samples still standing.
     """
@@ -40,8 +54,7 @@ def pgd_loop(model: Model, x: Tensor, label: Tensor, targeted: bool, threat: Thr
         xa = (adv if active is None else adv[active]).detach().requires_grad_(True)  # (A, ...)
         x0, lab = (x, label) if active is None else (x[active], label[active])
         logits = model(xa)  # (A, K)
-        loss = cross_entropy(logits, lab)
-        grad = input_grad((-loss if targeted else loss).sum(), xa)
+        grad = input_grad(attack_loss(logits, lab, targeted, loss).sum(), xa)
         new = threat.step(x0, xa.detach(), grad, alpha)
         if not early_stop:
             adv, iters = new, iters + 1
@@ -77,6 +90,8 @@ class PGD(Attack):
             (Default: False)
         early_stop (bool): stop updating a sample once it is adversarial; evaluations use True,
             False reproduces the peers exactly. (Default: False)
+        loss (str): 'ce' (cross-entropy) or 'margin' (the CW logit margin, which does not
+            saturate on very confident points; run both in an evaluation). (Default: 'ce')
         seed (int): seed of the random start. (Default: 0)
 
     Shape:
@@ -95,9 +110,13 @@ class PGD(Attack):
     restarts: int = 1
     targeted: bool = False
     early_stop: bool = False
+    loss: str = "ce"
 
     def check_params(self) -> None:
         check_norm(self.norm)
+        if self.loss not in LOSSES:
+            raise ValueError(f"expected loss in {', '.join(map(repr, LOSSES))}, "
+                             f"got {self.loss!r}")
         if self.eps is None:
             object.__setattr__(self, "eps", DEFAULT_EPS[self.norm])
         check_nonneg("eps", self.eps)
@@ -121,7 +140,7 @@ class PGD(Attack):
         def attempt(x0: Tensor, lab: Tensor) -> tuple[Tensor, Tensor]:
             start = threat.random_start(x0, generator) if self.random_start else x0
             return pgd_loop(model, x0, lab, self.targeted, threat, float(self.alpha),
-                            self.steps, start, self.early_stop)
+                            self.steps, start, self.early_stop, self.loss)
 
         if self.restarts == 1:
             adv, iters = attempt(x, label)
@@ -133,8 +152,7 @@ class PGD(Attack):
             cand, used = attempt(x[todo], label[todo])
             with torch.no_grad():
                 logits = model(cand)  # (T, K)
-            loss = cross_entropy(logits, label[todo])
-            loss = -loss if self.targeted else loss
+            loss = attack_loss(logits, label[todo], self.targeted, self.loss)
             fooled = is_adversarial(logits, label[todo], self.targeted)
             better = fooled | (loss > best_loss[todo])  # todo holds only unfooled samples
             keep = todo[better]

@@ -1,4 +1,5 @@
-"""``advlab eval RUN``: accuracy, per-class accuracy and confusion matrix of a trained model."""
+"""``advlab eval RUN``: accuracy, per-class accuracy and confusion matrix of a trained model;
+``advlab eval robust RUN --eps 0.3``: the standard robustness protocol with soundness checks."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from rich.table import Table
 from advlab.cli.common import (
     DataDirOption,
     DefaultCommandGroup,
+    DeviceOption,
     OutOption,
     apply_data_dir,
     console,
     fail,
+    parse_floats,
     setup_logging,
 )
 
@@ -51,4 +54,95 @@ def accuracy(
         table.add_row(c, f"{a:.4f}")
     table.add_row("[bold]all", f"[bold]{metrics['test_acc']:.4f}")
     console.print(table)
+    console.print(f"results in [bold]{report.path}[/]")
+
+
+@app.command()
+def robust(
+    run: Path = typer.Argument(..., help="Classifier run directory (or model.safetensors)."),
+    norm: str = typer.Option("linf", help="Threat model: linf | l2."),
+    eps: float = typer.Option(..., help="Budget ε of the threat model, e.g. 0.3 (MNIST linf)."),
+    steps: int = typer.Option(50, help="PGD steps."),
+    restarts: int = typer.Option(10, help="PGD random restarts (the best per point kept)."),
+    minimal: str = typer.Option("deepfool", help="Minimal-perturbation attack for the curve "
+                                "over ε and the perturbation needed: deepfool | cw (l2) | none."),
+    eps_list: str = typer.Option(None, help="Where to read the accuracy curve, e.g. 0:0.4:0.05 "
+                                 "(default: 0.25ε to 2ε)."),
+    surrogate: Path = typer.Option(None, help="An undefended classifier run: adds the transfer "
+                                   "(black-box) attack and the white-box vs transfer check."),
+    eot: int = typer.Option(1, help="EOT samples for a randomized model (logits averaged over "
+                            "this many passes)."),
+    rho: bool = typer.Option(True, "--rho2/--no-rho2", help="Measure ρ₂ (DeepFool ℓ2)."),
+    eps_ref_: bool = typer.Option(True, "--eps-ref/--no-eps-ref",
+                                  help="Measure ε_ref (FGSM bisection; linf)."),
+    n: int = typer.Option(1000, help="Evaluate a seeded random subset of n test points."),
+    n_checks: int = typer.Option(200, help="Points used by the soundness checks."),
+    split: str = typer.Option("test", help="train | test"),
+    seed: int = typer.Option(0, help="Seed of the subset and of the random starts."),
+    batch_size: int | None = typer.Option(None, help="Points per attack call (default: "
+                                          "measured for this machine, cached)."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+    out: Path = OutOption,
+    device: str = DeviceOption,
+    data_dir: Path = DataDirOption,
+) -> None:
+    """The standard protocol: clean, FGSM, PGD×restarts, DeepFool/CW, ρ₂, ε_ref, transfer."""
+    from advlab import data
+    from advlab.attacks import ThreatModel
+    from advlab.device import resolve_device
+    from advlab.eval.protocol import protocol_rows, standard_evaluation
+    from advlab.report.attack_figures import accuracy_curves
+    from advlab.report.attack_report import checks_table
+    from advlab.runs import new_run_dir
+    from advlab.weights import library_versions, load_model, read_model_meta
+
+    setup_logging()
+    apply_data_dir(data_dir)
+    try:
+        threat = ThreatModel(norm, eps)
+        if minimal not in ("deepfool", "cw", "none"):
+            raise ValueError(f"expected --minimal deepfool, cw or none, got {minimal!r}")
+        if n < 1:
+            raise ValueError(f"expected --n >= 1, got {n}")
+        grid = parse_floats(eps_list) if eps_list else None
+        dev = resolve_device(device)
+        model = load_model(run, dev)
+        dataset = read_model_meta(run).get("dataset")
+        if not dataset:
+            raise ValueError(f"{run}: the model file does not name its data set")
+        ds = data.load(dataset, split)
+        if n < len(ds):
+            ds = data.subset(ds, n, seed=seed)
+        sur = load_model(surrogate, dev) if surrogate is not None else None
+        report = new_run_dir("eval-robust", out)
+        report.write_config({"command": "eval robust", "source_run": str(run),
+                             "dataset": dataset, "split": split, "n": len(ds), "seed": seed,
+                             "norm": norm, "eps": eps, "steps": steps, "restarts": restarts,
+                             "minimal": minimal, "eps_list": grid, "eot": eot,
+                             "surrogate": str(surrogate) if surrogate else None,
+                             "batch_size": batch_size})
+        result = standard_evaluation(
+            model, ds.x, ds.y, threat=threat, surrogate=sur, steps=steps, restarts=restarts,
+            minimal=None if minimal == "none" else minimal, eps_list=grid, with_rho2=rho,
+            with_eps_ref=eps_ref_, eot=eot, n_checks=n_checks, seed=seed,
+            batch_size=batch_size, device=dev, progress=progress)
+        metrics = result.to_dict()
+        metrics.update({"source_run": str(run), "dataset": dataset, "split": split,
+                        "versions": library_versions()})
+        report.write_metrics(metrics)
+        if result.curve is not None:
+            accuracy_curves({f"{result.curve.attack} ({norm})": (result.curve.eps,
+                                                                 result.curve.accuracy)},
+                            report.figures / "accuracy_vs_eps.png", xlabel=f"ε ({norm})",
+                            title=f"{dataset}: accuracy under {result.curve.attack}")
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    table = Table("measure", "value", title=f"{dataset}, {len(ds)} points, {norm} ε = {eps:g}")
+    for label, value in protocol_rows(result):
+        table.add_row(label, value)
+    console.print(table)
+    console.print(checks_table(metrics["checks"]))
+    if not result.reliable:
+        console.print("[bold red]unreliable:[/] a soundness check failed; the robust accuracy "
+                      "above is an overestimate until the failure is explained.")
     console.print(f"results in [bold]{report.path}[/]")
