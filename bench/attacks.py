@@ -2,7 +2,7 @@
 
     ADVLAB_DATA=../shared/data python -m bench.run --only attacks [--quick]
 
-Model: the `madry-cnn` trained by the classifiers benchmark (bench/out/madrycnn-mnist), the
+Model: the `madry-cnn` trained by the classifiers benchmark (bench/out/madrycnn-mnist-cos), the
 first N MNIST test images (N = 1000; DeepFool of torchattacks, a per-sample Python loop, on a
 smaller slice stated in the table). Every measurement runs in its own worker process, so its
 peak resident memory (``ru_maxrss`` of that process) is its own; the workers of the libraries
@@ -30,7 +30,8 @@ from pathlib import Path
 from bench.common import ROOT, require_data, write_fragment
 
 OUT = ROOT / "bench" / "out"
-MODEL_RUNS = [OUT / "madrycnn-mnist", OUT / "defenses" / "madrycnn-mnist-plain"]
+MODEL_RUNS = [OUT / "madrycnn-mnist-cos", OUT / "madrycnn-mnist",
+              OUT / "defenses" / "madrycnn-mnist-plain"]
 
 # case -> (description, libraries)
 CASES = {
