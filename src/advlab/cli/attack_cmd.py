@@ -18,6 +18,7 @@ from advlab.cli.common import (
     apply_data_dir,
     console,
     fail,
+    load_classifier_run,
     parse_floats,
     setup_logging,
 )
@@ -70,12 +71,10 @@ def attack_command(
     data_dir: Path = DataDirOption,
 ) -> None:
     """Attack a trained classifier; print and save robust accuracy, curves and checks."""
-    from advlab import data
     from advlab.attacks import ATTACKS, create
-    from advlab.device import resolve_device
     from advlab.report.attack_report import attack_report, checks_table, summary_table, sweep_table
     from advlab.runs import attach_log_file, new_run_dir
-    from advlab.weights import library_versions, load_model, read_model_meta
+    from advlab.weights import library_versions, load_model
 
     setup_logging()
     apply_data_dir(data_dir)
@@ -90,16 +89,7 @@ def attack_command(
             create(attack, **params)
         else:
             create(attack, **params, **({"eps": eps_list[0]} if eps_list else {}))
-        if n < 1:
-            raise ValueError(f"expected --n >= 1, got {n}")
-        dev = resolve_device(device)
-        model = load_model(run, dev)
-        dataset = read_model_meta(run).get("dataset")
-        if not dataset:
-            raise ValueError(f"{run}: the model file does not name its data set")
-        ds = data.load(dataset, split)
-        if n < len(ds):
-            ds = data.subset(ds, n, seed=seed)
+        model, dataset, ds, dev = load_classifier_run(run, split, n, seed, device)
         sur = load_model(surrogate, dev) if surrogate is not None else None
         report = new_run_dir("attack", out)
         config = {"command": "attack", "source_run": str(run), "dataset": dataset,

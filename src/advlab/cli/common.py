@@ -64,3 +64,22 @@ class DefaultCommandGroup(TyperGroup):
         if args and args[0] not in self.commands and not args[0].startswith("-"):
             args.insert(0, self.default_command)
         return super().resolve_command(ctx, args)
+
+
+def load_classifier_run(run: Path, split: str, n: int | None, seed: int, device: str):
+    """(model, dataset name, data set or its seeded subset of n points, device) of a run."""
+    from advlab import data
+    from advlab.device import resolve_device
+    from advlab.weights import load_model, read_model_meta
+
+    if n is not None and n < 1:
+        raise ValueError(f"expected --n >= 1, got {n}")
+    dev = resolve_device(device)
+    model = load_model(run, dev)
+    dataset = read_model_meta(run).get("dataset")
+    if not dataset:
+        raise ValueError(f"{run}: the model file does not name its data set")
+    ds = data.load(dataset, split)
+    if n is not None and n < len(ds):
+        ds = data.subset(ds, n, seed=seed)
+    return model, dataset, ds, dev

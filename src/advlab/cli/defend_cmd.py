@@ -21,30 +21,13 @@ from advlab.cli.common import (
     apply_data_dir,
     console,
     fail,
+    load_classifier_run,
     parse_floats,
     setup_logging,
 )
 
 app = typer.Typer(help="Post-training defenses and certificates of a trained classifier.",
                   no_args_is_help=True)
-
-
-def _load(run: Path, split: str, n: int | None, seed: int, device: str):
-    from advlab import data
-    from advlab.device import resolve_device
-    from advlab.weights import load_model, read_model_meta
-
-    if n is not None and n < 1:
-        raise ValueError(f"expected --n >= 1, got {n}")
-    dev = resolve_device(device)
-    model = load_model(run, dev)
-    dataset = read_model_meta(run).get("dataset")
-    if not dataset:
-        raise ValueError(f"{run}: the model file does not name its data set")
-    ds = data.load(dataset, split)
-    if n is not None and n < len(ds):
-        ds = data.subset(ds, n, seed=seed)
-    return model, dataset, ds, dev
 
 
 @app.command()
@@ -88,7 +71,7 @@ def svd(
             att = create(attack, **params)
         elif params:
             raise ValueError("--eps/--steps need --attack NAME")
-        model, dataset, ds, dev = _load(run, "test", n, seed, device)
+        model, dataset, ds, dev = load_classifier_run(run, "test", n, seed, device)
         report = new_run_dir("defend-svd", out)
         config = {"command": "defend svd", "source_run": str(run), "dataset": dataset,
                   "n": len(ds), "seed": seed, "fractions": fractions, "mode": mode,
@@ -137,7 +120,7 @@ def certify(
     apply_data_dir(data_dir)
     try:
         eps_list = parse_floats(eps)
-        model, dataset, ds, dev = _load(run, "test", n, seed, device)
+        model, dataset, ds, dev = load_classifier_run(run, "test", n, seed, device)
         lip = lipschitz_bound(model)
         radius = certified_radius(model, ds.x.to(dev), ds.y.to(dev), lipschitz=lip)
         cert = {e: (radius > e).float().mean().item() for e in eps_list}

@@ -16,6 +16,7 @@ from advlab.cli.common import (
     apply_data_dir,
     console,
     fail,
+    load_classifier_run,
     parse_floats,
     setup_logging,
 )
@@ -87,14 +88,12 @@ def robust(
     data_dir: Path = DataDirOption,
 ) -> None:
     """The standard protocol: clean, FGSM, PGD×restarts, DeepFool/CW, ρ₂, ε_ref, transfer."""
-    from advlab import data
     from advlab.attacks import ThreatModel
-    from advlab.device import resolve_device
     from advlab.eval.protocol import protocol_rows, standard_evaluation
     from advlab.report.attack_figures import accuracy_curves
     from advlab.report.attack_report import checks_table
     from advlab.runs import new_run_dir
-    from advlab.weights import library_versions, load_model, read_model_meta
+    from advlab.weights import library_versions, load_model
 
     setup_logging()
     apply_data_dir(data_dir)
@@ -102,17 +101,8 @@ def robust(
         threat = ThreatModel(norm, eps)
         if minimal not in ("deepfool", "cw", "none"):
             raise ValueError(f"expected --minimal deepfool, cw or none, got {minimal!r}")
-        if n < 1:
-            raise ValueError(f"expected --n >= 1, got {n}")
         grid = parse_floats(eps_list) if eps_list else None
-        dev = resolve_device(device)
-        model = load_model(run, dev)
-        dataset = read_model_meta(run).get("dataset")
-        if not dataset:
-            raise ValueError(f"{run}: the model file does not name its data set")
-        ds = data.load(dataset, split)
-        if n < len(ds):
-            ds = data.subset(ds, n, seed=seed)
+        model, dataset, ds, dev = load_classifier_run(run, split, n, seed, device)
         sur = load_model(surrogate, dev) if surrogate is not None else None
         report = new_run_dir("eval-robust", out)
         report.write_config({"command": "eval robust", "source_run": str(run),
