@@ -274,3 +274,23 @@ def test_wgan_gp_default_recipe_beats_veegan_on_the_ring(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["modes_covered"] == 8
     assert metrics["high_quality_fraction"] > 0.529
+
+
+def test_batchnorm_recalibration_describes_the_averaged_weights_and_spares_the_global_rng():
+    from advlab.generative.train import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    gen = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8, momentum=0.1))
+    gen[1].running_mean.fill_(5.0)  # statistics of other weights
+    gen[1].running_var.fill_(9.0)
+    gen.eval()
+    state = torch.get_rng_state()
+    recalibrate_batchnorm(gen, 4, batches=10, batch_size=128, seed=3)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert not gen.training and gen[1].momentum == 0.1
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        h = torch.cat([gen[0](torch.randn(128, 4, generator=g)) for _ in range(10)])
+    assert torch.allclose(gen[1].running_mean, h.mean(0), atol=1e-5)
+    # the cumulative average of per-batch unbiased variances, close to the pooled variance
+    assert torch.allclose(gen[1].running_var, h.var(0), rtol=0.05)

@@ -234,7 +234,7 @@ def fit_generative(
     if config.ema and not adversarial:
         raise ValueError("ema: a moving average of weights is for the adversarial models' "
                          "generators; use ema=0 for ae/vae")
-    ema = _Ema(model.generator, config.ema) if config.ema else None
+    ema = _Ema(model.generator, config.ema, model.latent_dim) if config.ema else None
     history: list[dict[str, float]] = []
     snapshots: list[tuple[int, torch.Tensor]] = []
     start_epoch = 1
@@ -295,11 +295,43 @@ def fit_generative(
     return GenerativeFitResult(history=history, snapshots=snapshots, fixed_z=fixed_z)
 
 
-class _Ema:
-    """An exponential moving average of a module's parameters (buffers are copied)."""
+@torch.no_grad()
+def recalibrate_batchnorm(generator: torch.nn.Module, latent_dim: int, batches: int = 20,
+                          batch_size: int = 256, seed: int = 0) -> None:
+    """Recompute the batch-norm statistics of ``generator`` from its own outputs on prior draws.
 
-    def __init__(self, module: torch.nn.Module, decay: float) -> None:
-        self.decay = decay
+    Averaged (EMA) weights come without statistics of their own: the running means and
+    variances tracked for the trained weights do not describe the averaged generator's
+    activations, and sampling in eval mode with them degrades the samples. This resets every
+    batch-norm layer, runs ``batches`` batches of z ~ N(0, I) in train mode with a cumulative
+    average (momentum None), and restores each layer's momentum and the module's mode. Its
+    draws come from a private generator seeded with ``seed``: the global RNG is untouched."""
+    bns = [m for m in generator.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    was_training = generator.training
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    p = next(generator.parameters())
+    g = torch.Generator().manual_seed(seed)
+    generator.train()
+    try:
+        for _ in range(batches):
+            generator(torch.randn(batch_size, latent_dim, generator=g).to(p.device, p.dtype))
+    finally:
+        for m, momentum in zip(bns, momenta, strict=True):
+            m.momentum = momentum
+        generator.train(was_training)
+
+
+class _Ema:
+    """An exponential moving average of a module's parameters. Batch-norm statistics are not
+    averaged: ``copy_to`` recomputes them for the averaged weights (``recalibrate_batchnorm``)."""
+
+    def __init__(self, module: torch.nn.Module, decay: float, latent_dim: int) -> None:
+        self.decay, self.latent_dim = decay, latent_dim
         self.state = {k: v.detach().clone() for k, v in module.state_dict().items()}
         self.params = {k for k, _ in module.named_parameters()}
 
@@ -313,6 +345,7 @@ class _Ema:
 
     def copy_to(self, module: torch.nn.Module) -> None:
         module.load_state_dict(self.state)
+        recalibrate_batchnorm(module, self.latent_dim)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.state
