@@ -13,8 +13,9 @@
 - Fashion-MNIST: a VAE and a DCGAN trained, with the same scores (LeNet-5 on Fashion-MNIST).
 
 Runs go to bench/out/generative/<name>/ (reused when complete); the markdown section goes to
-docs/benchmarks/generative.md (assembled into docs/BENCHMARKS.md by bench.run) and is copied to
-docs/BENCHMARKS-generative.md. ``--quick`` is a smoke run with tiny settings (its numbers say
+docs/benchmarks/generative.md (assembled into docs/BENCHMARKS.md by bench.run); a part or image
+run not re-measured keeps its last measured rows (``--only``, ``--runs``). ``--quick`` is a
+smoke run with tiny settings (its numbers say
 nothing about quality) written to *-quick files.
 """
 
@@ -180,14 +181,40 @@ def _score(run_dir: Path, dataset: str, clf_dir: Path, n: int) -> dict:
     return out
 
 
-def images(quick: bool) -> str:
+def _previous(quick: bool) -> str:
+    path = ROOT / "docs" / "benchmarks" / f"generative{'-quick' if quick else ''}.md"
+    return path.read_text() if path.is_file() else ""
+
+
+def _previous_line(text: str, prefix: str) -> str | None:
+    return next((line for line in text.splitlines() if line.startswith(prefix)), None)
+
+
+def images(quick: bool, runs: set[str] | None = None) -> str:
+    """The image section; with ``runs``, only those runs are trained and scored, the other
+    rows (and classifier notes) are kept from the fragment last written."""
     rows, notes = [], []
     clfs = {}
+    previous = _previous(quick)
+    wanted = {name for name, *_ in IMAGE_RUNS} if runs is None else runs
+    unknown = wanted - {name for name, *_ in IMAGE_RUNS}
+    if unknown:
+        raise SystemExit(f"unknown image runs {sorted(unknown)}; valid: "
+                         f"{[name for name, *_ in IMAGE_RUNS]}")
     for dataset in ("mnist", "fashion-mnist"):
+        needs = any(d == dataset and n in wanted and m != "vae" for n, d, m, _ in IMAGE_RUNS)
+        old_note = _previous_line(previous, f"- LeNet-5 on {dataset} ")
+        if not needs and old_note is not None:
+            notes.append(old_note[2:])
+            continue
         clfs[dataset], acc = _classifier(dataset, quick)
         notes.append(f"LeNet-5 on {dataset} (12 epochs): test accuracy {acc:.4f} "
                      f"(`{clfs[dataset].relative_to(ROOT)}`)")
     for name, dataset, model, opts in IMAGE_RUNS:
+        old_row = _previous_line(previous, f"| {dataset} | `{model}`")
+        if name not in wanted and old_row is not None:
+            rows.append(old_row)
+            continue
         m, path = _run(name, _job(dataset, model, 0, quick, **dict(opts)), quick)
         epochs = m["epochs_completed"]
         cmd = (f"`advlab train generative --model {model} --dataset {dataset} --epochs {epochs}"
@@ -217,34 +244,50 @@ def images(quick: bool) -> str:
         "| data | model | epochs | IS | IS real | FD | FD real | -ELBO | -IW bound (k=100) | "
         "s / epoch | command |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
         + "\n".join(rows) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
-        "- The MNIST IS target (>= 9.0) is not met: the samples are less balanced over the "
-        "classes and less confidently classified than real digits; longer training was out of "
-        "this machine's budget.\n")
+        "- DCGAN samples are drawn from the moving average of the generator's weights, with "
+        "batch-norm statistics recomputed for those weights.\n")
 
 
-def main(quick: bool = False, parts: tuple[str, ...] = ("toys", "images")) -> None:
+def _previous_section(quick: bool, heading: str) -> str | None:
+    text = _previous(quick)
+    if heading not in text:
+        return None
+    body = text[text.index(heading):]
+    end = body.find("\n### ", len(heading))
+    end2 = body.find("\nTiming:", len(heading))
+    cut = min(e for e in (end, end2, len(body)) if e >= 0)
+    return body[:cut].rstrip() + "\n"
+
+
+def main(quick: bool = False, parts: tuple[str, ...] = ("toys", "images"),
+         runs: set[str] | None = None) -> None:
     import torch
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     sections = []
-    if "toys" in parts:
-        sections.append(toys(quick))
-    if "images" in parts:
-        require_data()
-        sections.append(images(quick))
+    for part, heading, fn in (("toys", "### 2-D mixtures", lambda: toys(quick)),
+                              ("images", "### MNIST and Fashion-MNIST",
+                               lambda: images(quick, runs))):
+        if part in parts:
+            if part == "images":
+                require_data()
+            sections.append(fn())
+        elif (kept := _previous_section(quick, heading)) is not None:
+            sections.append(kept)
     suffix = "-quick" if quick else ""
     cmd = "python -m bench.generative" + (" --quick" if quick else "")
-    sections.append("Timing: every run trained with one thread while other jobs shared the "
-                    "two cores (load average 2-9), so seconds overstate an idle machine's.\n")
+    sections.append("Timing: runs trained with one thread, at times while other jobs shared "
+                    "the two cores, so seconds can overstate an idle machine's.\n")
     frag = write_fragment("generative" + suffix, "Generative models", cmd, "\n".join(sections))
-    target = ROOT / "docs" / f"BENCHMARKS-generative{suffix}.md"
-    target.write_text("# advlab benchmarks: generative models\n\n" + frag.read_text())
-    print(f"[generative] wrote {frag} and {target} ({machine()})")
+    print(f"[generative] wrote {frag} ({machine()})")
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke run with tiny settings")
     ap.add_argument("--only", nargs="*", default=["toys", "images"], help="toys and/or images")
+    ap.add_argument("--runs", nargs="*", default=None,
+                    help="image runs to (re)measure; the other rows are kept")
     args = ap.parse_args()
-    main(quick=args.quick, parts=tuple(args.only))
+    main(quick=args.quick, parts=tuple(args.only),
+         runs=set(args.runs) if args.runs is not None else None)

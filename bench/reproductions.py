@@ -65,7 +65,8 @@ def deepfool_table(quick: bool) -> list[dict]:
                      "clean": clean_accuracy(model, x, y), "rho2": ours.value,
                      "n_used": ours.n_used, "n_failed": ours.n_failed,
                      "rho2_unclipped": unclipped, "seconds": seconds, "n": int(x.shape[0]),
-                     "epochs": len(metrics.get("history", [])) or opts["epochs"], "run": str(run_dir.relative_to(ROOT))})
+                     "epochs": len(metrics.get("history", [])) or opts["epochs"],
+                     "run": str(run_dir.relative_to(ROOT))})
         print(f"[reproductions] {rows[-1]}", flush=True)
     return rows
 
