@@ -274,6 +274,47 @@ def test_deepfool_finetune_loss_is_the_loss_at_deepfool_examples(trained_mlp, di
                                             rel=1e-6)
 
 
+def test_deepfool_finetune_refreshed_per_epoch_trains_on_the_epochs_deepfool_set(trained_mlp,
+                                                                                digits):
+    import copy
+
+    train, _ = digits
+    sub = train.subset(torch.arange(200))
+    obj = defenses.create_objective("deepfool-finetune", steps=20, refresh="epoch",
+                                    batch_size=64)
+    model = copy.deepcopy(trained_mlp)
+    seen, modes = [], []
+
+    class Spy:
+        name = "spy"
+
+        def epoch_inputs(self, m, x, y):
+            adv = obj.epoch_inputs(m, x, y)
+            seen.append((m.training, adv.clone()))
+            return adv
+
+        def __call__(self, m, x, y):
+            modes.append(m.training)
+            return obj(m, x, y)
+
+    start = copy.deepcopy(model)
+    fit(model, sub, TrainConfig(epochs=2, batch_size=50, lr=1e-3, device="cpu"),
+        objective=Spy(), progress=False)
+    assert len(seen) == 2  # once per epoch, from the weights of that epoch's start
+    expected = attacks.DeepFool(steps=20, overshoot=0.02)(start, sub.x, sub.y).adv
+    assert torch.allclose(seen[0][1], expected, atol=1e-5)  # batched by 64 vs all at once
+    assert not torch.equal(seen[1][1], seen[0][1])
+    assert all(modes)  # the batches train in train mode after the hook ran the attack
+    out = obj(trained_mlp, expected[:10], sub.y[:10])  # the batch is the perturbed input
+    assert out.loss.item() == pytest.approx(
+        F.cross_entropy(trained_mlp(expected[:10]), sub.y[:10]).item(), rel=1e-6)
+    assert defenses.create_objective("deepfool-finetune").epoch_inputs is None
+    with pytest.raises(ValueError, match="refresh: expected 'batch' or 'epoch'"):
+        defenses.create_objective("deepfool-finetune", refresh="step")
+    with pytest.raises(ValueError, match="clean_weight=0"):
+        defenses.create_objective("deepfool-finetune", refresh="epoch", clean_weight=0.5)
+
+
 # --- Lipschitz ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("stride,padding,dilation,groups", [(1, 1, 1, 1), (2, 1, 1, 1),

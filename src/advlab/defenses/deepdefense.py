@@ -190,14 +190,43 @@ class DeepFoolFinetune:
     overshoot: float = 0.02
     num_classes: int = 10  # candidate classes of DeepFool
     clean_weight: float = 0.0  # weight of the clean loss; 0 = perturbed examples only
+    # "batch": DeepFool examples of the current weights for every batch (online); "epoch":
+    # the whole training set perturbed once per epoch, as Moosavi-Dezfooli et al. §4.3 ("for
+    # each epoch, a new set of perturbed examples is generated"), then trained on as data
+    refresh: str = "batch"
+    batch_size: int = 1000  # DeepFool batch of the "epoch" refresh
 
     def __post_init__(self) -> None:
         check_int("steps", self.steps)
         check_number("overshoot", self.overshoot)
         check_int("num_classes", self.num_classes, low=2)
         check_fraction("clean_weight", self.clean_weight)
+        if self.refresh not in ("batch", "epoch"):
+            raise ValueError(f"refresh: expected 'batch' or 'epoch', got {self.refresh!r}")
+        if self.refresh == "epoch" and self.clean_weight > 0:
+            raise ValueError("refresh='epoch' trains on the perturbed set only: expected "
+                             f"clean_weight=0, got {self.clean_weight}")
+        check_int("batch_size", self.batch_size)
+
+    @property
+    def epoch_inputs(self):
+        """With ``refresh="epoch"``, the hook ``fit`` calls at the start of every epoch."""
+        return self._perturb_all if self.refresh == "epoch" else None
+
+    def _perturb_all(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        attack = DeepFool(steps=self.steps, overshoot=self.overshoot,
+                          num_classes=self.num_classes)
+        return torch.cat([attack(model, xb, yb).adv for xb, yb in
+                          zip(x.split(self.batch_size), y.split(self.batch_size), strict=True)])
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> StepOutput:
+        if self.refresh == "epoch":  # x is already this epoch's DeepFool example
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            return StepOutput(loss=loss, logits=logits.detach(),
+                              metrics={"adv_loss": loss.detach(),
+                                       "adv_acc": (logits.detach().argmax(1) == y).float()
+                                       .mean()})
         attack = DeepFool(steps=self.steps, overshoot=self.overshoot,
                           num_classes=self.num_classes)
         adv = attack(model, x, y).adv  # eval mode inside; each module's mode restored after

@@ -131,13 +131,18 @@ def fit(
             model.train()
             perm = torch.randperm(n, generator=_epoch_generator(config.seed, epoch, device))
             perm = perm.to(device)
+            # an objective may supply this epoch's inputs (e.g. adversarial examples of the
+            # whole training set, computed once per epoch from the current weights)
+            epoch_inputs = getattr(objective, "epoch_inputs", None)
+            x_epoch = x_train if epoch_inputs is None else epoch_inputs(model, x_train, y_train)
+            model.train()
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device, dtype=torch.long)
             extra_sums: dict[str, torch.Tensor] = {}
             bar.start_epoch(epoch, config.epochs)
             for b in range(steps_per_epoch):
                 idx = perm[b * config.batch_size:(b + 1) * config.batch_size]
-                xb, yb = x_train[idx], y_train[idx]
+                xb, yb = x_epoch[idx], y_train[idx]
                 out = objective(model, xb, yb)
                 if not torch.isfinite(out.loss):
                     raise TrainingDiverged(
