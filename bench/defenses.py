@@ -555,6 +555,90 @@ def md_latent(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# --- figures (the report's Figures 4-7) ----------------------------------------------------
+
+FIGURES = ROOT / "docs" / "figures"
+
+
+def _bars(ax, groups: list[str], series: dict[str, list[float | None]], ylabel: str) -> None:
+    import numpy as np
+
+    width = 0.8 / max(1, len(series))
+    pos = np.arange(len(groups))
+    for i, (label, values) in enumerate(series.items()):
+        ax.bar(pos + i * width, [v if v is not None else 0.0 for v in values], width,
+               label=label)
+    ax.set_xticks(pos + width * (len(series) - 1) / 2, groups)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def fig_latent(r: dict[str, Any], quick: bool) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ds in ("mnist", "fashion-mnist"):
+        if ds not in r:
+            continue
+        rows = r[ds]
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+        kinds = ["image", "ae-encode", "ae-project", "vae-encode", "vae-project"]
+        _bars(axes[0], list(HEADS), {k: [rows.get(f"{k}/{h}", {}).get("clean") for h in HEADS]
+                                     for k in kinds}, "clean accuracy")
+        axes[0].set_title("accuracy of image and latent classifiers", fontsize=9)
+        _bars(axes[1], list(HEADS), {k: [rows.get(f"{k}/{h}", {}).get("robustness")
+                                         for h in HEADS]
+                                     for k in ("image", "ae-encode", "vae-encode")},
+              "mean ‖x_adv − x‖₂ / ‖x‖₂")
+        axes[1].set_title(f"robustness (targeted, 95% confident, {r['n_attack']} points)",
+                          fontsize=9)
+        _bars(axes[2], list(HEADS), {k: [rows.get(f"{k}/{h}", {}).get("image_adv_acc")
+                                         for h in HEADS] for k in kinds[1:]},
+              "accuracy on image-space adversaries")
+        axes[2].set_title("image adversaries passed to latent classifiers", fontsize=9)
+        fig.suptitle(f"{ds}: classifiers on latent codes", fontsize=10)
+        fig.tight_layout()
+        path = FIGURES / f"latent-{ds}{'-quick' if quick else ''}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def fig_svd(r: dict[str, Any], quick: bool) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for mode, style in (("zero", "-"), ("scale", "--")):
+        rows = r["rows"][mode]
+        f = [row["fraction"] for row in rows]
+        name = "zeroed" if mode == "zero" else "÷10"
+        ax.plot(f, [row["clean_accuracy"] for row in rows], "o" + style, label=f"test, {name}")
+        ax.plot(f, [row["adversarial_accuracy"] for row in rows], "s" + style,
+                label=f"FGSM ε=0.1, {name}")
+    ax.set(xlabel="fraction of singular values changed", ylabel="accuracy", ylim=(0, 1),
+           title="SVD defense, Fashion-MNIST mlp-100")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = FIGURES / f"svd-fashion-mnist{'-quick' if quick else ''}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
+
+
+FIGURE_WRITERS = {"latent": fig_latent, "svd": fig_svd}
+
+
 # --- assembly -------------------------------------------------------------------------------
 
 RUNNERS = {"mnist": (part_mnist, md_mnist), "fashion": (part_fashion, md_fashion),
@@ -567,6 +651,8 @@ def run_part(part: str, quick: bool) -> None:
     t0 = time.perf_counter()
     result = fn(quick)
     result["seconds"] = time.perf_counter() - t0
+    if part in FIGURE_WRITERS:
+        result["figures"] = [str(p.relative_to(ROOT)) for p in FIGURE_WRITERS[part](result, quick)]
     _out(quick).mkdir(parents=True, exist_ok=True)
     (_out(quick) / f"{part}.json").write_text(json.dumps(result, indent=1, default=float))
 
@@ -588,7 +674,10 @@ def write_markdown(quick: bool) -> None:
         p = _out(quick) / f"{part}.json"
         if p.is_file():
             r = json.loads(p.read_text())
-            sections.append(RUNNERS[part][1](r) + f"\n\n(part measured in {r['seconds']:.0f} s)")
+            figs = "".join(f"\n\n![{part}]({Path(f).relative_to('docs')})"
+                           for f in r.get("figures", []))
+            sections.append(RUNNERS[part][1](r) + figs
+                            + f"\n\n(part measured in {r['seconds']:.0f} s)")
         elif previous is not None:
             sections.append(previous[i])
         else:
