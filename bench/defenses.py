@@ -565,9 +565,11 @@ def _bars(ax, groups: list[str], series: dict[str, list[float | None]], ylabel: 
 
     width = 0.8 / max(1, len(series))
     pos = np.arange(len(groups))
+    colors = {k: f"C{i}" for i, k in enumerate(("image", "ae-encode", "ae-project",
+                                                "vae-encode", "vae-project"))}
     for i, (label, values) in enumerate(series.items()):
         ax.bar(pos + i * width, [v if v is not None else 0.0 for v in values], width,
-               label=label)
+               label=label, color=colors.get(label))
     ax.set_xticks(pos + width * (len(series) - 1) / 2, groups)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=7)
