@@ -3,15 +3,16 @@
     ADVLAB_DATA=../shared/data python -m bench.run --only attacks [--quick]
 
 Model: the `madry-cnn` trained by the classifiers benchmark (bench/out/madrycnn-mnist-cos), the
-first N MNIST test images (N = 1000; DeepFool of torchattacks, a per-sample Python loop, on a
-smaller slice stated in the table). Every measurement runs in its own worker process, so its
-peak resident memory (``ru_maxrss`` of that process) is its own; the workers of the libraries
-alternate (advlab, torchattacks, Foolbox, advlab, ...) and each figure is the median over the
-repetitions. Inside a worker, a warm-up call on 10 images precedes the timed call (the same for
-every library). The peers get the whole batch, as their documentation shows; advlab runs its
-evaluation path: ``advlab.eval.robust_accuracy`` (clean pass, the still-correct points only, in
-the batch size measured for the machine, PGD stopping per sample once fooled). The peers' time
-includes one forward pass on their adversarial batch, to read the robust accuracy.
+first N MNIST test images (N = 1000; torchattacks' DeepFool, a per-sample Python loop, and CW
+with a binary search on smaller slices stated in the table). Every measurement runs in its own
+worker process, so its peak resident memory (``ru_maxrss`` of that process) is its own; the
+workers of the libraries alternate (advlab, torchattacks, Foolbox, advlab, ...) and each figure
+is the median over the repetitions. Inside a worker, a warm-up call on 10 images precedes the
+timed call (the same for every library). The peers get the whole batch, as their documentation
+shows; advlab runs its evaluation path: ``advlab.eval.robust_accuracy`` (clean pass, the still-
+correct points only, in the batch size measured for the machine, PGD stopping per sample once
+fooled). The peers' time includes one forward pass on their adversarial batch, to read the
+robust accuracy.
 
 The floor: one forward+backward with respect to the input, timed in the same worker at the same
 batch size; advlab's PGD without early stop or mask, per step, is divided by it.
@@ -246,16 +247,19 @@ def main(quick: bool = False) -> None:
     require_data()
     run = _model_run()
     n = 100 if quick else 1000
-    n_ta_df = 20 if quick else 100
     reps = 1 if quick else 3
+    # the slowest cases on fewer images and one repetition, to fit the run in ~30 minutes:
+    # torchattacks' per-sample DeepFool loop, and CW with its binary search (5 x 100 steps)
+    sizes = {"deepfool-ta": 20 if quick else 100, "cw-search": 50 if quick else 200}
+    case_reps = {"deepfool-ta": 1, "cw-search": 1}
     versions = {}
     for mod in ("torch", "torchattacks", "foolbox"):
         versions[mod] = __import__(mod).__version__
     base = run_worker({"run": str(run), "n": n, "lib": "none", "case": "none"})
     results: dict[tuple[str, str], list[dict]] = {}
     for case, (_, libs) in CASES.items():
-        size = n_ta_df if case == "deepfool-ta" else n
-        for r in range(reps if case != "deepfool-ta" else 1):
+        size = sizes.get(case, n)
+        for r in range(case_reps.get(case, reps)):
             for lib in libs:
                 res = run_worker({"run": str(run), "n": size, "lib": lib, "case": case})
                 results.setdefault((case, lib), []).append(res)
@@ -294,7 +298,8 @@ def main(quick: bool = False) -> None:
                               for r in results[("cw", "torchattacks")])
     body = (
         __doc__.split("\n\n", 2)[2].strip() + "\n\n"
-        f"Model run `{run.relative_to(ROOT)}`; {reps} repetitions; versions: "
+        f"Model run `{run.relative_to(ROOT)}`; {reps} repetitions (1 for "
+        f"{', '.join(case_reps)}); versions: "
         + ", ".join(f"{k} {v}" for k, v in versions.items())
         + f". Baseline peak memory of a worker (model and data loaded): "
         f"{_fmt_mb(base['peak_kb'])} MB; the table's memory column is the peak above it.\n\n"
