@@ -20,8 +20,10 @@ RECIPES = [  # madry-cnn first: the attack and defense benchmarks need it
      dict(epochs=8, batch_size=128, lr=1e-3, schedule="cosine"), 0.990, "issue target 99.0%"),
     ("mlp100-fmnist", "fashion-mnist", "mlp-100",
      dict(epochs=10, batch_size=64, lr=1e-3), 0.874, "Deep Defense report 87.38%"),
-    ("fmnistcnn-fmnist-cos", "fashion-mnist", "fmnist-cnn",
-     dict(epochs=15, batch_size=128, lr=1e-3, schedule="cosine"), 0.924, "source report 92.36%"),
+    # 15 epochs (constant or cosine lr) gave 0.9224 / 0.9223 with training accuracy (dropout
+    # on) still below test accuracy: the dropout-heavy network underfits, so it trains longer
+    ("fmnistcnn-fmnist-cos30", "fashion-mnist", "fmnist-cnn",
+     dict(epochs=30, batch_size=128, lr=1e-3, schedule="cosine"), 0.924, "source report 92.36%"),
 ]
 SEEDS = {"mlp100-fmnist": (0, 1, 2)}  # cheap enough for a median over seeds
 
@@ -69,7 +71,7 @@ def main(quick: bool = False) -> None:
         "| data set | model | epochs | recipe | test accuracy per seed | median | target | met | "
         "s / epoch |\n|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
         "Training command for one row, e.g.: `advlab train classifier --dataset mnist "
-        "--model fmnist-cnn --epochs 15 --batch-size 128 --schedule cosine`.\n"
+        "--model fmnist-cnn --epochs 30 --batch-size 128 --schedule cosine`.\n"
     )
     write_fragment("classifiers" + ("-quick" if quick else ""), "Classifier zoo on real data",
                    "python -m bench.run --only classifiers" + (" --quick" if quick else ""), body)
