@@ -12,7 +12,7 @@ import advlab.models as models
 from advlab.data.base import available as available_datasets
 from advlab.data.base import info
 
-CONV_MODELS = {"lenet5", "madry-cnn", "fmnist-cnn", "cifar-cnn", "resnet-small"}
+CONV_MODELS = {"lenet5", "madry-cnn", "wong-cnn", "fmnist-cnn", "cifar-cnn", "resnet-small"}
 POINT_SETS = {"ring8", "grid25"}
 # Combinations that must be refused; a new model is expected to support every data set
 # unless it is listed here.
@@ -137,7 +137,8 @@ def test_unsupported_combination(name: str, ds: str) -> None:
 
 
 # Hand-derived minimum input sides (square inputs), see docs/guide-models.md.
-MIN_SIDES = {"lenet5": 4, "madry-cnn": 4, "fmnist-cnn": 7, "cifar-cnn": 15, "resnet-small": 1}
+MIN_SIDES = {"lenet5": 4, "madry-cnn": 4, "wong-cnn": 4, "fmnist-cnn": 7, "cifar-cnn": 15,
+             "resnet-small": 1}
 
 
 @pytest.mark.parametrize("name", sorted(MIN_SIDES))
@@ -234,6 +235,8 @@ def test_parameter_counts() -> None:
     assert count(models.create("lrl", "mnist")) == _linear(784, 100) + _linear(100, 10)
     madry = _conv(1, 32, 5) + _conv(32, 64, 5) + _linear(7 * 7 * 64, 1024) + _linear(1024, 10)
     assert count(models.create("madry-cnn", "mnist")) == madry == 3_274_634
+    wong = _conv(1, 16, 4) + _conv(16, 32, 4) + _linear(7 * 7 * 32, 100) + _linear(100, 10)
+    assert count(models.create("wong-cnn", "mnist")) == wong == 166_406
     lenet = (_conv(1, 6, 5) + _conv(6, 16, 5) + _linear(16 * 5 * 5, 120) + _linear(120, 84)
              + _linear(84, 10))
     assert count(models.create("lenet5", "mnist")) == lenet == 61706

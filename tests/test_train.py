@@ -174,3 +174,27 @@ def test_cli_train_killed_then_resumed(tmp_path):
     a, b = load_model(ref_out), load_model(out)
     for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(va, vb), k
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "step", "onecycle", "cyclic"])
+def test_learning_rate_schedules(schedule):
+    from advlab.train.loop import make_scheduler, make_optimizer
+
+    config = TrainConfig(epochs=10, lr=5e-3, schedule=schedule, step_size=4, gamma=0.5)
+    model = torch.nn.Linear(3, 2)
+    opt = make_optimizer(model, config)
+    scheduler, per_batch = make_scheduler(opt, config, steps_per_epoch=20)
+    lrs = []
+    for _ in range(config.epochs):
+        for _ in range(20 if per_batch else 1):
+            lrs.append(opt.param_groups[0]["lr"])
+            opt.step()
+            scheduler.step()
+    assert per_batch == (schedule in ("onecycle", "cyclic"))
+    assert max(lrs) == pytest.approx(5e-3, rel=1e-3)
+    if schedule == "cyclic":  # Wong et al.: linear from ~0 up to lr at 2/5, then down to ~0
+        assert lrs[0] < 1e-6 and lrs[-1] < 5e-3 * 0.01
+        assert max(range(len(lrs)), key=lrs.__getitem__) == pytest.approx(0.4 * 200, abs=1)
+        assert lrs[40] == pytest.approx(5e-3 * 40 / 80, rel=0.01)  # linear ramp
+    if schedule == "step":
+        assert lrs[4] == pytest.approx(2.5e-3) and lrs[8] == pytest.approx(1.25e-3)

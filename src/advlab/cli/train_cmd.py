@@ -30,7 +30,7 @@ def classifier(
     optimizer: str = typer.Option(None, help="adam | sgd [adam]."),
     lr: float = typer.Option(None, help="Learning rate [1e-3]."),
     weight_decay: float = typer.Option(None, help="Weight decay [0]."),
-    schedule: str = typer.Option(None, help="none | cosine | step | onecycle [none]."),
+    schedule: str = typer.Option(None, help="none | cosine | step | onecycle | cyclic [none]."),
     seed: int = typer.Option(None, help="Seed of init, shuffling and dropout [0]."),
     val_fraction: float = typer.Option(None, help="Validation share of train [0]."),
     patience: int = typer.Option(None, help="Early-stopping patience in epochs, 0 = off [0]."),

@@ -1,4 +1,5 @@
-"""Plain convolutional classifiers: ``lenet5``, ``madry-cnn``, ``fmnist-cnn``, ``cifar-cnn``.
+"""Plain convolutional classifiers: ``lenet5``, ``madry-cnn``, ``wong-cnn``, ``fmnist-cnn``,
+``cifar-cnn``.
 
 Each takes images (B, C, H, W) of any size its layers allow; the flatten size is computed from
 the input shape, and a too-small input raises ``UnsupportedInput`` naming the minimum size.
@@ -60,6 +61,26 @@ def madry_cnn(in_shape: tuple[int, ...], num_classes: int) -> nn.Module:
         nn.Flatten(start_dim=1),
         nn.Linear(64 * out_h * out_w, 1024), nn.ReLU(),
         nn.Linear(1024, num_classes),
+    )
+
+
+@MODELS.register("wong-cnn")
+def wong_cnn(in_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """The small MNIST network of Wong, Rice and Kolter (2020, "Fast is better than free"):
+    conv16-4x4 stride 2 pad 1, conv32-4x4 stride 2 pad 1, fc100 (166,406 parameters on MNIST),
+    about 14x cheaper per example than ``madry-cnn``: adversarial training fits a CPU."""
+    c, _, _ = check_image(in_shape, "wong-cnn")
+
+    def down(s: int) -> int:
+        return conv_out(s, kernel=4, stride=2, padding=1)
+
+    out_h, out_w = check_spatial(in_shape, lambda s: down(down(s)), "wong-cnn")
+    return nn.Sequential(
+        nn.Conv2d(c, 16, 4, stride=2, padding=1), nn.ReLU(),  # (B, 16, H/2, W/2)
+        nn.Conv2d(16, 32, 4, stride=2, padding=1), nn.ReLU(),  # (B, 32, H/4, W/4)
+        nn.Flatten(start_dim=1),
+        nn.Linear(32 * out_h * out_w, 100), nn.ReLU(),
+        nn.Linear(100, num_classes),
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 OPTIMIZERS = ("adam", "sgd")
-SCHEDULES = ("none", "cosine", "step", "onecycle")
+SCHEDULES = ("none", "cosine", "step", "onecycle", "cyclic")
 
 
 @dataclass(frozen=True)
@@ -16,7 +16,7 @@ class TrainConfig:
     lr: float = 1e-3
     momentum: float = 0.9  # SGD only
     weight_decay: float = 0.0
-    schedule: str = "none"  # one of SCHEDULES; stepped once per batch ("onecycle") or epoch
+    schedule: str = "none"  # one of SCHEDULES; stepped once per batch (onecycle, cyclic) or epoch
     step_size: int = 10  # "step" schedule: epochs between decays
     gamma: float = 0.1  # "step" schedule: decay factor
     seed: int = 0  # model init, shuffling, dropout

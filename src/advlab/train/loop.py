@@ -62,6 +62,12 @@ def make_scheduler(opt: torch.optim.Optimizer, config: TrainConfig, steps_per_ep
         return torch.optim.lr_scheduler.OneCycleLR(
             opt, max_lr=config.lr, epochs=config.epochs, steps_per_epoch=steps_per_epoch
         ), True
+    if config.schedule == "cyclic":  # Wong et al. 2020: linear 0 -> lr at 2/5 -> 0, per batch
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=config.lr, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
+            pct_start=0.4, anneal_strategy="linear", cycle_momentum=False,
+            div_factor=1e4, final_div_factor=1e4,
+        ), True
     return None, False
 
 
