@@ -157,6 +157,9 @@ def part_mnist(quick: bool) -> dict[str, Any]:
         "`wong-cnn` fast-at, Wong et al.'s recipe (cyclic lr 5e-3), epoch selected":
             train_fast_at_selected(quick, "wong-cnn", FAST_AT_WONG,
                                    "wongcnn-mnist-fastat-selected"),
+        "`wong-cnn` fast-at, the same over 20 epochs, epoch selected":
+            train_fast_at_selected(quick, "wong-cnn", {**FAST_AT_WONG, "epochs": 20},
+                                   "wongcnn-mnist-fastat20-selected"),
     }
     full, sub = _test("mnist", None), _test("mnist", n_eval)
     plain = load_model(runs["undefended"][1])
