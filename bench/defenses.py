@@ -89,7 +89,8 @@ FAST_AT_WONG = dict(epochs=10, batch_size=100, lr=5e-3, schedule="cyclic")
 
 def train_fast_at_selected(quick: bool, model_name: str = "madry-cnn",
                            recipe: dict | None = None,
-                           run_name: str = "madrycnn-mnist-fastat-selected") -> tuple[dict, Path]:
+                           run_name: str = "madrycnn-mnist-fastat-selected",
+                           defense: str = "fast-at") -> tuple[dict, Path]:
     """fast-at with Wong et al.'s guard against catastrophic overfitting: after every epoch,
     PGD-20 accuracy on 500 held-out training images; the epoch with the best one is kept."""
     recipe = recipe or FAST_AT
@@ -111,7 +112,7 @@ def train_fast_at_selected(quick: bool, model_name: str = "madry-cnn",
     hold = train.subset(perm[:n_hold])
     rest = train.subset(perm[n_hold:2000] if quick else perm[n_hold:])
     config = TrainConfig(device="cpu", **{**recipe, "epochs": 1 if quick else recipe["epochs"]})
-    objective = defenses.create_objective("fast-at", dataset="mnist")
+    objective = defenses.create_objective(defense, dataset="mnist")
     torch.manual_seed(config.seed)
     model = models.create(model_name, "mnist")
     pgd = attacks.create("pgd", eps=0.3, alpha=0.025, steps=20, early_stop=True)
@@ -160,6 +161,10 @@ def part_mnist(quick: bool) -> dict[str, Any]:
         "`wong-cnn` fast-at, the same over 20 epochs, epoch selected":
             train_fast_at_selected(quick, "wong-cnn", {**FAST_AT_WONG, "epochs": 20},
                                    "wongcnn-mnist-fastat20-selected"),
+        "`wong-cnn` pgd-at (PGD-40 of 0.01, random start), 8 epochs, cyclic lr 5e-3, "
+        "epoch selected": train_fast_at_selected(quick, "wong-cnn", {**FAST_AT_WONG,
+                                                                      "epochs": 8},
+                                                 "wongcnn-mnist-pgdat-selected", "pgd-at"),
     }
     full, sub = _test("mnist", None), _test("mnist", n_eval)
     plain = load_model(runs["undefended"][1])
@@ -226,10 +231,10 @@ def md_mnist(r: dict[str, Any]) -> str:
                      f"{row['clean_full']:.4f} | {row['fgsm']:.4f} | **{row['pgd']:.4f}** | "
                      f"{checks} | `{row['run']}` |")
     best = max((row for name, row in r["rows"].items() if "undefended" not in name),
-               key=lambda row: row["pgd"])
+               key=lambda row: row["pgd"])  # fast-at or pgd-at: the issue's target is either
     met = best["clean_full"] >= 0.98 and best["pgd"] >= 0.88
     lines += ["", f"Target met: **{'yes' if met else 'no'}**. PGD result line of the most "
-              f"robust fast-at model: `{best['pgd_summary']}`."]
+              f"robust adversarially trained model: `{best['pgd_summary']}`."]
     for name, row in r["rows"].items():
         hist = [h for h in row.get("history", []) if "holdout_pgd20_acc" in h]
         if hist:
