@@ -161,10 +161,9 @@ def part_mnist(quick: bool) -> dict[str, Any]:
         "`wong-cnn` fast-at, the same over 20 epochs, epoch selected":
             train_fast_at_selected(quick, "wong-cnn", {**FAST_AT_WONG, "epochs": 20},
                                    "wongcnn-mnist-fastat20-selected"),
-        "`wong-cnn` pgd-at (PGD-40 of 0.01, random start), 8 epochs, cyclic lr 5e-3, "
-        "epoch selected": train_fast_at_selected(quick, "wong-cnn", {**FAST_AT_WONG,
-                                                                      "epochs": 8},
-                                                 "wongcnn-mnist-pgdat-selected", "pgd-at"),
+        # pgd-at (PGD-40 of 0.01 from a random start, ε = 0.3 from the first step) with this
+        # cyclic lr 5e-3 collapsed to chance on wong-cnn (loss ln 10 from epoch 1, 2026-11-30):
+        # it needs Madry et al.'s lr 1e-4 over many epochs, or an ε ramp, beyond this budget
     }
     full, sub = _test("mnist", None), _test("mnist", n_eval)
     plain = load_model(runs["undefended"][1])
