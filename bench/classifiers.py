@@ -70,7 +70,7 @@ def main(quick: bool = False) -> None:
         "`../shared/data/README.md`). Median over the seeds listed.\n\n"
         "| data set | model | epochs | recipe | test accuracy per seed | median | target | met | "
         "s / epoch |\n|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
-        "Training command for one row, e.g.: `advlab train classifier --dataset mnist "
+        "Training command for one row, e.g.: `advlab train classifier --dataset fashion-mnist "
         "--model fmnist-cnn --epochs 30 --batch-size 128 --schedule cosine`.\n"
     )
     write_fragment("classifiers" + ("-quick" if quick else ""), "Classifier zoo on real data",
