@@ -178,7 +178,7 @@ def test_cli_train_killed_then_resumed(tmp_path):
 
 @pytest.mark.parametrize("schedule", ["cosine", "step", "onecycle", "cyclic"])
 def test_learning_rate_schedules(schedule):
-    from advlab.train.loop import make_scheduler, make_optimizer
+    from advlab.train.loop import make_optimizer, make_scheduler
 
     config = TrainConfig(epochs=10, lr=5e-3, schedule=schedule, step_size=4, gamma=0.5)
     model = torch.nn.Linear(3, 2)
