@@ -247,7 +247,9 @@ def images(quick: bool, runs: set[str] | None = None) -> str:
         "s / epoch | command |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
         + "\n".join(rows) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
         "- DCGAN samples are drawn from the moving average of the generator's weights, with "
-        "batch-norm statistics recomputed for those weights.\n")
+        "batch-norm statistics recomputed for those weights (rows measured before 2026-11-30 "
+        "used the trained weights' statistics). MNIST DCGAN after 8 epochs: IS 7.06, FD 68.83; "
+        "after 20: the row above.\n")
 
 
 def _previous_section(quick: bool, heading: str) -> str | None:
