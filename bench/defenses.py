@@ -152,6 +152,9 @@ def part_mnist(quick: bool) -> dict[str, Any]:
                                 dict(epochs=3, batch_size=128, lr=1e-3), quick),
         "fast-at (Wong et al.'s unclipped start), epoch selected by held-out PGD":
             train_fast_at_selected(quick),
+        "`madry-cnn` fast-at, Wong et al.'s recipe (cyclic lr 5e-3), epoch selected":
+            train_fast_at_selected(quick, "madry-cnn", FAST_AT_WONG,
+                                   "madrycnn-mnist-fastat-wong-selected"),
         "`wong-cnn` undefended": train_run("wongcnn-mnist-plain",
                                            dict(dataset="mnist", model="wong-cnn"),
                                            dict(epochs=3, batch_size=128, lr=1e-3), quick),
