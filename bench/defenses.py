@@ -333,7 +333,8 @@ def md_fashion(r: dict[str, Any]) -> str:
              "three ways: as Moosavi-Dezfooli et al. §4.3, on the training set perturbed by "
              "DeepFool once per epoch (`refresh=\"epoch\"`); on DeepFool examples of the "
              "current weights for every batch (online, stronger); and online mixed 50/50 with "
-             "the clean loss.", "",
+             "the clean loss. `Deep Defense, 15 epochs`: the same recipe over 15 epochs (lr "
+             "halved after epoch 12), three times the others' budget.", "",
              "| model | clean | ρ₂ | report ρ₂ | ρ₂ eval (fooled/failed) | FGSM 0.2 ε_ref | "
              "0.5 ε_ref | 1.0 ε_ref | AUC macro (min–max) | train time (s) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
