@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from bench.common import ROOT, require_data, write_fragment
 
 OUT = ROOT / "bench" / "out"
@@ -176,7 +178,7 @@ def worker(spec: dict) -> dict:
                    l2=ev.result.l2[fooled].tolist(), fooled_idx=torch.nonzero(fooled)
                    .squeeze(1).tolist())
     else:
-        counter = _Counting(model)
+        counter = _Counting(model).eval()
         run = _peer(lib, case, counter)
         run(x[:10], y[:10])
         counter.calls = 0
@@ -196,21 +198,17 @@ def worker(spec: dict) -> dict:
     return out
 
 
-def _Counting(model):  # noqa: N802 (a factory standing in for a class)
+class _Counting(torch.nn.Module):
     """``model`` wrapped to count its forward calls (one per attack step in the peers)."""
-    import torch
 
-    class Counting(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-            self.calls = 0
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.calls = 0
 
-        def forward(self, x):
-            self.calls += 1
-            return self.inner(x)
-
-    return Counting(model).eval()
+    def forward(self, x):
+        self.calls += 1
+        return self.inner(x)
 
 
 def create_step_attack():

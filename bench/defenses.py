@@ -698,6 +698,7 @@ def run_part(part: str, quick: bool) -> None:
     t0 = time.perf_counter()
     result = fn(quick)
     result["seconds"] = time.perf_counter() - t0
+    result["measured"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     if part in FIGURE_WRITERS:
         result["figures"] = [str(p.relative_to(ROOT)) for p in FIGURE_WRITERS[part](result, quick)]
     _out(quick).mkdir(parents=True, exist_ok=True)
@@ -716,6 +717,7 @@ def _previous_sections(quick: bool) -> list[str] | None:
 
 
 def write_markdown(quick: bool) -> None:
+    torch.set_num_threads(1)  # the parts are measured with one thread; the header says so
     sections, previous = [], _previous_sections(quick)
     for i, part in enumerate(PARTS):
         p = _out(quick) / f"{part}.json"
@@ -724,7 +726,8 @@ def write_markdown(quick: bool) -> None:
             figs = "".join(f"\n\n![{part}]({Path(f).relative_to('docs')})"
                            for f in r.get("figures", []))
             sections.append(RUNNERS[part][1](r) + figs
-                            + f"\n\n(part measured in {r['seconds']:.0f} s)")
+                            + f"\n\n(part measured in {r['seconds']:.0f} s"
+                            + (f", {r['measured']})" if "measured" in r else ")"))
         elif previous is not None:
             sections.append(previous[i])
         else:

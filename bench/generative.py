@@ -280,8 +280,11 @@ def main(quick: bool = False, parts: tuple[str, ...] = ("toys", "images"),
             sections.append(kept)
     suffix = "-quick" if quick else ""
     cmd = "python -m bench.generative" + (" --quick" if quick else "")
+    redone = list(parts) if runs is None else [f"images ({', '.join(sorted(runs))})"]
     sections.append("Timing: runs trained with one thread, at times while other jobs shared "
-                    "the two cores, so seconds can overstate an idle machine's.\n")
+                    "the two cores, so seconds can overstate an idle machine's. Re-measured in "
+                    f"the run dated above: {', '.join(redone)}; other sections and rows are "
+                    "kept from earlier runs.\n")
     frag = write_fragment("generative" + suffix, "Generative models", cmd, "\n".join(sections))
     print(f"[generative] wrote {frag} ({machine()})")
 

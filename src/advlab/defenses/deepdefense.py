@@ -213,9 +213,11 @@ class DeepFoolFinetune:
         """With ``refresh="epoch"``, the hook ``fit`` calls at the start of every epoch."""
         return self._perturb_all if self.refresh == "epoch" else None
 
+    def _attack(self) -> DeepFool:
+        return DeepFool(steps=self.steps, overshoot=self.overshoot, num_classes=self.num_classes)
+
     def _perturb_all(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        attack = DeepFool(steps=self.steps, overshoot=self.overshoot,
-                          num_classes=self.num_classes)
+        attack = self._attack()
         return torch.cat([attack(model, xb, yb).adv for xb, yb in
                           zip(x.split(self.batch_size), y.split(self.batch_size), strict=True)])
 
@@ -227,9 +229,7 @@ class DeepFoolFinetune:
                               metrics={"adv_loss": loss.detach(),
                                        "adv_acc": (logits.detach().argmax(1) == y).float()
                                        .mean()})
-        attack = DeepFool(steps=self.steps, overshoot=self.overshoot,
-                          num_classes=self.num_classes)
-        adv = attack(model, x, y).adv  # eval mode inside; each module's mode restored after
+        adv = self._attack()(model, x, y).adv  # eval mode inside; each module's mode restored after
         adv_logits = model(adv)
         adv_loss = F.cross_entropy(adv_logits, y)
         if self.clean_weight > 0:

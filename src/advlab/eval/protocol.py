@@ -150,7 +150,8 @@ def standard_evaluation(model: Model, x: Tensor, y: Tensor, *, threat: ThreatMod
         pgd = create("pgd", eps=threat.eps, norm=threat.norm, steps=steps, restarts=restarts,
                      alpha=2.5 * threat.eps / steps, random_start=True, early_stop=True,
                      seed=seed, loss=loss)
-        # the margin run attacks only what CE-PGD left standing: their worst case is the same
+        # the margin run attacks only the points every attack so far left standing: the
+        # per-point worst case is the same as attacking all, for less work
         runs[name] = robust_accuracy(attacked_model, x, y, pgd, clean_logits=clean_logits,
                                      mask=worst if loss == "margin" else None, **kw)
         worst &= runs[name].robust

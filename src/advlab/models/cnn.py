@@ -68,7 +68,8 @@ def madry_cnn(in_shape: tuple[int, ...], num_classes: int) -> nn.Module:
 def wong_cnn(in_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """The small MNIST network of Wong, Rice and Kolter (2020, "Fast is better than free"):
     conv16-4x4 stride 2 pad 1, conv32-4x4 stride 2 pad 1, fc100 (166,406 parameters on MNIST),
-    about 14x cheaper per example than ``madry-cnn``: adversarial training fits a CPU."""
+    about 23x fewer multiply-adds per MNIST example than ``madry-cnn`` (0.61M vs 13.9M):
+    adversarial training fits a CPU."""
     c, _, _ = check_image(in_shape, "wong-cnn")
 
     def down(s: int) -> int:
