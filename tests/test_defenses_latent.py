@@ -117,3 +117,20 @@ def test_latent_classifier_rejects_bad_settings(ae):
         LatentClassifier(ae, head, code="sample")
     with pytest.raises(ValueError, match="expected steps"):
         LatentClassifier(ae, head, code="project", steps=-1)
+
+
+def test_precomputed_codes_give_the_same_head_and_are_checked(ae, digits):
+    from advlab.defenses.latent import latent_codes
+
+    train, test = digits
+    cfg = TrainConfig(epochs=2, lr=1e-2, device="cpu")
+    torch.manual_seed(0)
+    own = train_latent_classifier(ae, train, code="project", steps=10, config=cfg)
+    codes = latent_codes(own, train.x)
+    torch.manual_seed(0)
+    shared = train_latent_classifier(ae, train, code="project", steps=10, config=cfg,
+                                     codes=codes)
+    assert torch.equal(own(test.x[:32]), shared(test.x[:32]))
+    with pytest.raises(ValueError, match=r"codes of shape \(\d+, 8\)"):
+        train_latent_classifier(ae, train, code="project", steps=10, config=cfg,
+                                codes=codes[:10])

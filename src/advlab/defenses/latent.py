@@ -165,12 +165,16 @@ def latent_codes(model: LatentClassifier, x: Tensor, batch_size: int = 500) -> T
 def train_latent_classifier(generative: gen.GenerativeModel, train: TensorSet, *,
                             head: str = "linear-1l", code: str = "encode",
                             config: TrainConfig | None = None, progress: bool = False,
+                            codes: torch.Tensor | None = None,
                             **params: Any) -> LatentClassifier:
     """Fit a ``head`` (``linear-1l`` | ``linear-2l`` | ``lrl``) on the codes of ``train``.
 
     The codes are computed once with the frozen generative model (a copy is kept inside the
     returned model), then the head alone trains on them in the ordinary loop. ``params`` go to
-    ``LatentClassifier`` (steps, lr, restarts, bpda, seed of the projection).
+    ``LatentClassifier`` (steps, lr, restarts, bpda, seed of the projection). ``codes``
+    (N, latent_dim): the codes of ``train.x`` computed before (``latent_codes`` of a model with
+    the same generative model and code), to share one projection of the training set between
+    several heads.
     """
     check_choice("head", head, HEADS)
     gmodel = _frozen(copy.deepcopy(generative))
@@ -178,7 +182,12 @@ def train_latent_classifier(generative: gen.GenerativeModel, train: TensorSet, *
     head_model = models.create(head, dataset=dataset, in_features=gmodel.latent_dim,
                                num_classes=train.info.num_classes, normalize=False)
     model = LatentClassifier(gmodel, head_model, code, **params)
-    codes = latent_codes(model, train.x)
+    if codes is None:
+        codes = latent_codes(model, train.x)
+    elif not isinstance(codes, torch.Tensor) or codes.shape != (len(train), gmodel.latent_dim):
+        shape = tuple(codes.shape) if isinstance(codes, torch.Tensor) else type(codes).__name__
+        raise ValueError(f"expected codes of shape ({len(train)}, {gmodel.latent_dim}) (one "
+                         f"per training example), got {shape}")
     fit(head_model, TensorSet(codes, train.y, train.info, train.split),
         config or TrainConfig(device="cpu"), progress=progress)
     return model.eval()

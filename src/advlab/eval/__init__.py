@@ -6,6 +6,8 @@
   (``eps_ref``) and ρ₂ (``rho2``).
 - ``roc``: per-class one-vs-rest ROC curves and AUC (``per_class_roc``).
 - ``transfer``: the transferability matrix between models (``transfer_matrix``).
+- ``needed``: the relative ℓ2 perturbation needed for a confident targeted misclassification
+  (``perturbation_needed``, the latent-classifier report's robustness).
 - ``checks``: soundness checks that flag gradient masking (``soundness_checks``, ``reliable``).
 - ``generative``: scores of generative models.
 
@@ -15,6 +17,7 @@
 """
 
 from advlab.eval.checks import CheckResult, reliable, soundness_checks
+from advlab.eval.needed import PerturbationNeeded, perturbation_needed
 from advlab.eval.robust import (
     AccuracyCurve,
     EpsRef,
@@ -32,8 +35,9 @@ from advlab.eval.roc import ROCResult, per_class_roc, softmax_scores
 from advlab.eval.transfer import TransferMatrix, transfer_matrix, transfer_robust
 
 __all__ = [
-    "AccuracyCurve", "CheckResult", "EpsRef", "ROCResult", "RobustEvaluation", "Rho2",
-    "TransferMatrix", "accuracy_from_norms", "clean_accuracy", "eps_ref", "per_class_roc",
-    "reliable", "rho2", "robust_accuracy", "robust_accuracy_curve", "soundness_checks",
-    "softmax_scores", "transfer_matrix", "transfer_robust", "worst_case",
+    "AccuracyCurve", "CheckResult", "EpsRef", "PerturbationNeeded", "ROCResult",
+    "RobustEvaluation", "Rho2", "TransferMatrix", "accuracy_from_norms", "clean_accuracy",
+    "eps_ref", "per_class_roc", "perturbation_needed", "reliable", "rho2", "robust_accuracy",
+    "robust_accuracy_curve", "soundness_checks", "softmax_scores", "transfer_matrix",
+    "transfer_robust", "worst_case",
 ]
