@@ -21,7 +21,12 @@ from advlab.defenses.deepdefense import (
     deepfool_perturbation,
     deepfool_ratios,
 )
-from advlab.defenses.latent import DefenseGAN, LatentClassifier, train_latent_classifier
+from advlab.defenses.latent import (
+    DefenseGAN,
+    LatentClassifier,
+    latent_codes,
+    train_latent_classifier,
+)
 from advlab.defenses.lipschitz import (
     LipschitzMargin,
     SpectralBound,
@@ -42,5 +47,5 @@ __all__ = [
     "certified_accuracy", "certified_radius", "config", "conv_operator_norm",
     "create_objective", "deep_defense_regularizer", "deepfool_perturbation", "deepfool_ratios",
     "is_lipschitz", "lipschitz_bound", "logit_margin", "make_lipschitz", "register", "svd_truncate",
-    "train_latent_classifier", "truncate_matrix",
+    "latent_codes", "train_latent_classifier", "truncate_matrix",
 ]
