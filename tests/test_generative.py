@@ -238,6 +238,12 @@ def test_gan_losses_match_their_definitions():
     real = torch.tensor([1.0, 2.0])
     expected = -(torch.log(torch.sigmoid(real)).mean() + torch.log(1 - d).mean())
     assert torch.allclose(discriminator_loss(real, logits), expected)
+    # one-sided label smoothing: the real examples' target is 0.9, the fakes' stays 0
+    dr = torch.sigmoid(real)
+    smoothed = -(0.9 * torch.log(dr) + 0.1 * torch.log(1 - dr)).mean() - torch.log(1 - d).mean()
+    assert torch.allclose(discriminator_loss(real, logits, real_label=0.9), smoothed)
+    with pytest.raises(ValueError, match="real_label"):
+        discriminator_loss(real, logits, real_label=0.3)
     with pytest.raises(ValueError, match="generator loss"):
         generator_loss(logits, "hinge")
 

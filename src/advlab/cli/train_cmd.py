@@ -123,6 +123,8 @@ def generative(
     loss: str = typer.Option(None, help="Generator loss: non-saturating | minimax | "
                                         "wasserstein."),
     gp_weight: float = typer.Option(None, help="Gradient-penalty weight (wgan-gp) [10]."),
+    real_label: float = typer.Option(None, help="gan/dcgan: target of real examples; 0.9 = "
+                                                "one-sided label smoothing [1]."),
     steps_per_epoch: int = typer.Option(None, help="Generator steps per epoch (0 = a data "
                                                    "pass)."),
     lr_decay: str = typer.Option(None, help="none | linear (step sizes fall to 0 at the end)."),
@@ -155,8 +157,8 @@ def generative(
         kind = data.info(dataset).kind
         train_opts = dict(epochs=epochs, batch_size=batch_size, lr=lr, lr_critic=lr_critic,
                           d_steps=d_steps, loss=loss, gp_weight=gp_weight,
-                          steps_per_epoch=steps_per_epoch, lr_decay=lr_decay, ema=ema,
-                          seed=seed, device=device)
+                          real_label=real_label, steps_per_epoch=steps_per_epoch,
+                          lr_decay=lr_decay, ema=ema, seed=seed, device=device)
         config = default_config(model, kind, dataset=dataset, **train_opts)
         if beta1 is not None or beta2 is not None:
             from dataclasses import replace

@@ -14,10 +14,21 @@ import torch.nn.functional as F
 GENERATOR_LOSSES = ("non-saturating", "minimax", "wasserstein")
 
 
-def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor,
+                       real_label: float = 1.0) -> torch.Tensor:
     """-[log D(x) + log(1 - D(G(z)))], averaged over each batch: the GAN discriminator's
-    binary cross-entropy (real = 1, fake = 0). Inputs (B,) logits; returns a scalar."""
-    return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+    binary cross-entropy (real = 1, fake = 0). Inputs (B,) logits; returns a scalar.
+
+    ``real_label`` < 1 is one-sided label smoothing (Salimans et al. 2016, 'Improved Techniques
+    for Training GANs', §3.4): the real examples' target becomes ``real_label`` (e.g. 0.9),
+    -[a·log D(x) + (1 − a)·log(1 − D(x))]; the fakes' target stays 0.
+    """
+    if not 0.5 < real_label <= 1.0:
+        raise ValueError(f"expected real_label in (0.5, 1], got {real_label!r}")
+    real = F.softplus(-real_logits).mean()
+    if real_label < 1.0:
+        real = real_label * real + (1.0 - real_label) * F.softplus(real_logits).mean()
+    return real + F.softplus(fake_logits).mean()
 
 
 def generator_loss(fake_scores: torch.Tensor, kind: str = "non-saturating") -> torch.Tensor:

@@ -62,6 +62,7 @@ class GenerativeTrainConfig:
     d_steps: int = 1  # discriminator (critic) steps per generator step: k, n_critic
     loss: str = "non-saturating"  # generator loss: non-saturating | minimax | wasserstein
     gp_weight: float = 10.0  # gradient-penalty lambda (wgan-gp only)
+    real_label: float = 1.0  # gan/dcgan: target of real examples; 0.9 = one-sided smoothing
     steps_per_epoch: int = 0  # generator / autoencoder steps per epoch; 0 = one data pass
     lr_decay: str = "none"  # "linear": both step sizes fall linearly to 0 at the last step
     ema: float = 0.0  # adversarial: decay of a moving average of the generator's weights,
@@ -93,6 +94,9 @@ class GenerativeTrainConfig:
             raise ValueError(f"lr_decay: expected one of {LR_DECAYS}, got {self.lr_decay!r}")
         if self.gp_weight < 0:
             raise ValueError(f"gp_weight: expected >= 0, got {self.gp_weight!r}")
+        if not 0.5 < self.real_label <= 1.0:
+            raise ValueError(f"real_label: expected a target in (0.5, 1] (0.9: one-sided label "
+                             f"smoothing), got {self.real_label!r}")
 
 
 # Defaults by model and data kind ("image" / "points"), refined per data set; the fields not
@@ -444,7 +448,7 @@ def _adversarial_step(model: AdversarialModel, x_train: torch.Tensor, index: tor
             gp_sum += gp.detach()
             w_sum += (real_s.mean() - fake_s.mean()).detach()
         else:
-            loss_d = discriminator_loss(real_s, fake_s)
+            loss_d = discriminator_loss(real_s, fake_s, config.real_label)
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         opt_d.step()
