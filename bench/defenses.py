@@ -291,8 +291,8 @@ def md_mnist(r: dict[str, Any]) -> str:
     for name, row in r["rows"].items():
         hist = [h for h in row.get("history", []) if "holdout_pgd20_acc" in h]
         if hist:
-            lines.append(f"Per epoch of {name} (FGSM-RS training accuracy / held-out PGD-20 "
-                         "accuracy): " + ", ".join(
+            lines.append(f"Per epoch of {name} (accuracy on the training adversaries / "
+                         "held-out PGD-20 accuracy): " + ", ".join(
                              f"{h['epoch']}: {h['adv_acc']:.3f} / {h['holdout_pgd20_acc']:.3f}"
                              for h in hist) + ".")
     return "\n".join(lines)
