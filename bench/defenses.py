@@ -323,11 +323,16 @@ FASHION_ROWS = [
      5.54e-2),
     ("Deep Defense, λ = 200", "mlp100-fmnist-deep-defense-l200", "deep-defense",
      {"lam": 200.0}, 5.54e-2),
+    ("Deep Defense, λ = 1000", "mlp100-fmnist-deep-defense-l1000", "deep-defense",
+     {"lam": 1000.0}, 5.54e-2),
+    ("Deep Defense, λ = 200, 15 epochs", "mlp100-fmnist-deep-defense-l200-15", "deep-defense",
+     {"lam": 200.0}, 5.54e-2),
 ]
 # per-row overrides of the fine-tuning recipe (FINETUNE)
 FASHION_TRAIN = {"Deep Defense, 15 epochs": {"epochs": 15, "step_size": 12},
                  "DeepFool fine-tuning (set refreshed per epoch), 15 epochs":
-                     {"epochs": 15, "step_size": 12}}
+                     {"epochs": 15, "step_size": 12},
+                 "Deep Defense, λ = 200, 15 epochs": {"epochs": 15, "step_size": 12}}
 
 
 def part_fashion(quick: bool) -> dict[str, Any]:
@@ -397,8 +402,8 @@ def md_fashion(r: dict[str, Any]) -> str:
              "DeepFool once per epoch (`refresh=\"epoch\"`); on DeepFool examples of the "
              "current weights for every batch (online, stronger); and online mixed 50/50 with "
              "the clean loss. The 15-epoch rows run the same recipe over 15 epochs (lr halved "
-             "after epoch 12); `λ = 50`, `λ = 200`: Deep Defense with a stronger regularizer "
-             "than the report's default λ = 15 (c = 25, d = 5 kept).", "",
+             "after epoch 12); `λ = 50`, `λ = 200`, `λ = 1000`: Deep Defense with a stronger "
+             "regularizer than the report's default λ = 15 (c = 25, d = 5 kept).", "",
              "| model | clean | ρ₂ | report ρ₂ | ρ₂ eval (fooled/failed) | FGSM 0.2 ε_ref | "
              "0.5 ε_ref | 1.0 ε_ref | AUC macro (min–max) | train time (s) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
