@@ -256,7 +256,9 @@ def images(quick: bool, runs: set[str] | None = None) -> str:
         "- DCGAN samples are drawn from the moving average of the generator's weights, with "
         "batch-norm statistics recomputed for those weights (rows measured before 2026-11-30 "
         "used the trained weights' statistics). MNIST DCGAN after 8 epochs: IS 7.06, FD 68.83; "
-        "after 20: the row above.\n")
+        "after 20: the row above. The label-smoothing row (2026-11-30) ran while two other "
+        "benchmark jobs shared the 2 cores: its seconds per epoch are inflated (the same "
+        "network alone: about 80 s).\n")
 
 
 def _previous_section(quick: bool, heading: str) -> str | None:
