@@ -781,7 +781,8 @@ def _bars(ax, groups: list[str], series: dict[str, list[float | None]], ylabel: 
                label=label, color=colors.get(label))
     ax.set_xticks(pos + width * (len(series) - 1) / 2, groups)
     ax.set_ylabel(ylabel)
-    ax.legend(fontsize=7)
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.3)  # room for the legend above the bars
+    ax.legend(fontsize=7, ncol=3, loc="upper center")
     ax.grid(axis="y", alpha=0.3)
 
 
