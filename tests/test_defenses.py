@@ -455,3 +455,20 @@ def test_svd_zeroes_the_bottom_fraction_of_singular_values(fraction):
         expected = torch.cat([s0[:r - k], s0[r - k:] / 10]).sort(descending=True).values
         assert torch.allclose(s2, expected, rtol=1e-4, atol=1e-6)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_deep_defense_regularizer_stays_finite_when_deepfool_perturbations_explode():
+    # tiny weights: DeepFool's perturbations are thousands of times the inputs' norms, so
+    # exp(d·ρ) overflows; neither the value nor the gradient may become inf / NaN
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    with torch.no_grad():
+        model[1].weight.mul_(1e-4)
+        model[1].bias.copy_(torch.tensor([1.0, 0.0, 0.0]))
+    x = torch.rand(6, 1, 4, 4)
+    y = torch.tensor([0, 0, 0, 1, 1, 2])  # class 0 wins by its bias: 3 correct, 3 wrong
+    reg, df = deep_defense_regularizer(model, x, y, lam=1.0)
+    assert df.correct.tolist() == [True] * 3 + [False] * 3
+    assert torch.isfinite(reg)
+    reg.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())

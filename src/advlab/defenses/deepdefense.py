@@ -45,6 +45,7 @@ from advlab.defenses.registry import build, register
 from advlab.train.objective import StepOutput
 
 _TINY = 1e-12  # inside square roots, so that a zero vector has a finite norm gradient
+_MAX_EXPONENT = 50.0  # cap of d·ρ in exp(d·ρ): e^50 ≈ 5e21 is finite in float32
 
 
 @dataclass
@@ -148,7 +149,16 @@ def deep_defense_regularizer(model: nn.Module, x: Tensor, y: Tensor, *, lam: flo
     df = deepfool_perturbation(model, x, y, steps=steps, overshoot=overshoot)
     x_norm = x.detach().flatten(1).norm(dim=1)  # (B,)
     ratio = _norm(df.delta.flatten(1)) / x_norm.clamp_min(_TINY)  # (B,)
-    terms = torch.where(df.correct, torch.exp(-c * ratio), torch.exp(d * ratio))
+    # each branch sees only its own examples' ratios (0 elsewhere): torch.where differentiates
+    # both branches, and an exp(d·ρ) that overflows in the branch *not* taken would still turn
+    # the gradient into NaN (inf · 0). The growth exponent is capped at _MAX_EXPONENT: a
+    # misclassified example whose DeepFool perturbation is over 50/d times its norm adds a
+    # constant e^50 (no gradient) instead of inf; the cross-entropy still pulls it back.
+    zero = torch.zeros_like(ratio)
+    r_correct = torch.where(df.correct, ratio, zero)
+    r_wrong = torch.where(df.correct, zero, ratio)
+    terms = torch.where(df.correct, torch.exp(-c * r_correct),
+                        torch.exp((d * r_wrong).clamp(max=_MAX_EXPONENT)))
     terms = torch.where(x_norm > 0, terms, torch.zeros_like(terms))
     return lam * terms.sum() / x.shape[0], df
 
