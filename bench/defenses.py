@@ -155,14 +155,20 @@ PGD_FT_RECIPE = dict(epochs=3, batch_size=100, lr=5e-4, schedule="cosine")
 PGD_FT5 = "`wong-cnn` pgd-at, the same fine-tuning over 5 epochs, epoch selected"
 
 
+def _wong_pgd(restarts: int):
+    """Wong et al.'s evaluation: PGD-50 of 0.01 on the cross-entropy, ``restarts`` starts."""
+    from advlab import attacks
+
+    return attacks.create("pgd", eps=0.3, alpha=0.01, steps=50, restarts=restarts,
+                          early_stop=True)
+
+
 def _pgd_full(row: dict[str, Any], model, full, restarts: int) -> None:
     """PGD-50 × ``restarts`` on the whole test set (the wong-cnn rows: 10k points in minutes)."""
-    from advlab import attacks
     from advlab.eval import robust_accuracy
 
     t0 = time.perf_counter()
-    res = robust_accuracy(model, full.x, full.y, attacks.create(
-        "pgd", eps=0.3, alpha=0.01, steps=50, restarts=restarts, early_stop=True))
+    res = robust_accuracy(model, full.x, full.y, _wong_pgd(restarts))
     row.update(pgd_full=res.robust_accuracy, pgd_full_summary=res.summary(),
                pgd_full_seconds=time.perf_counter() - t0, n_full=len(full))
     log.info("mnist full test set PGD-50 x %d: %.4f", restarts, res.robust_accuracy)
@@ -222,8 +228,7 @@ def part_mnist(quick: bool) -> dict[str, Any]:
         model = load_model(run_dir)
         t0 = time.perf_counter()
         fgsm = robust_accuracy(model, sub.x, sub.y, attacks.create("fgsm", eps=0.3))
-        pgd = robust_accuracy(model, sub.x, sub.y, attacks.create(
-            "pgd", eps=0.3, alpha=0.01, steps=50, restarts=restarts, early_stop=True))
+        pgd = robust_accuracy(model, sub.x, sub.y, _wong_pgd(restarts))
         eval_s = time.perf_counter() - t0
         checks = soundness_checks(model, sub.x, sub.y, threat=ThreatModel("linf", 0.3),
                                   surrogate=None if "undefended" in name else plain,
