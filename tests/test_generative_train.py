@@ -86,6 +86,8 @@ def _kill_after(epoch):
 @pytest.mark.parametrize("name,ds,kw,opts", [
     ("vae", "digits", {}, {}),
     ("dcgan", "digits", {"width": 8, "latent_dim": 8}, {}),  # batch norm, d_steps 2
+    # spectral norm: the power-iteration vectors are part of the checkpoint
+    ("dcgan", "digits", {"width": 8, "latent_dim": 8, "d_norm": "spectral"}, {}),
     # gradient-penalty draws, a moving average of the generator, a decaying step size
     ("wgan-gp", "ring8", {"hidden": (16, 16)}, {"ema": 0.9, "lr_decay": "linear"}),
     ("ae", "ring8", {"hidden": (16,)}, {}),  # fitted prior buffers
@@ -251,6 +253,9 @@ def test_cli_bad_names(tmp_path):
     res = CliRunner().invoke(app, ["train", "generative", "--model", "dcgan", "--dataset",
                                    "ring8", "--out", str(tmp_path / "y")])
     assert res.exit_code == 2 and "no training recipe" in res.output
+    res = CliRunner().invoke(app, ["train", "generative", "--model", "dcgan", "--d-norm",
+                                   "layer", "--out", str(tmp_path / "z")])
+    assert res.exit_code == 2 and "d_norm in ('batch', 'spectral', 'none')" in res.output
 
 
 @pytest.mark.slow

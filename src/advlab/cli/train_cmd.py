@@ -135,6 +135,8 @@ def generative(
     hidden: str = typer.Option(None, help="MLP hidden widths, e.g. 150 or 256,512."),
     width: int = typer.Option(None, help="Channels of the first conv layer."),
     likelihood: str = typer.Option(None, help="AE/VAE decoder: bernoulli | gaussian."),
+    d_norm: str = typer.Option(None, help="dcgan discriminator: batch | spectral | none "
+                                          "[batch]."),
     n_train: int = typer.Option(None, help="Train on a seeded subset of n examples."),
     n_eval: int = typer.Option(None, help="Test examples for the VAE bounds [all]."),
     classifier: Path = typer.Option(None, help="advlab classifier run (or weights) for the "
@@ -167,7 +169,8 @@ def generative(
             config = replace(config, betas=(b1 if beta1 is None else beta1,
                                             b2 if beta2 is None else beta2))
         model_kwargs = {k: v for k, v in dict(latent_dim=latent_dim, arch=arch, width=width,
-                                               likelihood=likelihood).items() if v is not None}
+                                               likelihood=likelihood, d_norm=d_norm).items()
+                        if v is not None}
         if hidden:
             model_kwargs["hidden"] = [int(w) for w in hidden.split(",") if w]
         job = GenerativeJob(dataset=dataset, model=model, model_kwargs=model_kwargs,

@@ -116,17 +116,38 @@ def gan(data_shape: tuple[int, ...], *, latent_dim: int | None = None, arch: str
     return model
 
 
+D_NORMS = ("batch", "spectral", "none")
+
+
 @GENERATIVE.register("dcgan")
-def dcgan(data_shape: tuple[int, ...], *, latent_dim: int = 100, width: int = 64
-          ) -> AdversarialModel:
+def dcgan(data_shape: tuple[int, ...], *, latent_dim: int = 100, width: int = 64,
+          d_norm: str = "batch") -> AdversarialModel:
     """Radford et al.'s DCGAN for images: generator Linear -> (2 width, H/4, W/4) (or
     (4 width, H/8, W/8) for 32x32) -> transposed convs with batch norm and ReLU -> sigmoid;
-    discriminator strided convs with batch norm and LeakyReLU 0.2 -> Linear logit."""
+    discriminator strided convs with LeakyReLU 0.2 -> Linear logit.
+
+    ``d_norm`` normalizes the discriminator: "batch" (Radford et al.), "spectral" (Miyato et
+    al. 2018, arXiv:1802.05957: every conv and linear weight divided by its largest singular
+    value, estimated by one power iteration per training forward; no batch norm) or "none".
+    """
     if len(data_shape) != 3:
         raise ValueError(f"dcgan: needs images (C, H, W), got data shape {tuple(data_shape)}; "
                          f"use 'gan' or 'wgan-gp' (MLP) for points")
-    return _build(data_shape, latent_dim, "conv", (), width, "gan", "dcgan", "batch", "batch",
-                  "conv")
+    if d_norm not in D_NORMS:
+        raise ValueError(f"dcgan: expected d_norm in {D_NORMS}, got {d_norm!r}")
+    model = _build(data_shape, latent_dim, "conv", (), width, "gan", "dcgan", "batch",
+                   "batch" if d_norm == "batch" else "none", "conv")
+    if d_norm == "spectral":
+        _spectral_normalize(model.critic)
+    model.resolved_kwargs.update(d_norm=d_norm)
+    return model
+
+
+def _spectral_normalize(module: nn.Module) -> None:
+    """Spectral normalization (a weight parametrization) of every conv and linear layer."""
+    for m in list(module.modules()):
+        if isinstance(m, nn.Conv2d | nn.Linear):
+            nn.utils.parametrizations.spectral_norm(m)
 
 
 @GENERATIVE.register("wgan-gp")
