@@ -144,6 +144,30 @@ def test_dcgan_spectral_discriminator_has_unit_spectral_norms_and_round_trips():
         generative.create("dcgan", dataset="digits", d_norm="layer")
 
 
+
+@pytest.mark.parametrize("ds,side", [("mnist", 28), ("cifar10", 32), ("digits", 8)])
+def test_dcgan_depth_adds_stride_one_layers_at_every_resolution(ds, side):
+    base = generative.create("dcgan", dataset=ds, width=8, latent_dim=4)
+    deep = generative.create("dcgan", dataset=ds, width=8, latent_dim=4, depth=3)
+    assert deep.spec["kwargs"]["depth"] == 3
+
+    def stride_one(net):
+        return [m for m in net.modules() if isinstance(m, nn.Conv2d) and m.stride == (1, 1)]
+
+    stages = 3 if side == 32 else 2
+    assert not stride_one(base.generator) and not stride_one(base.critic)
+    # two 3x3 layers per resolution: generator at H/2^stages ... H/2, critic at H/2 ... end
+    assert len(stride_one(deep.generator)) == 2 * stages
+    assert len(stride_one(deep.critic)) == 2 * stages
+    assert all(m.kernel_size == (3, 3) for m in stride_one(deep.critic))
+    deep.eval()
+    x = deep.sample(5)
+    assert x.shape == (5, *base.data_shape) and 0 <= x.min() and x.max() <= 1
+    assert deep.score(x).shape == (5,)
+    with pytest.raises(ValueError, match="depth .* int >= 1, got 0"):
+        generative.create("dcgan", dataset=ds, depth=0)
+
+
 # -- the ELBO, the IW bound and the KL on cases computed by hand -----------------------------
 
 

@@ -137,6 +137,8 @@ def generative(
     likelihood: str = typer.Option(None, help="AE/VAE decoder: bernoulli | gaussian."),
     d_norm: str = typer.Option(None, help="dcgan discriminator: batch | spectral | none "
                                           "[batch]."),
+    depth: int = typer.Option(None, help="dcgan: conv layers per resolution (>1 adds 3x3 "
+                                         "stride-1 layers) [1]."),
     n_train: int = typer.Option(None, help="Train on a seeded subset of n examples."),
     n_eval: int = typer.Option(None, help="Test examples for the VAE bounds [all]."),
     classifier: Path = typer.Option(None, help="advlab classifier run (or weights) for the "
@@ -169,7 +171,8 @@ def generative(
             config = replace(config, betas=(b1 if beta1 is None else beta1,
                                             b2 if beta2 is None else beta2))
         model_kwargs = {k: v for k, v in dict(latent_dim=latent_dim, arch=arch, width=width,
-                                               likelihood=likelihood, d_norm=d_norm).items()
+                                               likelihood=likelihood, d_norm=d_norm,
+                                               depth=depth).items()
                         if v is not None}
         if hidden:
             model_kwargs["hidden"] = [int(w) for w in hidden.split(",") if w]

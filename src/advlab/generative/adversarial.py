@@ -70,7 +70,7 @@ def _mlp_critic(data_shape, hidden, activation):
 
 
 def _build(data_shape, latent_dim, arch, hidden, width, objective, name, g_norm, d_norm,
-           default_arch):
+           default_arch, depth=1):
     check_positive_int(latent_dim, "latent_dim")
     check_positive_int(width, "width")
     arch = resolve_arch(arch, data_shape, default_arch, name)
@@ -81,8 +81,9 @@ def _build(data_shape, latent_dim, arch, hidden, width, objective, name, g_norm,
         generator = mlp(latent_dim, hidden, math.prod(data_shape))
         critic = _mlp_critic(data_shape, hidden[::-1], d_act)
     else:
-        generator = conv_decoder(latent_dim, data_shape, width, norm=g_norm, what=name)
-        critic = conv_encoder(data_shape, width, 1, norm=d_norm, what=name)
+        generator = conv_decoder(latent_dim, data_shape, width, norm=g_norm, what=name,
+                                 depth=depth)
+        critic = conv_encoder(data_shape, width, 1, norm=d_norm, what=name, depth=depth)
     model = AdversarialModel(data_shape, latent_dim, generator, critic, objective)
     model.resolved_kwargs = {"arch": arch}
     _init_weights(model)
@@ -121,7 +122,7 @@ D_NORMS = ("batch", "spectral", "none")
 
 @GENERATIVE.register("dcgan")
 def dcgan(data_shape: tuple[int, ...], *, latent_dim: int = 100, width: int = 64,
-          d_norm: str = "batch") -> AdversarialModel:
+          d_norm: str = "batch", depth: int = 1) -> AdversarialModel:
     """Radford et al.'s DCGAN for images: generator Linear -> (2 width, H/4, W/4) (or
     (4 width, H/8, W/8) for 32x32) -> transposed convs with batch norm and ReLU -> sigmoid;
     discriminator strided convs with LeakyReLU 0.2 -> Linear logit.
@@ -129,6 +130,8 @@ def dcgan(data_shape: tuple[int, ...], *, latent_dim: int = 100, width: int = 64
     ``d_norm`` normalizes the discriminator: "batch" (Radford et al.), "spectral" (Miyato et
     al. 2018, arXiv:1802.05957: every conv and linear weight divided by its largest singular
     value, estimated by one power iteration per training forward; no batch norm) or "none".
+    ``depth`` > 1 adds ``depth - 1`` 3x3 stride-1 conv layers at each resolution of both
+    networks (``advlab.generative.nets``): more capacity at the same image size.
     """
     if len(data_shape) != 3:
         raise ValueError(f"dcgan: needs images (C, H, W), got data shape {tuple(data_shape)}; "
@@ -136,7 +139,7 @@ def dcgan(data_shape: tuple[int, ...], *, latent_dim: int = 100, width: int = 64
     if d_norm not in D_NORMS:
         raise ValueError(f"dcgan: expected d_norm in {D_NORMS}, got {d_norm!r}")
     model = _build(data_shape, latent_dim, "conv", (), width, "gan", "dcgan", "batch",
-                   "batch" if d_norm == "batch" else "none", "conv")
+                   "batch" if d_norm == "batch" else "none", "conv", depth)
     if d_norm == "spectral":
         _spectral_normalize(model.critic)
     model.resolved_kwargs.update(d_norm=d_norm)

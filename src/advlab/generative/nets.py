@@ -54,9 +54,20 @@ def _norm2d(norm: str, channels: int) -> nn.Module:
     return nn.BatchNorm2d(channels) if norm == "batch" else nn.Identity()
 
 
+def _check_depth(depth: int, what: str) -> None:
+    if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
+        raise ValueError(f"{what}: expected depth (conv layers per resolution) as an int >= 1, "
+                         f"got {depth!r}")
+
+
 def conv_encoder(data_shape: tuple[int, ...], width: int, out_features: int,
-                 norm: str = "none", what: str = "conv encoder") -> nn.Sequential:
-    """Strided convolutions (LeakyReLU 0.2), then a Linear layer. (B, C, H, W) -> (B, out)."""
+                 norm: str = "none", what: str = "conv encoder", depth: int = 1
+                 ) -> nn.Sequential:
+    """Strided convolutions (LeakyReLU 0.2), then a Linear layer. (B, C, H, W) -> (B, out).
+
+    ``depth`` > 1 follows each strided convolution with ``depth - 1`` 3x3 stride-1 ones at the
+    same resolution and width (normalized like the stage)."""
+    _check_depth(depth, what)
     stages = conv_stages(data_shape, what)
     c, h, w = data_shape
     layers: list[nn.Module] = []
@@ -66,6 +77,8 @@ def conv_encoder(data_shape: tuple[int, ...], width: int, out_features: int,
         if i > 0:  # DCGAN: no normalization on the first layer
             layers.append(_norm2d(norm, ch))
         layers.append(nn.LeakyReLU(0.2))
+        for _ in range(depth - 1):
+            layers += [nn.Conv2d(ch, ch, 3, padding=1), _norm2d(norm, ch), nn.LeakyReLU(0.2)]
         ch_in, ch = ch, ch * 2
     f = 2 ** stages
     layers += [nn.Flatten(start_dim=1), nn.Linear(ch_in * (h // f) * (w // f), out_features)]
@@ -73,10 +86,15 @@ def conv_encoder(data_shape: tuple[int, ...], width: int, out_features: int,
 
 
 def conv_decoder(latent_dim: int, data_shape: tuple[int, ...], width: int,
-                 norm: str = "batch", what: str = "conv decoder") -> nn.Sequential:
+                 norm: str = "batch", what: str = "conv decoder", depth: int = 1
+                 ) -> nn.Sequential:
     """A Linear layer to a (width * 2^(stages-1), H / 2^stages, W / 2^stages) map, then
     transposed convolutions (ReLU) up to (C, H, W) pre-activation outputs (no final
-    nonlinearity). (B, latent_dim) -> (B, C, H, W)."""
+    nonlinearity). (B, latent_dim) -> (B, C, H, W).
+
+    ``depth`` > 1 puts ``depth - 1`` 3x3 stride-1 convolutions (normalized, ReLU) before each
+    transposed convolution, at the resolution and width it starts from."""
+    _check_depth(depth, what)
     stages = conv_stages(data_shape, what)
     c, h, w = data_shape
     f = 2 ** stages
@@ -85,8 +103,12 @@ def conv_decoder(latent_dim: int, data_shape: tuple[int, ...], width: int,
     layers += [nn.BatchNorm1d(ch * (h // f) * (w // f)) if norm == "batch" else nn.Identity(),
                nn.ReLU(), nn.Unflatten(1, (ch, h // f, w // f))]
     for _ in range(stages - 1):
+        for _ in range(depth - 1):
+            layers += [nn.Conv2d(ch, ch, 3, padding=1), _norm2d(norm, ch), nn.ReLU()]
         layers += [nn.ConvTranspose2d(ch, ch // 2, 4, stride=2, padding=1),
                    _norm2d(norm, ch // 2), nn.ReLU()]
         ch //= 2
+    for _ in range(depth - 1):
+        layers += [nn.Conv2d(ch, ch, 3, padding=1), _norm2d(norm, ch), nn.ReLU()]
     layers.append(nn.ConvTranspose2d(ch, c, 4, stride=2, padding=1))
     return nn.Sequential(*layers)
