@@ -152,8 +152,23 @@ IMAGE_RUNS = [
     # the same with one-sided label smoothing (Salimans et al. 2016): the discriminator won
     # by far in the run above (generator loss 3.2 at epoch 20)
     ("mnist-dcgan-ls", "mnist", "dcgan", {"epochs": 20, "ema": 0.999, "real_label": 0.9}),
+    # + step sizes falling linearly to 0 over 25 epochs
+    ("mnist-dcgan-lsdecay", "mnist", "dcgan", {"epochs": 25, "ema": 0.999, "real_label": 0.9,
+                                                "lr_decay": "linear"}),
+    # + a 3x3 stride-1 conv layer at every resolution of both networks
+    ("mnist-dcgan-d2", "mnist", "dcgan", {"epochs": 25, "ema": 0.999, "real_label": 0.9,
+                                           "lr_decay": "linear",
+                                           "model_kwargs": {"depth": 2}}),
 ]
 CLI = {"vae": "", "dcgan": " --ema 0.999"}
+# options shown in the model cell and the command: (key, label, flag)
+_SHOWN = (("real_label", "real label", "--real-label"), ("lr_decay", "lr decay", "--lr-decay"),
+          ("depth", "depth", "--depth"), ("d_norm", "discriminator norm", "--d-norm"))
+
+
+def _shown(opts: dict) -> list[tuple[str, str, object]]:
+    flat = {**opts, **opts.get("model_kwargs", {})}
+    return [(label, flag, flat[key]) for key, label, flag in _SHOWN if key in flat]
 
 
 def _score(run_dir: Path, dataset: str, clf_dir: Path, n: int) -> dict:
@@ -216,8 +231,9 @@ def images(quick: bool, runs: set[str] | None = None) -> str:
         notes.append(f"LeNet-5 on {dataset} (12 epochs): test accuracy {acc:.4f} "
                      f"(`{clfs[dataset].relative_to(ROOT)}`)")
     for name, dataset, model, opts in IMAGE_RUNS:
-        cell = f"`{model}`" + (f" (real label {opts['real_label']})" if "real_label" in opts
-                               else "")
+        shown = _shown(opts)
+        cell = f"`{model}`" + (" (" + ", ".join(f"{label} {v}" for label, _, v in shown) + ")"
+                               if shown else "")
         old_row = _previous_line(previous, f"| {dataset} | {cell} |"
                                  if model != "vae" else f"| {dataset} | `{model}`")
         if name not in wanted and old_row is not None:
@@ -227,7 +243,7 @@ def images(quick: bool, runs: set[str] | None = None) -> str:
         epochs = m["epochs_completed"]
         cmd = (f"`advlab train generative --model {model} --dataset {dataset} --epochs {epochs}"
                f"{CLI[model]}"
-               + (f" --real-label {opts['real_label']}" if "real_label" in opts else "") + "`")
+               + "".join(f" {flag} {v}" for _, flag, v in shown) + "`")
         secs = m["mean_epoch_seconds"]
         if model == "vae":
             rows.append(f"| {dataset} | `vae` (MLP 150, latent 32) | {epochs} | | | | | "
