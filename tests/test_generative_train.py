@@ -299,3 +299,37 @@ def test_batchnorm_recalibration_describes_the_averaged_weights_and_spares_the_g
     assert torch.allclose(gen[1].running_mean, h.mean(0), atol=1e-5)
     # the cumulative average of per-batch unbiased variances, close to the pooled variance
     assert torch.allclose(gen[1].running_var, h.var(0), rtol=0.05)
+
+
+def test_per_epoch_quality_is_recorded_without_touching_training(tmp_path, digits):
+    """With a classifier, every history row carries IS / FD of a fixed set of samples; the
+    scoring draws from its own RNG, so the trained weights equal a run without it."""
+    from advlab import models
+    from advlab.generative.job import GenerativeJob, train_generative
+    from advlab.weights import save_model
+
+    torch.manual_seed(0)
+    clf = models.create("mlp", dataset="digits")
+    save_model(tmp_path / "clf", clf, {"dataset": "digits"})
+    cfg = _cfg(epochs=2, ema=0.9)
+    kw = dict(dataset="digits", model="dcgan", model_kwargs={"width": 8, "latent_dim": 8},
+              n_train=300, n_quality=200, train=cfg)
+    scored, m1 = train_generative(GenerativeJob(classifier=str(tmp_path / "clf"),
+                                                n_epoch_quality=150, **kw),
+                                  tmp_path / "a", progress=False)
+    plain, m0 = train_generative(GenerativeJob(**kw), tmp_path / "b", progress=False)
+    rows = m1["history"]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for r in rows:
+        assert 1.0 <= r["inception_score"] <= 10.0 and r["frechet_distance"] >= 0
+    assert all("inception_score" not in r for r in m0["history"])
+    assert m1["epoch_quality"]["n"] == 150 and "inception_score" in m1
+    assert (scored.path / "figures" / "quality_over_epochs.png").is_file()
+    a, b = generative.load_generative(scored.path), generative.load_generative(plain.path)
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(va, vb), k
+    with pytest.raises(ValueError, match="n_epoch_quality: expected an integer >= 0, got -1"):
+        GenerativeJob(n_epoch_quality=-1)
+    # a resume may add or drop the scoring (it does not change what is trained)
+    train_generative(GenerativeJob(**{**kw, "train": _cfg(epochs=3, ema=0.9)}), tmp_path / "a",
+                     resume=True, progress=False)

@@ -143,6 +143,8 @@ def generative(
     n_eval: int = typer.Option(None, help="Test examples for the VAE bounds [all]."),
     classifier: Path = typer.Option(None, help="advlab classifier run (or weights) for the "
                                                "Inception-style score and Fréchet distance."),
+    n_epoch_quality: int = typer.Option(2000, help="With --classifier: samples scored after "
+                                                   "every epoch (0 = off)."),
     seed: int = typer.Option(None, help="Seed of init, batch order and latent draws [0]."),
     out: Path = OutOption,
     resume: bool = typer.Option(False, help="Continue the run in --out from its last epoch."),
@@ -179,7 +181,7 @@ def generative(
         job = GenerativeJob(dataset=dataset, model=model, model_kwargs=model_kwargs,
                             n_train=n_train, n_eval=n_eval,
                             classifier=str(classifier) if classifier else None,
-                            train=config)
+                            n_epoch_quality=n_epoch_quality, train=config)
         run, metrics = train_generative(job, out, resume=resume, progress=progress)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))

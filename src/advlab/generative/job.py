@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.safetensors"
 LOSS_KEYS = {"autoencoder": ("loss", "recon_nll", "kl"),
              "adversarial": ("loss_d", "loss_g", "wasserstein", "gp")}
+QUALITY_KEYS = ("inception_score", "frechet_distance")
 
 
 @dataclass(frozen=True)
@@ -44,14 +45,22 @@ class GenerativeJob:
     n_quality: int = 10_000  # samples scored with the classifier (IS / Fréchet distance)
     classifier: str | None = None  # advlab classifier (run dir or weights) for IS / FD
     figure_every: int = 5  # epochs between progress figures (the final ones are always drawn)
+    n_epoch_quality: int = 2000  # with a classifier: samples scored after every epoch (0: off)
     data_dir: str | None = None
     train: GenerativeTrainConfig = field(default_factory=GenerativeTrainConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("n_quality", "n_epoch_quality", "figure_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"command": "train generative", "dataset": self.dataset, "model": self.model,
                 "model_kwargs": json.loads(json.dumps(dict(self.model_kwargs))),
                 "n_train": self.n_train, "n_eval": self.n_eval, "n_quality": self.n_quality,
                 "classifier": self.classifier, "figure_every": self.figure_every,
+                "n_epoch_quality": self.n_epoch_quality,
                 "data_dir": self.data_dir,
                 "train": to_dict(self.train)}
 
@@ -63,9 +72,11 @@ class GenerativeJob:
 
 
 def _resumable_view(config: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a run's configuration a resume must keep (scoring options may change)."""
     train = {k: v for k, v in config.get("train", {}).items() if k not in ("epochs", "device")}
-    return {**{k: v for k, v in config.items() if k not in ("data_dir", "model_spec")},
-            "train": train}
+    free = ("data_dir", "model_spec", "classifier", "n_quality", "n_epoch_quality",
+            "figure_every")
+    return {**{k: v for k, v in config.items() if k not in free}, "train": train}
 
 
 def load_splits(job: GenerativeJob) -> tuple[data.TensorSet, data.TensorSet]:
@@ -103,9 +114,15 @@ def train_generative(job: GenerativeJob, out: str | Path | None = None, *, resum
         toy = train.info.kind == "points"
         log.info("training %s on %s (%d examples) into %s", job.model, job.dataset, len(train),
                  run.path)
+        if toy:
+            epoch_metrics = _toy_metrics(job.dataset)
+        elif classifier is not None and job.n_epoch_quality:
+            epoch_metrics = _quality_metrics(classifier, test, job.n_epoch_quality)
+        else:
+            epoch_metrics = None
         result = fit_generative(
             model, train, job.train, checkpoint=ckpt, resume=resume and ckpt.is_file(),
-            progress=progress, epoch_metrics=_toy_metrics(job.dataset) if toy else None,
+            progress=progress, epoch_metrics=epoch_metrics,
             on_epoch=lambda row, m: _progress_figures(run, m.family, ckpt, job, test, row),
             metadata={"dataset": job.dataset})
         model.cpu().eval()
@@ -141,6 +158,25 @@ def _toy_metrics(dataset: str):
     return metrics
 
 
+def _quality_metrics(classifier, test: data.TensorSet, n: int):
+    """After each epoch: IS and Fréchet distance of ``n`` samples (the same codes every epoch,
+    drawn from a private generator: training's RNG stream is untouched) against the first
+    ``n`` test images. The samples come from the weights the snapshots use (the moving
+    average when there is one). Fewer samples than the final score: a curve to compare epochs
+    of one run (the Fréchet distance of fewer samples is biased upwards)."""
+    n = min(n, len(test))
+    ref_feats, _ = scores.classifier_features(classifier, test.x[:n])
+
+    def metrics(model: GenerativeModel, samples: torch.Tensor) -> dict[str, float]:
+        g = torch.Generator().manual_seed(271828)
+        x = torch.cat([model.sample(min(1000, n - i), g).cpu() for i in range(0, n, 1000)])
+        feats, probs = scores.classifier_features(classifier, x)
+        return {"inception_score": scores.inception_score(probs)[0],
+                "frechet_distance": scores.frechet_distance(feats, ref_feats)}
+
+    return metrics
+
+
 def _progress_figures(run: RunDir, family: str, ckpt: Path, job: GenerativeJob,
                       test: data.TensorSet, row: dict[str, float]) -> None:
     """Every ``figure_every`` epochs but the last: loss curves and the samples so far, read
@@ -163,6 +199,11 @@ def _history_figures(run: RunDir, family: str, history: list[dict[str, float]],
     figs = run.figures
     figures.loss_curves(history, LOSS_KEYS[family], figs / "loss_curves.png",
                         title=f"{job.model}: mean losses per epoch")
+    if history and "inception_score" in history[-1]:
+        scored = [r for r in history if "inception_score" in r]
+        figures.loss_curves(scored, QUALITY_KEYS, figs / "quality_over_epochs.png",
+                            title=f"{job.model}: classifier scores of {job.n_epoch_quality} "
+                                  f"samples per epoch")
     if not snapshots:
         return
     shown = _pick(snapshots)
@@ -251,6 +292,11 @@ def report_generative(run: RunDir, model: GenerativeModel, train: data.TensorSet
         figures.interpolations(rows.reshape(4, 10, *model.data_shape), figs / "interpolation.png")
     if classifier is not None and train.info.kind == "image":
         metrics.update(_quality(model, classifier, train, test, job, g))
+        if any("inception_score" in r for r in history):
+            metrics["epoch_quality"] = {
+                "n": min(job.n_epoch_quality, len(test)),
+                "note": "history rows: IS / FD of these many samples (same codes each epoch) "
+                        "against as many test images; compare epochs, not runs of another n"}
     return metrics
 
 
