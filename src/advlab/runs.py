@@ -8,7 +8,10 @@ under the working directory; ``--out DIR`` names it.
 from __future__ import annotations
 
 import logging
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +70,54 @@ def new_run_dir(command: str, out: str | Path | None = None, *, exist_ok: bool =
                              f"(or pass --resume to continue the run in it)")
     path.mkdir(parents=True, exist_ok=True)
     return RunDir(path)
+
+
+LOCK = ".lock"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except OSError:  # platforms without signal 0: assume the holder is gone
+        return False
+    return True
+
+
+@contextmanager
+def lock_run(run: RunDir) -> Iterator[None]:
+    """Hold ``<run>/.lock`` (this process's PID) while a training job writes into ``run``.
+
+    Two processes training into one directory (a second ``--resume`` while the first still
+    runs) would overwrite each other's checkpoints; the second gets a ``ValueError`` naming the
+    first's PID. A lock left by a process that is gone (killed) is taken over. The lock is
+    per machine: processes on other hosts sharing the directory are not seen.
+    """
+    path = run.path / LOCK
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(path.read_text(encoding="utf-8").strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and pid != os.getpid() and _alive(pid):
+                raise ValueError(f"{run.path} is in use: advlab process {pid} is training "
+                                 f"into it; wait for it to finish or stop it (lock file "
+                                 f"{path})") from None
+            path.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(str(os.getpid()))
+        break
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def open_run_dir(path: str | Path) -> RunDir:

@@ -25,7 +25,7 @@ from advlab.generative.autoencoder import VAE, Autoencoder
 from advlab.generative.base import GenerativeModel, create
 from advlab.generative.train import GenerativeFitResult, GenerativeTrainConfig, fit_generative
 from advlab.generative.weights import save_generative
-from advlab.runs import RunDir, attach_log_file, new_run_dir
+from advlab.runs import RunDir, attach_log_file, lock_run, new_run_dir
 from advlab.weights import library_versions
 
 log = logging.getLogger(__name__)
@@ -97,44 +97,45 @@ def train_generative(job: GenerativeJob, out: str | Path | None = None, *, resum
     if resume and out is None:
         raise ValueError("--resume needs --out DIR naming the run to continue")
     run = new_run_dir("generative", out, exist_ok=resume)
-    handler = attach_log_file(run)
-    try:
-        config = job.to_dict()
-        if resume and (run.path / "config.yaml").is_file():
-            if _resumable_view(run.read_config()) != _resumable_view(config):
-                raise ValueError(f"cannot resume {run.path}: its config.yaml differs from the "
-                                 f"options given (only --epochs and --device may change)")
-        classifier = _load_classifier(job) if job.classifier else None
-        train, test = load_splits(job)
-        torch.manual_seed(job.train.seed)
-        model = create(job.model, dataset=job.dataset, **job.model_kwargs)
-        config["model_spec"] = model.spec
-        run.write_config(config)
-        ckpt = run.path / CHECKPOINT
-        toy = train.info.kind == "points"
-        log.info("training %s on %s (%d examples) into %s", job.model, job.dataset, len(train),
-                 run.path)
-        if toy:
-            epoch_metrics = _toy_metrics(job.dataset)
-        elif classifier is not None and job.n_epoch_quality:
-            epoch_metrics = _quality_metrics(classifier, test, job.n_epoch_quality)
-        else:
-            epoch_metrics = None
-        result = fit_generative(
-            model, train, job.train, checkpoint=ckpt, resume=resume and ckpt.is_file(),
-            progress=progress, epoch_metrics=epoch_metrics,
-            on_epoch=lambda row, m: _progress_figures(run, m.family, ckpt, job, test, row),
-            metadata={"dataset": job.dataset})
-        model.cpu().eval()
-        metrics = report_generative(run, model, train, test, result, job, classifier)
-        save_generative(run.path, model, {"dataset": job.dataset, "config": config,
-                                          "metrics": _headline(metrics)})
-        metrics["versions"] = library_versions()
-        run.write_metrics(metrics)
-        return run, metrics
-    finally:
-        logging.getLogger("advlab").removeHandler(handler)
-        handler.close()
+    with lock_run(run):
+        handler = attach_log_file(run)
+        try:
+            config = job.to_dict()
+            if resume and (run.path / "config.yaml").is_file():
+                if _resumable_view(run.read_config()) != _resumable_view(config):
+                    raise ValueError(f"cannot resume {run.path}: its config.yaml differs from the "
+                                     f"options given (only --epochs and --device may change)")
+            classifier = _load_classifier(job) if job.classifier else None
+            train, test = load_splits(job)
+            torch.manual_seed(job.train.seed)
+            model = create(job.model, dataset=job.dataset, **job.model_kwargs)
+            config["model_spec"] = model.spec
+            run.write_config(config)
+            ckpt = run.path / CHECKPOINT
+            toy = train.info.kind == "points"
+            log.info("training %s on %s (%d examples) into %s", job.model, job.dataset, len(train),
+                     run.path)
+            if toy:
+                epoch_metrics = _toy_metrics(job.dataset)
+            elif classifier is not None and job.n_epoch_quality:
+                epoch_metrics = _quality_metrics(classifier, test, job.n_epoch_quality)
+            else:
+                epoch_metrics = None
+            result = fit_generative(
+                model, train, job.train, checkpoint=ckpt, resume=resume and ckpt.is_file(),
+                progress=progress, epoch_metrics=epoch_metrics,
+                on_epoch=lambda row, m: _progress_figures(run, m.family, ckpt, job, test, row),
+                metadata={"dataset": job.dataset})
+            model.cpu().eval()
+            metrics = report_generative(run, model, train, test, result, job, classifier)
+            save_generative(run.path, model, {"dataset": job.dataset, "config": config,
+                                              "metrics": _headline(metrics)})
+            metrics["versions"] = library_versions()
+            run.write_metrics(metrics)
+            return run, metrics
+        finally:
+            logging.getLogger("advlab").removeHandler(handler)
+            handler.close()
 
 
 def _load_classifier(job: GenerativeJob):

@@ -1,0 +1,51 @@
+"""Run directories: one training process at a time per directory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from advlab.generative.job import GenerativeJob, train_generative
+from advlab.generative.train import GenerativeTrainConfig
+from advlab.runs import LOCK, lock_run, new_run_dir
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_lock_refuses_a_live_holder_and_takes_over_a_stale_one(tmp_path):
+    run = new_run_dir("x", tmp_path / "run")
+    lock = run.path / LOCK
+    lock.write_text(str(os.getppid()))  # a live process that is not this one
+    with pytest.raises(ValueError, match=rf"in use: advlab process {os.getppid()} is training"):
+        with lock_run(run):
+            pass
+    assert lock.read_text() == str(os.getppid())  # the holder's lock is left alone
+    lock.write_text(str(_dead_pid()))
+    with lock_run(run):
+        assert lock.read_text() == str(os.getpid())
+    assert not lock.exists()
+    with pytest.raises(RuntimeError), lock_run(run):  # released on errors too
+        raise RuntimeError
+    assert not lock.exists()
+
+
+def test_a_second_resume_into_a_run_in_use_is_refused(tmp_path):
+    cfg = GenerativeTrainConfig(epochs=1, batch_size=32, steps_per_epoch=2, n_snapshot=4,
+                                device="cpu")
+    job = GenerativeJob(dataset="ring8", model="vae", model_kwargs={"hidden": [4]},
+                        figure_every=0, train=cfg)
+    out = tmp_path / "run"
+    train_generative(job, out, progress=False)
+    assert not (out / LOCK).exists()
+    (out / LOCK).write_text(str(os.getppid()))
+    with pytest.raises(ValueError, match="in use"):
+        train_generative(job, out, resume=True, progress=False)
+    (out / LOCK).unlink()
+    train_generative(job, out, resume=True, progress=False)
