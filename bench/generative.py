@@ -238,17 +238,32 @@ def images(quick: bool, runs: set[str] | None = None) -> str:
         clfs[dataset], acc = _classifier(dataset, quick)
         notes.append(f"LeNet-5 on {dataset} (12 epochs): test accuracy {acc:.4f} "
                      f"(`{clfs[dataset].relative_to(ROOT)}`)")
+    curves = []  # per-epoch scores of the runs trained with the classifier
     for name, dataset, model, opts in IMAGE_RUNS:
         shown = _shown(opts)
+        curve_prefix = f"- Per-epoch scores of `{name}`"
         cell = f"`{model}`" + (" (" + ", ".join(f"{label} {v}" for label, _, v in shown) + ")"
                                if shown else "")
         old_row = _previous_line(previous, f"| {dataset} | {cell} |"
                                  if model != "vae" else f"| {dataset} | `{model}`")
-        if name not in wanted:  # not re-measured: its last row, if it has one
+        if name not in wanted:  # not re-measured: its last row (and curve), if it has one
             if old_row is not None:
                 rows.append(old_row)
+            old_curve = _previous_line(previous, curve_prefix)
+            if old_curve is not None:
+                curves.append(old_curve[2:])
             continue
-        m, path = _run(name, _job(dataset, model, 0, quick, **dict(opts)), quick)
+        run_opts = dict(opts)
+        if model != "vae":  # IS / FD after every epoch, with the same classifier
+            run_opts["job"] = {"classifier": str(clfs[dataset])}
+        m, path = _run(name, _job(dataset, model, 0, quick, **run_opts), quick)
+        scored = [r for r in m["history"] if "inception_score" in r]
+        if scored:
+            k = m.get("epoch_quality", {}).get("n", "?")
+            curves.append(f"{curve_prefix[2:]} (IS / FD of {k} samples against {k} test "
+                          "images after each epoch: " + ", ".join(
+                              f"{int(r['epoch'])}: {r['inception_score']:.2f} / "
+                              f"{r['frechet_distance']:.1f}" for r in scored) + ")")
         epochs = m["epochs_completed"]
         cmd = (f"`advlab train generative --model {model} --dataset {dataset} --epochs {epochs}"
                f"{CLI[model]}"
@@ -284,20 +299,14 @@ def images(quick: bool, runs: set[str] | None = None) -> str:
         "after 20: the row above. The label-smoothing row (2026-11-30) ran while two other "
         "benchmark jobs shared the 2 cores: its seconds per epoch are inflated (the same "
         "network alone: about 80 s).\n"
-        "- What moved the MNIST score (2026-11-30): not the step-size schedule (a linear decay "
-        "to 0 lowered IS, the discriminator winning more as the steps shrink) nor a spectral-"
-        "normalized discriminator (`--d-norm spectral`: IS 6.16 after 5 epochs against 6.70 "
-        "with batch norm; stopped there), but depth: `--depth 2` (a 3x3 stride-1 conv layer "
-        "at every resolution of both networks, 2.5x the cost per epoch) scored IS 8.00 after "
-        "5 epochs and 8.50 after 10 (10,000 samples), where the depth-1 network needed 20 "
-        "epochs for 7.64; `--depth 3` (two such layers per resolution, constant step sizes, "
-        "3.6x the cost per epoch of depth 1) passes the 9.0 target after 15 epochs (per-epoch "
-        "2,000-sample curve: 8.05 at epoch 3, 8.61 at 5, 8.89 at 10, 9.06 at 13). The depth "
-        "rows' per-epoch scores: `metrics.json` / "
-        "`figures/quality_over_epochs.png` of the run (`--classifier` given; the depth-2 run "
-        "started before that curve existed). The two depth runs shared the 2 cores, as did "
-        "the scorings of intermediate checkpoints. The same depth-3 recipe on Fashion-MNIST "
-        "(4 epochs) trained with 2 threads on an otherwise idle machine.\n")
+        "- What moved the MNIST score (2026-11-30): not the step-size schedule (the linear "
+        "decay row is below the constant-step row), but depth: `--depth 2` adds a 3x3 "
+        "stride-1 conv layer at every resolution of both networks, `--depth 3` two, at 2.5x "
+        "and 3.6x the cost per epoch of depth 1. A spectral-normalized discriminator "
+        "(`--d-norm spectral`) was tried and stopped after 5 epochs (no row). The depth runs "
+        "shared the 2 cores with each other; the Fashion-MNIST depth-3 row trained with 2 "
+        "threads on an otherwise idle machine.\n"
+        + "".join(f"- {c}\n" for c in curves))
 
 
 def _previous_section(quick: bool, heading: str) -> str | None:

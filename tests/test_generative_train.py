@@ -331,5 +331,7 @@ def test_per_epoch_quality_is_recorded_without_touching_training(tmp_path, digit
     with pytest.raises(ValueError, match="n_epoch_quality: expected an integer >= 0, got -1"):
         GenerativeJob(n_epoch_quality=-1)
     # a resume may add or drop the scoring (it does not change what is trained)
-    train_generative(GenerativeJob(**{**kw, "train": _cfg(epochs=3, ema=0.9)}), tmp_path / "a",
-                     resume=True, progress=False)
+    _, m2 = train_generative(GenerativeJob(**{**kw, "train": _cfg(epochs=3, ema=0.9)}),
+                             tmp_path / "a", resume=True, progress=False)
+    assert [r["epoch"] for r in m2["history"]] == [1, 2, 3]
+    assert "inception_score" in m2["history"][1] and "inception_score" not in m2["history"][2]

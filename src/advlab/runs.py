@@ -127,12 +127,25 @@ def open_run_dir(path: str | Path) -> RunDir:
     return RunDir(path)
 
 
-def attach_log_file(run: RunDir, level: int = logging.INFO) -> logging.Handler:
-    """Send advlab's log records to ``<run>/log.txt`` (appending, so a resume keeps history)."""
+@contextmanager
+def log_to_run(run: RunDir, level: int = logging.INFO) -> Iterator[None]:
+    """Send advlab's log records to ``<run>/log.txt`` while the block runs (appending, so a
+    resume keeps history); the handler is removed and closed afterwards, also on errors."""
     handler = logging.FileHandler(run.path / "log.txt", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(level)
     logger = logging.getLogger("advlab")
     logger.addHandler(handler)
     logger.setLevel(min(logger.level or level, level))
-    return handler
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+
+
+@contextmanager
+def training_run(run: RunDir) -> Iterator[None]:
+    """What a training job holds on its run directory: the lock (``lock_run``) and the log."""
+    with lock_run(run), log_to_run(run):
+        yield

@@ -6,7 +6,6 @@ Prints the numbers, the accuracy over ε and the soundness checks; writes ``conf
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import typer
@@ -73,7 +72,7 @@ def attack_command(
     """Attack a trained classifier; print and save robust accuracy, curves and checks."""
     from advlab.attacks import ATTACKS, create
     from advlab.report.attack_report import attack_report, checks_table, summary_table, sweep_table
-    from advlab.runs import attach_log_file, new_run_dir
+    from advlab.runs import log_to_run, new_run_dir
     from advlab.weights import library_versions, load_model
 
     setup_logging()
@@ -97,15 +96,11 @@ def attack_command(
                   "params": params, "eps": eps_list, "batch_size": batch_size,
                   "surrogate": str(surrogate) if surrogate else None}
         report.write_config(config)
-        handler = attach_log_file(report)
-        try:
+        with log_to_run(report):
             metrics = attack_report(model, ds.x, ds.y, ds.classes, attack, eps_list, params,
                                     report.figures, batch_size=batch_size, device=dev,
                                     progress=progress, checks=checks, surrogate=sur,
                                     n_checks=n_checks, seed=seed)
-        finally:
-            logging.getLogger("advlab").removeHandler(handler)
-            handler.close()
         metrics.update({"source_run": str(run), "dataset": dataset, "split": split,
                         "versions": library_versions()})
         report.write_metrics(metrics)

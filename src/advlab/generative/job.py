@@ -25,7 +25,7 @@ from advlab.generative.autoencoder import VAE, Autoencoder
 from advlab.generative.base import GenerativeModel, create
 from advlab.generative.train import GenerativeFitResult, GenerativeTrainConfig, fit_generative
 from advlab.generative.weights import save_generative
-from advlab.runs import RunDir, attach_log_file, lock_run, new_run_dir
+from advlab.runs import RunDir, new_run_dir, training_run
 from advlab.weights import library_versions
 
 log = logging.getLogger(__name__)
@@ -97,45 +97,41 @@ def train_generative(job: GenerativeJob, out: str | Path | None = None, *, resum
     if resume and out is None:
         raise ValueError("--resume needs --out DIR naming the run to continue")
     run = new_run_dir("generative", out, exist_ok=resume)
-    with lock_run(run):
-        handler = attach_log_file(run)
-        try:
-            config = job.to_dict()
-            if resume and (run.path / "config.yaml").is_file():
-                if _resumable_view(run.read_config()) != _resumable_view(config):
-                    raise ValueError(f"cannot resume {run.path}: its config.yaml differs from the "
-                                     f"options given (only --epochs and --device may change)")
-            classifier = _load_classifier(job) if job.classifier else None
-            train, test = load_splits(job)
-            torch.manual_seed(job.train.seed)
-            model = create(job.model, dataset=job.dataset, **job.model_kwargs)
-            config["model_spec"] = model.spec
-            run.write_config(config)
-            ckpt = run.path / CHECKPOINT
-            toy = train.info.kind == "points"
-            log.info("training %s on %s (%d examples) into %s", job.model, job.dataset, len(train),
-                     run.path)
-            if toy:
-                epoch_metrics = _toy_metrics(job.dataset)
-            elif classifier is not None and job.n_epoch_quality:
-                epoch_metrics = _quality_metrics(classifier, test, job.n_epoch_quality)
-            else:
-                epoch_metrics = None
-            result = fit_generative(
-                model, train, job.train, checkpoint=ckpt, resume=resume and ckpt.is_file(),
-                progress=progress, epoch_metrics=epoch_metrics,
-                on_epoch=lambda row, m: _progress_figures(run, m.family, ckpt, job, test, row),
-                metadata={"dataset": job.dataset})
-            model.cpu().eval()
-            metrics = report_generative(run, model, train, test, result, job, classifier)
-            save_generative(run.path, model, {"dataset": job.dataset, "config": config,
-                                              "metrics": _headline(metrics)})
-            metrics["versions"] = library_versions()
-            run.write_metrics(metrics)
-            return run, metrics
-        finally:
-            logging.getLogger("advlab").removeHandler(handler)
-            handler.close()
+    with training_run(run):
+        config = job.to_dict()
+        if resume and (run.path / "config.yaml").is_file():
+            if _resumable_view(run.read_config()) != _resumable_view(config):
+                raise ValueError(f"cannot resume {run.path}: its config.yaml differs from the "
+                                 f"options given (only --epochs, --device and the scoring "
+                                 f"options --classifier, --n-epoch-quality may change)")
+        classifier = _load_classifier(job) if job.classifier else None
+        train, test = load_splits(job)
+        torch.manual_seed(job.train.seed)
+        model = create(job.model, dataset=job.dataset, **job.model_kwargs)
+        config["model_spec"] = model.spec
+        run.write_config(config)
+        ckpt = run.path / CHECKPOINT
+        toy = train.info.kind == "points"
+        log.info("training %s on %s (%d examples) into %s", job.model, job.dataset, len(train),
+                 run.path)
+        if toy:
+            epoch_metrics = _toy_metrics(job.dataset)
+        elif classifier is not None and job.n_epoch_quality:
+            epoch_metrics = _quality_metrics(classifier, test, job.n_epoch_quality)
+        else:
+            epoch_metrics = None
+        result = fit_generative(
+            model, train, job.train, checkpoint=ckpt, resume=resume and ckpt.is_file(),
+            progress=progress, epoch_metrics=epoch_metrics,
+            on_epoch=lambda row, m: _progress_figures(run, m.family, ckpt, job, test, row),
+            metadata={"dataset": job.dataset})
+        model.cpu().eval()
+        metrics = report_generative(run, model, train, test, result, job, classifier)
+        save_generative(run.path, model, {"dataset": job.dataset, "config": config,
+                                          "metrics": _headline(metrics)})
+        metrics["versions"] = library_versions()
+        run.write_metrics(metrics)
+        return run, metrics
 
 
 def _load_classifier(job: GenerativeJob):
@@ -159,6 +155,11 @@ def _toy_metrics(dataset: str):
     return metrics
 
 
+def _draw(model: GenerativeModel, n: int, g: torch.Generator) -> torch.Tensor:
+    """``n`` samples on the CPU, in batches of 1000, prior draws from ``g``."""
+    return torch.cat([model.sample(min(1000, n - i), g).cpu() for i in range(0, n, 1000)])
+
+
 def _quality_metrics(classifier, test: data.TensorSet, n: int):
     """After each epoch: IS and Fréchet distance of ``n`` samples (the same codes every epoch,
     drawn from a private generator: training's RNG stream is untouched) against the first
@@ -169,8 +170,7 @@ def _quality_metrics(classifier, test: data.TensorSet, n: int):
     ref_feats, _ = scores.classifier_features(classifier, test.x[:n])
 
     def metrics(model: GenerativeModel, samples: torch.Tensor) -> dict[str, float]:
-        g = torch.Generator().manual_seed(271828)
-        x = torch.cat([model.sample(min(1000, n - i), g).cpu() for i in range(0, n, 1000)])
+        x = _draw(model, n, torch.Generator().manual_seed(271828))
         feats, probs = scores.classifier_features(classifier, x)
         return {"inception_score": scores.inception_score(probs)[0],
                 "frechet_distance": scores.frechet_distance(feats, ref_feats)}
@@ -305,7 +305,7 @@ def _quality(model: GenerativeModel, classifier, train, test, job: GenerativeJob
              g: torch.Generator) -> dict[str, Any]:
     """Classifier-based IS and Fréchet distance of samples and of held-out real data."""
     n = min(job.n_quality, len(train), len(test))
-    samples = torch.cat([model.sample(min(1000, n - i), g) for i in range(0, n, 1000)])
+    samples = _draw(model, n, g)
     ref = test.x[:n]
     fake = scores.sample_quality(classifier, samples, ref)
     idx = torch.randperm(len(train), generator=g)[:n]

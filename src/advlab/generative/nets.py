@@ -102,13 +102,13 @@ def conv_decoder(latent_dim: int, data_shape: tuple[int, ...], width: int,
     layers: list[nn.Module] = [nn.Linear(latent_dim, ch * (h // f) * (w // f))]
     layers += [nn.BatchNorm1d(ch * (h // f) * (w // f)) if norm == "batch" else nn.Identity(),
                nn.ReLU(), nn.Unflatten(1, (ch, h // f, w // f))]
-    for _ in range(stages - 1):
+    for i in range(stages):
         for _ in range(depth - 1):
             layers += [nn.Conv2d(ch, ch, 3, padding=1), _norm2d(norm, ch), nn.ReLU()]
-        layers += [nn.ConvTranspose2d(ch, ch // 2, 4, stride=2, padding=1),
-                   _norm2d(norm, ch // 2), nn.ReLU()]
-        ch //= 2
-    for _ in range(depth - 1):
-        layers += [nn.Conv2d(ch, ch, 3, padding=1), _norm2d(norm, ch), nn.ReLU()]
-    layers.append(nn.ConvTranspose2d(ch, c, 4, stride=2, padding=1))
+        if i == stages - 1:  # the output layer: no normalization, no nonlinearity
+            layers.append(nn.ConvTranspose2d(ch, c, 4, stride=2, padding=1))
+        else:
+            layers += [nn.ConvTranspose2d(ch, ch // 2, 4, stride=2, padding=1),
+                       _norm2d(norm, ch // 2), nn.ReLU()]
+            ch //= 2
     return nn.Sequential(*layers)

@@ -14,7 +14,7 @@ from advlab import data, models
 from advlab.config import from_dict, to_dict
 from advlab.eval.classification import confusion_matrix, evaluate, per_class_accuracy
 from advlab.report import figures
-from advlab.runs import RunDir, attach_log_file, lock_run, new_run_dir
+from advlab.runs import RunDir, new_run_dir, training_run
 from advlab.train.config import TrainConfig
 from advlab.train.loop import fit
 from advlab.train.objective import Objective
@@ -77,42 +77,37 @@ def train_classifier(job: ClassifierJob, out: str | Path | None = None, *, resum
     if resume and out is None:
         raise ValueError("--resume needs --out DIR naming the run to continue")
     run = new_run_dir("train", out, exist_ok=resume)
-    with lock_run(run):
-        handler = attach_log_file(run)
-        try:
-            config = {**job.to_dict(), **(extra_config or {})}
-            if resume and (run.path / "config.yaml").is_file():
-                saved = run.read_config()
-                if _resumable_view(saved) != _resumable_view(config):
-                    raise ValueError(f"cannot resume {run.path}: its config.yaml differs from the "
-                                     f"options given (only --epochs and --device may change)")
-            run.write_config(config)
-            train, val, test = load_splits(job)
-            torch.manual_seed(job.train.seed)
-            model = models.create(job.model, dataset=job.dataset, **job.model_kwargs)
-            if job.init is not None:
-                load_weights_into(model, job.init)
-            if hasattr(objective, "prepare_model"):  # a defense that transforms the model
-                model = objective.prepare_model(model)
-            ckpt = run.path / CHECKPOINT
-            log.info("training %s on %s (%d examples) into %s", job.model, job.dataset,
-                     len(train), run.path)
-            result = fit(model, train, job.train, objective=objective, val=val, test=test,
-                         checkpoint=ckpt, resume=resume and ckpt.is_file(), progress=progress)
-            model.cpu()
-            metrics = report_classifier(run, model, test, result.history)
-            metrics.update({"best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
-                            "epochs_completed": len(result.history),
-                            "mean_epoch_seconds": sum(r["train_seconds"] for r in result.history)
-                            / max(len(result.history), 1)})
-            save_model(run.path, model, {"dataset": job.dataset, "config": config,
-                                         "metrics": {"test_acc": metrics["test_acc"]}})
-            metrics["versions"] = library_versions()
-            run.write_metrics(metrics)
-            return run, metrics
-        finally:
-            logging.getLogger("advlab").removeHandler(handler)
-            handler.close()
+    with training_run(run):
+        config = {**job.to_dict(), **(extra_config or {})}
+        if resume and (run.path / "config.yaml").is_file():
+            saved = run.read_config()
+            if _resumable_view(saved) != _resumable_view(config):
+                raise ValueError(f"cannot resume {run.path}: its config.yaml differs from the "
+                                 f"options given (only --epochs and --device may change)")
+        run.write_config(config)
+        train, val, test = load_splits(job)
+        torch.manual_seed(job.train.seed)
+        model = models.create(job.model, dataset=job.dataset, **job.model_kwargs)
+        if job.init is not None:
+            load_weights_into(model, job.init)
+        if hasattr(objective, "prepare_model"):  # a defense that transforms the model
+            model = objective.prepare_model(model)
+        ckpt = run.path / CHECKPOINT
+        log.info("training %s on %s (%d examples) into %s", job.model, job.dataset,
+                 len(train), run.path)
+        result = fit(model, train, job.train, objective=objective, val=val, test=test,
+                     checkpoint=ckpt, resume=resume and ckpt.is_file(), progress=progress)
+        model.cpu()
+        metrics = report_classifier(run, model, test, result.history)
+        metrics.update({"best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
+                        "epochs_completed": len(result.history),
+                        "mean_epoch_seconds": sum(r["train_seconds"] for r in result.history)
+                        / max(len(result.history), 1)})
+        save_model(run.path, model, {"dataset": job.dataset, "config": config,
+                                     "metrics": {"test_acc": metrics["test_acc"]}})
+        metrics["versions"] = library_versions()
+        run.write_metrics(metrics)
+        return run, metrics
 
 
 def report_classifier(run: RunDir, model: torch.nn.Module, test, history=None) -> dict[str, Any]:
