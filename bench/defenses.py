@@ -7,7 +7,9 @@ Parts: ``mnist`` (fast adversarial training of madry-cnn at ε = 0.3, PGD-50 × 
 undefended model beside it), ``fashion`` (the Deep Defense report's table for mlp-100:
 vanilla, DeepFool fine-tuning, Deep Defense) and ``lipschitz`` (spectrally bounded mlp-100 vs
 plain on Fashion-MNIST: CW perturbation and certified accuracy) and ``svd`` (the SVD sweep of
-the vanilla Fashion-MNIST model) and ``latent`` (classifiers on AE/VAE codes). Runs are written to
+the vanilla Fashion-MNIST model) and ``latent`` (classifiers on AE/VAE codes; its rows are
+cached in bench/out/defenses/latent-rows/, ``--latent-dataset mnist`` fills one data set's rows so
+two processes can share the work). Runs are written to
 bench/out/defenses/<run>/ (bench/out/defenses/quick/ with --quick) and reused when complete;
 each part stores its numbers in bench/out/defenses/<part>.json and the markdown fragment
 docs/benchmarks/defenses.md is rebuilt from the parts present. Torch runs on one thread: on
@@ -21,6 +23,7 @@ import json
 import logging
 import math
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -604,7 +607,7 @@ def md_svd(r: dict[str, Any]) -> str:
 # --- part 5: classifiers on latent codes ("Making Neural Nets Robust Again") ---------------
 
 HEADS = ("linear-1l", "linear-2l", "lrl")
-N_PROJ_ATTACK = 180  # points attacked through the projection models (lrl heads only)
+N_PROJ_ATTACK = 180  # points attacked through the projection models
 
 
 def _generative(kind: str, dataset: str, quick: bool):
@@ -676,12 +679,23 @@ def _projection_codes(gm, kind: str, ds: str, x, steps: int, quick: bool, what: 
     return codes
 
 
-def part_latent(quick: bool) -> dict[str, Any]:
+def _row_path(quick: bool, ds: str, name: str) -> Path:
+    """The cached result of one latent-table row (``<kind>-<code>/<head>``), so the part can be
+    measured dataset by dataset in parallel processes and resumed after an interruption."""
+    return _out(quick) / "latent-rows" / ds / (name.replace("/", "--") + ".json")
+
+
+def _seed(*parts: str) -> None:
+    """Seed the head's initialization from the row's name: each row is reproducible alone."""
+    torch.manual_seed(zlib.crc32("/".join(parts).encode()))
+
+
+def part_latent(quick: bool, datasets: tuple[str, ...] | None = None) -> dict[str, Any]:
     from advlab import data
     from advlab.defenses import train_latent_classifier
     from advlab.train import TrainConfig
 
-    datasets = ("mnist",) if quick else ("mnist", "fashion-mnist")
+    datasets = datasets or (("mnist",) if quick else ("mnist", "fashion-mnist"))
     n_eval, n_attack, proj_steps = (200, 30, 50) if quick else (1000, 180, 500)
     n_proj_attack = 10 if quick else N_PROJ_ATTACK
     out: dict[str, Any] = {"n_eval": n_eval, "n_attack": n_attack, "proj_steps": proj_steps,
@@ -703,36 +717,49 @@ def part_latent(quick: bool) -> dict[str, Any]:
             acc = (m(test.x).argmax(1) == test.y).float().mean().item()
             rows[f"image/{head}"] = {"clean": acc, **rob}
         for kind in ("ae", "vae"):
+            names = [f"{kind}-{code}/{head}" for head in HEADS for code in ("encode", "project")]
+            cached = {n: json.loads(_row_path(quick, ds, n).read_text())
+                      for n in names if _row_path(quick, ds, n).is_file()}
+            if len(cached) == len(names):
+                rows.update((n, cached[n]) for n in names)
+                continue
             gm = _generative(kind, ds, quick)
-            train_codes = _projection_codes(gm, kind, ds, train.x, proj_steps, quick, "train")
-            test_codes = _projection_codes(gm, kind, ds, test.x, proj_steps, quick, "test")
+            train_codes = test_codes = None
             for head in HEADS:
-                enc = train_latent_classifier(gm, train, head=head, code="encode", config=config)
-                # the projection heads learn on projection codes of the training set: the
-                # VAE's projection codes (no prior term) lie far from its posterior means
-                proj = train_latent_classifier(gm, train, head=head, code="project",
-                                               config=config, codes=train_codes,
-                                               steps=proj_steps)
-                with torch.no_grad():
-                    acc_enc = (enc(test.x).argmax(1) == test.y).float().mean().item()
-                    acc_proj = (proj.head(test_codes).argmax(1) == test.y).float().mean().item()
-                    transfer_enc = (enc(image_adv[head]).argmax(1) == ya).float().mean().item()
-                    transfer_proj = (proj(image_adv[head]).argmax(1) == ya).float().mean().item()
-                rob = _robustness(enc, xa, ya, target)
-                rob.pop("adv")
-                rows[f"{kind}-encode/{head}"] = {"clean": acc_enc, **rob,
-                                                 "image_adv_acc": transfer_enc}
-                rows[f"{kind}-project/{head}"] = {"clean": acc_proj,
-                                                  "image_adv_acc": transfer_proj}
-                if head == "lrl":  # each BPDA forward runs a full projection: lrl heads only
-                    k = n_proj_attack
+                for code in ("encode", "project"):
+                    name = f"{kind}-{code}/{head}"
+                    if name in cached:
+                        rows[name] = cached[name]
+                        continue
+                    if code == "project" and train_codes is None:
+                        train_codes = _projection_codes(gm, kind, ds, train.x, proj_steps,
+                                                        quick, "train")
+                        test_codes = _projection_codes(gm, kind, ds, test.x, proj_steps,
+                                                       quick, "test")
+                    _seed(ds, kind, code, head)
+                    # the projection heads learn on projection codes of the training set: the
+                    # VAE's projection codes (no prior term) lie far from its posterior means
+                    extra = ({"codes": train_codes, "steps": proj_steps}
+                             if code == "project" else {})
+                    model = train_latent_classifier(gm, train, head=head, code=code,
+                                                    config=config, **extra)
+                    with torch.no_grad():
+                        logits = (model.head(test_codes) if code == "project"
+                                  else model(test.x))
+                        acc = (logits.argmax(1) == test.y).float().mean().item()
+                        transfer = (model(image_adv[head]).argmax(1) == ya).float().mean().item()
+                    # each BPDA forward of a projection model runs a full projection
+                    k = n_proj_attack if code == "project" else n_attack
                     t0 = time.perf_counter()
-                    rob_p = _robustness(proj, xa[:k], ya[:k], target[:k])
-                    rob_p.pop("adv")
-                    rows[f"{kind}-project/{head}"].update(
-                        rob_p, n_robustness=k, robustness_seconds=time.perf_counter() - t0)
-                log.info("latent %s %s %s: %s / %s", ds, kind, head,
-                         rows[f"{kind}-encode/{head}"], rows[f"{kind}-project/{head}"])
+                    rob = _robustness(model, xa[:k], ya[:k], target[:k])
+                    rob.pop("adv")
+                    rows[name] = {"clean": acc, **rob, "image_adv_acc": transfer,
+                                  "n_robustness": k,
+                                  "robustness_seconds": time.perf_counter() - t0}
+                    path = _row_path(quick, ds, name)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_text(json.dumps(rows[name], indent=1, default=float))
+                    log.info("latent %s %s: %s", ds, name, rows[name])
         out[ds] = rows
     return out
 
@@ -754,9 +781,12 @@ def md_latent(r: dict[str, Any]) -> str:
              "reached 95% in the end; `λ=0.1 only` = the mean over the points reached with "
              "λ = 0.1 alone, and their share. Image adv. acc.: accuracy on the `optim` "
              "adversarial examples of the image-space classifier with the same head "
-             f"(transfer). Robustness of the projection models: `lrl` heads only, over the "
-             f"first {n_proj} attack points, the attack's gradient by BPDA (the encoder's), "
-             "every forward a full projection.", ""]
+             f"(transfer). Robustness of the projection models over the first {n_proj} "
+             "attack points, the attack's gradient by BPDA (the encoder's), every forward a "
+             "full projection. Each row's head is initialized from a seed derived from its "
+             "name and its result cached in `bench/out/defenses/latent-rows/` (rows measured "
+             "before 2026-11-30 16:00 UTC, with unseeded heads, are reused from that cache: "
+             "the encode rows and the `lrl` projection rows).", ""]
     for ds in ("mnist", "fashion-mnist"):
         if ds not in r:
             continue
@@ -928,5 +958,14 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--part", nargs="*", choices=PARTS, default=list(PARTS))
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--latent-dataset", choices=("mnist", "fashion-mnist"),
+                    help="only fill the latent part's row cache for this data set (one process "
+                         "per data set in parallel; a later --part latent assembles the table)")
     args = ap.parse_args()
-    main(quick=args.quick, parts=tuple(args.part))
+    if args.latent_dataset:
+        require_data()
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+        torch.set_num_threads(1)
+        part_latent(args.quick, (args.latent_dataset,))
+    else:
+        main(quick=args.quick, parts=tuple(args.part))
