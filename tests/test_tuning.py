@@ -79,3 +79,28 @@ def test_robust_accuracy_records_the_batch_size_and_does_not_depend_on_it(measur
     assert torch.equal(ev_auto.robust, ev_small.robust)  # no random start: chunking is moot
     with pytest.raises(ValueError, match="batch_size"):
         robust_accuracy(model, x, y, attack, batch_size=0)
+
+
+class _DetachedInput(nn.Module):
+    """A defense whose output has a gradient w.r.t. its weights but none w.r.t. its input (a
+    purifier run outside autograd, like a projection without BPDA)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = _model()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.detach().round())
+
+
+def test_a_model_without_input_gradient_is_measured_and_flagged_not_crashed(measured):
+    from advlab.eval.checks import check_gradients
+
+    model = _DetachedInput()
+    x = torch.rand(40, 1, 4, 4)
+    y = model(x).argmax(1)  # every point correctly classified
+    assert tuning.auto_batch_size(model, (1, 4, 4), limit=40) >= 1
+    ev = robust_accuracy(model, x, y, create("fgsm", eps=0.3))
+    assert ev.robust_accuracy == 1.0  # a zero gradient moves nothing: the "robustness" is fake
+    check = check_gradients(model, x, y)
+    assert not check.passed and "masked" in check.message

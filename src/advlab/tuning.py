@@ -57,7 +57,10 @@ def _time_per_example(model: nn.Module, sample_shape: Sequence[int], batch: int,
             torch.cuda.synchronize(device)
         t = time.perf_counter()
         out = model(xa)
-        (grad,) = torch.autograd.grad(out.logsumexp(1).sum(), xa)
+        # a model whose output does not depend on x through autograd (a non-differentiable
+        # defense) is timed all the same; the attack itself reports what it finds
+        if out.requires_grad:
+            torch.autograd.grad(out.logsumexp(1).sum(), xa, materialize_grads=True)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - t)
