@@ -104,3 +104,35 @@ def test_a_model_without_input_gradient_is_measured_and_flagged_not_crashed(meas
     assert ev.robust_accuracy == 1.0  # a zero gradient moves nothing: the "robustness" is fake
     check = check_gradients(model, x, y)
     assert not check.passed and "masked" in check.message
+
+
+def test_a_slow_model_is_measured_once_and_larger_batches_are_skipped(measured, monkeypatch):
+    calls = []
+
+    def fake(model, shape, batch, device, reps):
+        calls.append(batch)
+        return {8: (2e-3, False), 16: (1e-3, True)}[batch]  # 16 is slow: stop there
+
+    monkeypatch.setattr(tuning, "_time_per_example", fake)
+    assert tuning.auto_batch_size(_model(), (1, 4, 4), "cpu", candidates=(64, 16, 8)) == 16
+    assert calls == [8, 16]  # smallest first, 64 never tried
+
+
+def test_the_slow_call_threshold_ends_the_measurement_after_the_warm_up(measured, monkeypatch):
+    class Slow(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = _model()
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            return self.net(x)
+
+    monkeypatch.setattr(tuning, "SLOW_CALL", 0.0)  # every call counts as slow
+    model = Slow()
+    per, slow = tuning._time_per_example(model, (1, 4, 4), 8, torch.device("cpu"), reps=3)
+    assert slow and per > 0 and model.calls == 1
+    monkeypatch.setattr(tuning, "SLOW_CALL", 1e9)
+    per, slow = tuning._time_per_example(model, (1, 4, 4), 8, torch.device("cpu"), reps=3)
+    assert not slow and model.calls == 1 + 4

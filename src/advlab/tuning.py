@@ -29,6 +29,9 @@ from torch import nn
 from advlab.io import write_json
 
 CANDIDATES = (50, 100, 250, 500, 1000)
+# seconds: a call slower than this (a defense that runs an optimization in every forward, e.g.
+# a projection onto a generator's range) is measured once, and no larger batch is tried
+SLOW_CALL = 2.0
 _memo: dict[str, int] = {}
 
 
@@ -48,7 +51,10 @@ def _key(model: nn.Module, sample_shape: Sequence[int], device: torch.device) ->
 
 
 def _time_per_example(model: nn.Module, sample_shape: Sequence[int], batch: int,
-                      device: torch.device, reps: int) -> float:
+                      device: torch.device, reps: int) -> tuple[float, bool]:
+    """Median seconds per example of ``reps`` timed calls after a warm-up call, and whether
+    the model is slow (the warm-up took more than ``SLOW_CALL`` s: then that call alone is
+    the measurement, and larger batches are not tried)."""
     x = torch.rand(batch, *sample_shape, device=device)
     times = []
     for _ in range(reps + 1):  # the first call warms up allocator and kernels
@@ -64,7 +70,9 @@ def _time_per_example(model: nn.Module, sample_shape: Sequence[int], batch: int,
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - t)
-    return statistics.median(times[1:]) / batch
+        if len(times) == 1 and times[0] > SLOW_CALL:
+            return times[0] / batch, True
+    return statistics.median(times[1:]) / batch, False
 
 
 def auto_batch_size(model: nn.Module, sample_shape: Sequence[int],
@@ -75,6 +83,8 @@ def auto_batch_size(model: nn.Module, sample_shape: Sequence[int],
 
     ``limit`` caps the answer (e.g. the number of points to attack: no point measuring 1000
     when 120 remain). The model is put in eval mode for the measurement and restored after.
+    Candidates are tried from the smallest; after a call slower than ``SLOW_CALL`` seconds the
+    larger ones are skipped (for an expensive model they cost minutes and gain nothing).
     """
     override = os.environ.get("ADVLAB_BATCH_SIZE")
     if override:
@@ -96,8 +106,11 @@ def auto_batch_size(model: nn.Module, sample_shape: Sequence[int],
         model.eval()
         try:
             with torch.inference_mode(False), torch.enable_grad():
-                per = {b: _time_per_example(model, sample_shape, b, device, reps)
-                       for b in candidates}
+                per = {}
+                for b in sorted(candidates):
+                    per[b], slow = _time_per_example(model, sample_shape, b, device, reps)
+                    if slow:
+                        break
         finally:
             for m, f in zip(model.modules(), flags, strict=True):
                 m.training = f
