@@ -849,7 +849,7 @@ def part_defense_gan(quick: bool) -> dict[str, Any]:
     flag it), and BPDA (Athalye et al. 2018) breaks it."""
     from advlab import attacks
     from advlab.defenses import DefenseGAN
-    from advlab.eval.checks import check_gradients, check_transfer
+    from advlab.eval.checks import CheckResult, check_gradients, check_transfer
     from advlab.eval.robust import robust_accuracy
     from advlab.weights import load_model
 
@@ -884,7 +884,8 @@ def part_defense_gan(quick: bool) -> dict[str, Any]:
             if name == "pgd" and not bpda:
                 continue  # a zero gradient: PGD does not move beyond its random start
             c = check_transfer(model, x, y, surrogate=clf, attack=attack, batch_size=bs)
-            checks.append(c)
+            checks.append(CheckResult(f"transfer/{name.upper()}", c.passed, c.message,
+                                      c.values))
             row[f"{name}_white"] = c.values["white_box_accuracy"]
             row[f"{name}_transfer"] = c.values["transfer_accuracy"]
         row["checks"] = [c.to_dict() for c in checks]
