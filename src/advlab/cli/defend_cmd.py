@@ -3,6 +3,9 @@
 - ``advlab defend svd RUN --fraction 0:0.9:0.05 [--mode zero|scale] [--attack fgsm --eps 0.1]``:
   test and adversarial accuracy against the fraction of singular values removed.
 - ``advlab defend certify RUN --eps 0.1,0.3``: Lipschitz bound and certified ℓ2 accuracy.
+- ``advlab defend latent AE_RUN --head lrl --code encode|project``: a classifier on the codes of
+  an AE/VAE run, saved as a run that ``attack`` and ``eval robust`` take.
+- ``advlab defend defense-gan GAN_RUN CLASSIFIER_RUN``: Defense-GAN, saved likewise.
 
 Training-time defenses are objectives: ``advlab train classifier --defense NAME``.
 """
@@ -144,3 +147,73 @@ def certify(
         table.add_row(f"{e:.4g}", f"{a:.4f}")
     console.print(table)
     console.print(f"results in [bold]{report.path}[/]")
+
+
+@app.command()
+def latent(
+    generative: Path = typer.Argument(..., help="Run directory of a trained ae or vae."),
+    head: str = typer.Option("lrl", help="Classifier on the codes: linear-1l | linear-2l | lrl."),
+    code: str = typer.Option("encode", help="encode (the encoder's output) | project (argmin_z "
+                             "‖decode(z) − x‖₂, by Adam)."),
+    steps: int = typer.Option(500, help="Projection steps (code=project)."),
+    restarts: int = typer.Option(1, help="Projection restarts (code=project)."),
+    epochs: int = typer.Option(10, help="Epochs of the head."),
+    batch_size: int = typer.Option(128, help="Batch size of the head."),
+    lr: float = typer.Option(1e-3, help="Adam step size of the head."),
+    seed: int = typer.Option(0, help="Seed of the head's init, the batch order and subsets."),
+    n_train: int = typer.Option(None, help="Train on a seeded class-balanced subset of n."),
+    n_test: int = typer.Option(None, help="Test accuracy on a seeded subset of n [all]."),
+    out: Path = OutOption,
+    resume: bool = typer.Option(False, help="Continue the run in --out from its last epoch."),
+    device: str = DeviceOption,
+    data_dir: Path = DataDirOption,
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Train a classifier on the latent codes of an AE/VAE run (a run `eval robust` takes)."""
+    from advlab.defenses.jobs import LatentJob, train_latent_run
+    from advlab.train import TrainConfig
+
+    setup_logging()
+    apply_data_dir(data_dir)
+    try:
+        job = LatentJob(generative=str(generative), head=head, code=code, steps=steps,
+                        restarts=restarts, n_train=n_train, n_test=n_test,
+                        train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr,
+                                          seed=seed, device=device))
+        run, metrics = train_latent_run(job, out, resume=resume, progress=progress)
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    console.print(f"{code}/{head} on {metrics['dataset']}: test accuracy "
+                  f"{metrics['test_acc']:.4f} ({metrics['n_test']} points)")
+    console.print(f"results in [bold]{run.path}[/]")
+
+
+@app.command("defense-gan")
+def defense_gan(
+    generator: Path = typer.Argument(..., help="Run directory of a trained generative model "
+                                     "(gan, dcgan, wgan-gp; an ae/vae decoder works too)."),
+    classifier: Path = typer.Argument(..., help="Classifier run of the same data set."),
+    steps: int = typer.Option(500, help="Projection steps per restart."),
+    restarts: int = typer.Option(10, help="Random starts of the projection (best kept)."),
+    n_test: int = typer.Option(100, "--n", help="Clean accuracy on a seeded subset of n test "
+                               "points (0 = skip: each point costs steps × restarts)."),
+    seed: int = typer.Option(0, help="Seed of the projection starts and of the subset."),
+    out: Path = OutOption,
+    data_dir: Path = DataDirOption,
+) -> None:
+    """Defense-GAN: classify G(z*), z* the projection of the input onto G's range."""
+    from advlab.defenses.jobs import build_defense_gan_run
+
+    setup_logging()
+    apply_data_dir(data_dir)
+    try:
+        run, metrics = build_defense_gan_run(generator, classifier, out, steps=steps,
+                                             restarts=restarts, n_test=n_test, seed=seed)
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    if "test_acc" in metrics:
+        console.print(f"Defense-GAN on {metrics['dataset']}: clean accuracy "
+                      f"{metrics['test_acc']:.4f} (classifier alone "
+                      f"{metrics['classifier_test_acc']:.4f}), mean ‖G(z*) − x‖/‖x‖ "
+                      f"{metrics['reconstruction']:.4f} on {metrics['n_test']} points")
+    console.print(f"results in [bold]{run.path}[/]")

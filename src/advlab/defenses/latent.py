@@ -27,6 +27,7 @@ recorded in ``spec["transforms"]`` with the generative model's spec, and saved w
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -166,6 +167,7 @@ def train_latent_classifier(generative: gen.GenerativeModel, train: TensorSet, *
                             head: str = "linear-1l", code: str = "encode",
                             config: TrainConfig | None = None, progress: bool = False,
                             codes: torch.Tensor | None = None,
+                            checkpoint: str | Path | None = None, resume: bool = False,
                             **params: Any) -> LatentClassifier:
     """Fit a ``head`` (``linear-1l`` | ``linear-2l`` | ``lrl``) on the codes of ``train``.
 
@@ -174,7 +176,7 @@ def train_latent_classifier(generative: gen.GenerativeModel, train: TensorSet, *
     ``LatentClassifier`` (steps, lr, restarts, bpda, seed of the projection). ``codes``
     (N, latent_dim): the codes of ``train.x`` computed before (``latent_codes`` of a model with
     the same generative model and code), to share one projection of the training set between
-    several heads.
+    several heads. ``checkpoint`` / ``resume``: the head's training checkpoint (``fit``).
     """
     check_choice("head", head, HEADS)
     gmodel = _frozen(copy.deepcopy(generative))
@@ -189,5 +191,6 @@ def train_latent_classifier(generative: gen.GenerativeModel, train: TensorSet, *
         raise ValueError(f"expected codes of shape ({len(train)}, {gmodel.latent_dim}) (one "
                          f"per training example), got {shape}")
     fit(head_model, TensorSet(codes, train.y, train.info, train.split),
-        config or TrainConfig(device="cpu"), progress=progress)
+        config or TrainConfig(device="cpu"), progress=progress, checkpoint=checkpoint,
+        resume=resume)
     return model.eval()
