@@ -90,8 +90,12 @@ def test_latent_project_run_keeps_the_training_codes_and_resumes(runs, tmp_path,
     assert load_model(out).code == "project"
     # a resume with another head is refused, naming what differs
     result = _run(["defend", "latent", runs / "ae", "--code", "project", "--head", "linear-1l",
-                   "--steps", "20", "--epochs", "3", "--n-train", "300", "--out", out,
-                   "--resume", "--no-progress"])
+                   "--steps", "20", "--epochs", "3", "--n-train", "300", "--n-test", "50",
+                   "--out", out, "--resume", "--no-progress"])
+    assert result.exit_code != 0 and "config.yaml differs" in _text(result)
+    result = _run(["defend", "latent", runs / "ae", "--code", "project", "--lr", "0.1",
+                   "--steps", "20", "--epochs", "3", "--n-train", "300", "--n-test", "50",
+                   "--out", out, "--resume", "--no-progress"])
     assert result.exit_code != 0 and "config.yaml differs" in _text(result)
 
 

@@ -63,6 +63,12 @@ def _dataset_of(path: str | Path, what: str) -> str:
     return dataset
 
 
+def _resumable(config: dict[str, Any]) -> dict[str, Any]:
+    """The part of a latent run's configuration that a resume must not change."""
+    train = {k: v for k, v in config.get("train", {}).items() if k not in ("epochs", "device")}
+    return {**config, "train": train}
+
+
 def _test_subset(dataset: str, n: int | None, seed: int):
     test = data.load(dataset, "test")
     return data.subset(test, n, seed=seed) if n is not None and n < len(test) else test
@@ -84,10 +90,7 @@ def train_latent_run(job: LatentJob, out: str | Path | None = None, *, resume: b
                   **{k: v for k, v in asdict(job).items() if k != "train"},
                   "train": asdict(job.train)}
         if resume and (run.path / "config.yaml").is_file():
-            saved = run.read_config()
-            same = {k: v for k, v in saved.items() if k != "train"} == \
-                {k: v for k, v in config.items() if k != "train"}
-            if not same:
+            if _resumable(run.read_config()) != _resumable(config):
                 raise ValueError(f"cannot resume {run.path}: its config.yaml differs from the "
                                  "options given (only --epochs and --device may change)")
         run.write_config(config)
