@@ -48,6 +48,15 @@ class RunDir:
         return self.path / name
 
 
+def resumable_view(config: dict[str, Any], free: tuple[str, ...] = ("data_dir",)
+                   ) -> dict[str, Any]:
+    """The part of a run's configuration a resume must keep: everything but the ``free`` keys
+    and the ``train`` section's ``epochs`` and ``device`` (a resume may train longer, elsewhere).
+    """
+    train = {k: v for k, v in config.get("train", {}).items() if k not in ("epochs", "device")}
+    return {**{k: v for k, v in config.items() if k not in free}, "train": train}
+
+
 def new_run_dir(command: str, out: str | Path | None = None, *, exist_ok: bool = False,
                 root: str | Path = "runs") -> RunDir:
     """Create ``out`` (or ``runs/<command>-<timestamp>``) and return it.

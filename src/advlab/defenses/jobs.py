@@ -25,7 +25,7 @@ from advlab import generative as gen
 from advlab.defenses.common import check_choice, check_int
 from advlab.defenses.latent import CODES, HEADS, DefenseGAN, latent_codes, train_latent_classifier
 from advlab.eval.robust import predict
-from advlab.runs import RunDir, new_run_dir, training_run
+from advlab.runs import RunDir, new_run_dir, resumable_view, training_run
 from advlab.train import TrainConfig
 from advlab.weights import library_versions, load_model, read_model_meta, save_model
 
@@ -63,12 +63,6 @@ def _dataset_of(path: str | Path, what: str) -> str:
     return dataset
 
 
-def _resumable(config: dict[str, Any]) -> dict[str, Any]:
-    """The part of a latent run's configuration that a resume must not change."""
-    train = {k: v for k, v in config.get("train", {}).items() if k not in ("epochs", "device")}
-    return {**config, "train": train}
-
-
 def _test_subset(dataset: str, n: int | None, seed: int):
     test = data.load(dataset, "test")
     return data.subset(test, n, seed=seed) if n is not None and n < len(test) else test
@@ -90,7 +84,7 @@ def train_latent_run(job: LatentJob, out: str | Path | None = None, *, resume: b
                   **{k: v for k, v in asdict(job).items() if k != "train"},
                   "train": asdict(job.train)}
         if resume and (run.path / "config.yaml").is_file():
-            if _resumable(run.read_config()) != _resumable(config):
+            if resumable_view(run.read_config()) != resumable_view(config):
                 raise ValueError(f"cannot resume {run.path}: its config.yaml differs from the "
                                  "options given (only --epochs and --device may change)")
         run.write_config(config)

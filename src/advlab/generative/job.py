@@ -25,7 +25,7 @@ from advlab.generative.autoencoder import VAE, Autoencoder
 from advlab.generative.base import GenerativeModel, create
 from advlab.generative.train import GenerativeFitResult, GenerativeTrainConfig, fit_generative
 from advlab.generative.weights import save_generative
-from advlab.runs import RunDir, new_run_dir, training_run
+from advlab.runs import RunDir, new_run_dir, resumable_view, training_run
 from advlab.weights import library_versions
 
 log = logging.getLogger(__name__)
@@ -71,12 +71,9 @@ class GenerativeJob:
         return from_dict(cls, d)
 
 
-def _resumable_view(config: dict[str, Any]) -> dict[str, Any]:
-    """The parts of a run's configuration a resume must keep (scoring options may change)."""
-    train = {k: v for k, v in config.get("train", {}).items() if k not in ("epochs", "device")}
-    free = ("data_dir", "model_spec", "classifier", "n_quality", "n_epoch_quality",
-            "figure_every")
-    return {**{k: v for k, v in config.items() if k not in free}, "train": train}
+# what a resume may change besides epochs and device: the scoring and figure options
+_FREE_ON_RESUME = ("data_dir", "model_spec", "classifier", "n_quality", "n_epoch_quality",
+                   "figure_every")
 
 
 def load_splits(job: GenerativeJob) -> tuple[data.TensorSet, data.TensorSet]:
@@ -100,7 +97,8 @@ def train_generative(job: GenerativeJob, out: str | Path | None = None, *, resum
     with training_run(run):
         config = job.to_dict()
         if resume and (run.path / "config.yaml").is_file():
-            if _resumable_view(run.read_config()) != _resumable_view(config):
+            if (resumable_view(run.read_config(), _FREE_ON_RESUME)
+                    != resumable_view(config, _FREE_ON_RESUME)):
                 raise ValueError(f"cannot resume {run.path}: its config.yaml differs from the "
                                  f"options given (only --epochs, --device and the scoring "
                                  f"options --classifier, --n-epoch-quality may change)")

@@ -14,7 +14,7 @@ from advlab import data, models
 from advlab.config import from_dict, to_dict
 from advlab.eval.classification import confusion_matrix, evaluate, per_class_accuracy
 from advlab.report import figures
-from advlab.runs import RunDir, new_run_dir, training_run
+from advlab.runs import RunDir, new_run_dir, resumable_view, training_run
 from advlab.train.config import TrainConfig
 from advlab.train.loop import fit
 from advlab.train.objective import Objective
@@ -48,12 +48,6 @@ class ClassifierJob:
         return from_dict(cls, d)
 
 
-def _resumable_view(config: dict[str, Any]) -> dict[str, Any]:
-    """The part of a run's configuration that a resume must not change."""
-    train = {k: v for k, v in config.get("train", {}).items() if k not in ("epochs", "device")}
-    return {**{k: v for k, v in config.items() if k != "data_dir"}, "train": train}
-
-
 def load_splits(job: ClassifierJob):
     root = job.data_dir
     train = data.load(job.dataset, "train", root=root)
@@ -81,7 +75,7 @@ def train_classifier(job: ClassifierJob, out: str | Path | None = None, *, resum
         config = {**job.to_dict(), **(extra_config or {})}
         if resume and (run.path / "config.yaml").is_file():
             saved = run.read_config()
-            if _resumable_view(saved) != _resumable_view(config):
+            if resumable_view(saved) != resumable_view(config):
                 raise ValueError(f"cannot resume {run.path}: its config.yaml differs from the "
                                  f"options given (only --epochs and --device may change)")
         run.write_config(config)
