@@ -18,13 +18,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from advlab import data
 from advlab import generative as gen
 from advlab.defenses.common import check_choice, check_int
-from advlab.defenses.latent import CODES, HEADS, DefenseGAN, latent_codes, train_latent_classifier
+from advlab.defenses.latent import (
+    CODES,
+    HEADS,
+    DefenseGAN,
+    LatentClassifier,
+    latent_codes,
+    train_latent_classifier,
+)
 from advlab.eval.robust import predict
+from advlab.io import load_state, save_state
 from advlab.runs import RunDir, new_run_dir, resumable_view, training_run
 from advlab.train import TrainConfig
 from advlab.weights import library_versions, load_model, read_model_meta, save_model
@@ -95,18 +102,16 @@ def train_latent_run(job: LatentJob, out: str | Path | None = None, *, resume: b
         codes = None
         codes_path = run.path / CODES_FILE
         if job.code == "project":
-            if codes_path.is_file():
-                codes = load_file(str(codes_path))["codes"]
+            if codes_path.is_file():  # written atomically: complete, or absent
+                codes = load_state(codes_path)["codes"]
                 if codes.shape != (len(train), gm.latent_dim):
                     codes = None  # from another subset: computed again
             if codes is None:
-                from advlab.defenses.latent import LatentClassifier
-
                 log.info("projecting %d training images (%d steps, %d restarts)", len(train),
                          job.steps, job.restarts)
                 codes = latent_codes(LatentClassifier(gm, torch.nn.Identity(), "project",
                                                       **params), train.x)
-                save_file({"codes": codes.contiguous()}, str(codes_path))
+                save_state(codes_path, {"codes": codes.contiguous()})
         torch.manual_seed(job.train.seed)
         ckpt = run.path / CHECKPOINT
         model = train_latent_classifier(gm, train, head=job.head, code=job.code,
