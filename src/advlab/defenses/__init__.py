@@ -8,7 +8,8 @@ Names (``available()``): ``fgsm-at``, ``pgd-at``, ``fast-at`` (adversarial train
 ``deep-defense`` and ``deepfool-finetune`` (fine-tuning a trained model), ``lipschitz``
 (spectrally bounded layers, certified accuracy). Post-training: ``svd_truncate`` (the SVD
 defense). Classifiers on latent codes and Defense-GAN: ``LatentClassifier``, ``DefenseGAN``,
-``train_latent_classifier``. See docs/guide-defenses.md.
+``train_latent_classifier``; as run directories: ``advlab.defenses.jobs`` (CLI ``advlab defend
+latent`` and ``advlab defend defense-gan``). See docs/guide-defenses.md.
 """
 
 from advlab.defenses import adversarial, deepdefense, latent, lipschitz  # noqa: F401  (register)
