@@ -369,10 +369,14 @@ FASHION_ROWS = [
     ("Deep Defense", "mlp100-fmnist-deep-defense", "deep-defense", {}, 5.54e-2),
     ("Deep Defense, 15 epochs", "mlp100-fmnist-deep-defense-15", "deep-defense", {}, 5.54e-2),
     # the same budgets for both: DeepFool fine-tuning over 15 epochs too, and Deep Defense with
-    # a stronger regularizer (λ = 50) over 5 epochs
+    # stronger regularizers (λ = 25 ... 1000) over 5 epochs
     ("DeepFool fine-tuning (set refreshed per epoch), 15 epochs",
      "mlp100-fmnist-deepfool-finetune-epoch-15", "deepfool-finetune", {"refresh": "epoch"},
      4.36e-2),
+    ("Deep Defense, λ = 25", "mlp100-fmnist-deep-defense-l25", "deep-defense", {"lam": 25.0},
+     5.54e-2),
+    ("Deep Defense, λ = 35", "mlp100-fmnist-deep-defense-l35", "deep-defense", {"lam": 35.0},
+     5.54e-2),
     ("Deep Defense, λ = 50", "mlp100-fmnist-deep-defense-l50", "deep-defense", {"lam": 50.0},
      5.54e-2),
     ("Deep Defense, λ = 200", "mlp100-fmnist-deep-defense-l200", "deep-defense",
@@ -463,7 +467,7 @@ def md_fashion(r: dict[str, Any]) -> str:
              "DeepFool once per epoch (`refresh=\"epoch\"`); on DeepFool examples of the "
              "current weights for every batch (online, stronger); and online mixed 50/50 with "
              "the clean loss. The 15-epoch rows run the same recipe over 15 epochs (lr halved "
-             "after epoch 12); `λ = 50`, `λ = 200`, `λ = 1000`: Deep Defense with a stronger "
+             "after epoch 12); `λ = 25` to `λ = 1000`: Deep Defense with a stronger "
              "regularizer than the report's default λ = 15 (c = 25, d = 5 kept).", "",
              "| model | clean | ρ₂ | report ρ₂ | ρ₂ eval (fooled/failed) | FGSM 0.2 ε_ref | "
              "0.5 ε_ref | 1.0 ε_ref | AUC macro (min–max) | train time (s) |",
