@@ -1054,21 +1054,29 @@ def run_part(part: str, quick: bool) -> None:
     (_out(quick) / f"{part}.json").write_text(json.dumps(result, indent=1, default=float))
 
 
-def _previous_sections(quick: bool) -> list[str] | None:
-    """The part sections of the fragment last written (one per part, in PARTS order), so a
-    part measured alone does not erase the others' results when bench/out/ is gone."""
+_MARK = "<!-- part: {} -->"
+
+
+def _previous_sections(quick: bool) -> dict[str, str]:
+    """The part sections of the fragment last written, by part name (each section starts with
+    its ``_MARK``), so a part measured alone does not erase the others' results when their
+    json is gone, and adding a part does not drop the sections kept so far."""
     path = FRAGMENTS / f"defenses{'-quick' if quick else ''}.md"
     if not path.is_file():
-        return None
-    text = path.read_text()
-    parts = text.split("\n### ")[1:]
-    return ["### " + p.strip() for p in parts] if len(parts) == len(PARTS) else None
+        return {}
+    out, text = {}, path.read_text()
+    for part in PARTS:
+        mark = _MARK.format(part)
+        if mark in text:
+            section = text.split(mark, 1)[1]
+            out[part] = section.split("<!-- part: ", 1)[0].strip()
+    return out
 
 
 def write_markdown(quick: bool) -> None:
     torch.set_num_threads(1)  # the parts are measured with one thread; the header says so
     sections, previous = [], _previous_sections(quick)
-    for i, part in enumerate(PARTS):
+    for part in PARTS:
         p = _out(quick) / f"{part}.json"
         if p.is_file():
             r = json.loads(p.read_text())
@@ -1078,14 +1086,15 @@ def write_markdown(quick: bool) -> None:
                    "cache" if r.get("cached_rows") else f"measured in {r['seconds']:.0f} s")
             sections.append(RUNNERS[part][1](r) + figs + f"\n\n(part {how}"
                             + (f", {r['measured']})" if "measured" in r else ")"))
-        elif previous is not None:
-            sections.append(previous[i])
+        elif part in previous:
+            sections.append(previous[part])
         else:
             sections.append(f"### {part}\n\nnot measured yet (`python -m bench.defenses "
                             f"--part {part}`).")
     body = ("All runs trained by `advlab.train.fit` with the defense objectives of "
             "`advlab.defenses`, evaluated with `advlab.eval` (torch on one thread).\n\n"
-            + "\n\n".join(sections))
+            + "\n\n".join(f"{_MARK.format(part)}\n{section}"
+                          for part, section in zip(PARTS, sections, strict=True)))
     suffix = "-quick" if quick else ""
     write_fragment("defenses" + suffix, "Defenses (issue 5)",
                    "python -m bench.run --only defenses" + (" --quick" if quick else ""), body)
