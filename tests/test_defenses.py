@@ -23,16 +23,6 @@ from advlab.train import TrainConfig, fit
 from advlab.weights import load_model, save_model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tests run many tiny ops, which a second intra-op thread only slows down on a
-    shared CPU (spin-waits); restore the setting afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def digits():
     return data.load("digits", "train"), data.load("digits", "test")

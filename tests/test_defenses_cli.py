@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -14,14 +13,6 @@ from advlab.defenses import is_lipschitz
 from advlab.weights import load_model
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _ok(args: list[str]):

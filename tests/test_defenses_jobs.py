@@ -18,14 +18,6 @@ from advlab.weights import load_model
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _run(args: list[str]):
     return runner.invoke(app, [str(a) for a in args])
 

@@ -13,14 +13,6 @@ from advlab.train import TrainConfig, fit
 from advlab.weights import load_model, save_model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def digits():
     return data.load("digits", "train"), data.load("digits", "test")
