@@ -80,6 +80,7 @@ def test_latent_project_run_keeps_the_training_codes_and_resumes(runs, tmp_path,
     log = (out / "log.txt").read_text()
     assert "resumed from" in log and "after epoch 2" in log
     assert load_model(out).code == "project"
+    _attack_and_evaluate(out, runs / "clf", tmp_path)
     # a resume with another head is refused, naming what differs
     result = _run(["defend", "latent", runs / "ae", "--code", "project", "--head", "linear-1l",
                    "--steps", "20", "--epochs", "3", "--n-train", "300", "--n-test", "50",
@@ -115,6 +116,20 @@ def test_defense_gan_run_composes_measures_and_loads(runs, tmp_path):
     x = data.load("digits", "test").x[:5]
     with torch.no_grad():
         assert torch.equal(model(x), model(x))  # seeded projection: deterministic
+    _attack_and_evaluate(out, runs / "clf", tmp_path)
+
+
+def _attack_and_evaluate(run, surrogate, tmp_path):
+    """A projection run goes through `advlab attack` (an ε-curve) and `advlab eval robust`
+    (ε_ref starts at ε = 0, where no point is left to attack: an empty batch must not reach
+    the projection)."""
+    _ok(["attack", run, "--attack", "pgd", "--eps", "0.2", "--steps", "2", "--n", "8",
+         "--out", tmp_path / "attack", "--no-progress"])
+    _ok(["eval", "robust", run, "--eps", "0.2", "--steps", "2", "--restarts", "1", "--n", "8",
+         "--n-checks", "8", "--surrogate", surrogate, "--no-rho2", "--out",
+         tmp_path / "robust", "--no-progress"])
+    metrics = json.loads((tmp_path / "robust" / "metrics.json").read_text())
+    assert metrics["eps_ref"] is not None
 
 
 def test_defense_gan_refuses_a_classifier_of_another_data_set(runs, tmp_path):

@@ -238,7 +238,7 @@ def robust_accuracy(model: Model, x: Tensor, y: Tensor, attack: Attack, *,
     parts = []
     batch_size = attack_batch_size(batch_size, model, x, dev, idx.numel())
     with progress_bar(progress, idx.numel(), f"{getattr(attack, 'name', 'attack')}") as advance:
-        for chunk in idx.split(batch_size):
+        for chunk in idx.split(batch_size) if idx.numel() else ():  # split of [] gives [[]]
             r = attack(model, x[chunk].to(dev), y[chunk].to(dev))
             parts.append(r)
             advance(chunk.numel())

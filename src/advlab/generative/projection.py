@@ -63,6 +63,10 @@ def project(model, x: torch.Tensor, steps: int = 200, lr: float = 0.05, restarts
     if not lr > 0:
         raise ValueError(f"expected a positive lr, got {lr!r}")
     b, d = x.shape[0], model.latent_dim
+    if b == 0:  # an empty batch (e.g. no point left to attack) projects to nothing
+        with torch.no_grad():
+            z = torch.zeros(0, d, device=x.device)
+            return Projection(z, model.decode(z))
     if z_init is None:
         z0 = model.prior_sample(restarts * b, generator).reshape(restarts, b, d)
     else:
