@@ -49,6 +49,8 @@ def test_train_then_eval_then_resume_with_more_epochs(tmp_path):
     assert res.exit_code == 0, res.output
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert 0 <= metrics["test_acc"] <= 1 and len(metrics["per_class_acc"]) == 10
+    assert yaml.safe_load((tmp_path / "ev" / "config.yaml").read_text())["command"] == "eval"
+    assert (tmp_path / "ev" / "log.txt").is_file()
     # Extending a finished run: --resume with more epochs continues from epoch 2.
     res = runner.invoke(app, ["train", "classifier", "--dataset", "digits", "--model", "lrl",
                               "--epochs", "3", "--device", "cpu", "--no-progress",
@@ -74,3 +76,38 @@ def test_config_file_rejects_unknown_keys(tmp_path):
     res = runner.invoke(app, ["train", "classifier", "--config", str(cfg), "--out",
                               str(tmp_path / "r")])
     assert res.exit_code == 2 and "did you mean 'epochs'" in res.output
+
+
+def test_config_file_top_level_keys_are_checked_too(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("modle: mlp\n")
+    res = runner.invoke(app, ["train", "classifier", "--config", str(cfg), "--out",
+                              str(tmp_path / "r")])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and "did you mean 'model'" in text and "dataset" in text
+    cfg.write_text("command: train generative\n")
+    res = runner.invoke(app, ["train", "classifier", "--config", str(cfg), "--out",
+                              str(tmp_path / "s")])
+    assert res.exit_code == 2 and "'train generative'" in " ".join(res.output.split())
+
+
+def test_command_line_wins_over_the_config_file_and_a_run_config_replays(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("dataset: ring8\nmodel: lrl\ntrain: {epochs: 5, batch_size: 64}\n")
+    first = tmp_path / "first"
+    res = runner.invoke(app, ["train", "classifier", "--config", str(cfg), "--dataset",
+                              "digits", "--epochs", "1", "--defense", "fgsm-at",
+                              "--defense-param", "eps=0.05", "--no-progress",
+                              "--out", str(first)])
+    assert res.exit_code == 0, res.output
+    saved = yaml.safe_load((first / "config.yaml").read_text())
+    assert (saved["dataset"], saved["model"]) == ("digits", "lrl")
+    assert saved["train"]["epochs"] == 1 and saved["train"]["batch_size"] == 64
+    # the run's own config.yaml replays the job, defense included; --seed changes one thing
+    second = tmp_path / "second"
+    res = runner.invoke(app, ["train", "classifier", "--config", str(first / "config.yaml"),
+                              "--seed", "1", "--no-progress", "--out", str(second)])
+    assert res.exit_code == 0, res.output
+    again = yaml.safe_load((second / "config.yaml").read_text())
+    assert again["train"]["seed"] == 1
+    assert {**again, "train": {**again["train"], "seed": 0}} == saved

@@ -80,6 +80,8 @@ def test_lipschitz_training_then_certify(tmp_path):
     assert cert[0.0] >= cert[0.1] and cert[1000.0] == 0.0
     assert 0 < metrics["lipschitz_bound"] <= 1.05  # two layers bounded by 1, ReLU
     assert "certified accuracy" in result.output
+    assert {"config.yaml", "metrics.json", "log.txt"} <= {p.name for p in
+                                                         (tmp_path / "cert").iterdir()}
 
 
 def test_defend_svd_sweep_writes_metrics_and_figure(plain_run, tmp_path):
@@ -94,6 +96,7 @@ def test_defend_svd_sweep_writes_metrics_and_figure(plain_run, tmp_path):
     assert rows[0]["clean_accuracy"] == pytest.approx(plain, abs=1e-6)
     assert all(r["adversarial_accuracy"] <= r["clean_accuracy"] for r in rows)
     assert (out / "figures" / "svd_sweep.png").is_file()
+    assert (out / "log.txt").is_file()
     assert "adversarial acc" in result.output
     bad = runner.invoke(app, ["defend", "svd", str(plain_run), "--fraction", "0,1.5"])
     assert bad.exit_code == 2 and "[0, 1]" in bad.output

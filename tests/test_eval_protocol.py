@@ -183,6 +183,7 @@ def test_cli_eval_robust(runs, tmp_path):
     assert m["robust_accuracy"] <= m["attacks"]["pgd"]["robust_accuracy"]
     assert m["reliable"] == all(c["passed"] for c in m["checks"])
     assert (out / "figures" / "accuracy_vs_eps.png").is_file()
+    assert "advlab.eval" in (out / "log.txt").read_text()  # the protocol's log records
     bad = runner.invoke(app, ["eval", "robust", str(runs["model"]), "--eps", "0.1",
                               "--minimal", "fgsm", "--out", str(tmp_path / "bad")])
     assert bad.exit_code != 0 and "--minimal deepfool, cw or none" in bad.output

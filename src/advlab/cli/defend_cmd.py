@@ -57,7 +57,7 @@ def svd(
     from advlab.attacks import create
     from advlab.defenses.svd import MODES, sweep
     from advlab.report.attack_figures import accuracy_curves
-    from advlab.runs import new_run_dir
+    from advlab.runs import log_to_run, new_run_dir
     from advlab.weights import library_versions
 
     setup_logging()
@@ -82,8 +82,9 @@ def svd(
                   "craft_on": craft_on}
         report.write_config(config)
         x, y = ds.x.to(dev), ds.y.to(dev)
-        rows = sweep(model, x, y, fractions, mode=mode, factor=factor, attack=att,
-                     craft_on=craft_on, batch_size=batch_size)
+        with log_to_run(report):
+            rows = sweep(model, x, y, fractions, mode=mode, factor=factor, attack=att,
+                         craft_on=craft_on, batch_size=batch_size)
         curves = {"test accuracy": (fractions, [r.clean_accuracy for r in rows])}
         if att is not None:
             label = f"{attack} eps={att.config().get('eps')} ({craft_on})"
@@ -116,7 +117,7 @@ def certify(
 ) -> None:
     """Lipschitz upper bound of the logits and the certified ℓ2 accuracy (margin > √2·L·ε)."""
     from advlab.defenses.lipschitz import certified_radius, is_lipschitz, lipschitz_bound
-    from advlab.runs import new_run_dir
+    from advlab.runs import log_to_run, new_run_dir
     from advlab.weights import library_versions
 
     setup_logging()
@@ -124,10 +125,11 @@ def certify(
     try:
         eps_list = parse_floats(eps)
         model, dataset, ds, dev = load_classifier_run(run, "test", n, seed, device)
-        lip = lipschitz_bound(model)
-        radius = certified_radius(model, ds.x.to(dev), ds.y.to(dev), lipschitz=lip)
-        cert = {e: (radius > e).float().mean().item() for e in eps_list}
         report = new_run_dir("defend-certify", out)
+        with log_to_run(report):
+            lip = lipschitz_bound(model)
+            radius = certified_radius(model, ds.x.to(dev), ds.y.to(dev), lipschitz=lip)
+        cert = {e: (radius > e).float().mean().item() for e in eps_list}
         metrics = {"command": "defend certify", "source_run": str(run), "dataset": dataset,
                    "n": len(ds), "seed": seed, "lipschitz_bound": lip,
                    "spectrally_bounded": is_lipschitz(model),

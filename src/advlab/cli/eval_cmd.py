@@ -34,7 +34,7 @@ def accuracy(
 ) -> None:
     """Accuracy, per-class accuracy and confusion matrix on a split of the run's data set."""
     from advlab import data
-    from advlab.runs import new_run_dir
+    from advlab.runs import log_to_run, new_run_dir
     from advlab.train.classifier import report_classifier
     from advlab.weights import load_model, read_model_meta
 
@@ -45,7 +45,10 @@ def accuracy(
         dataset = read_model_meta(run)["dataset"]
         ds = data.load(dataset, split)
         report = new_run_dir("eval", out)
-        metrics = report_classifier(report, model, ds)
+        report.write_config({"command": "eval", "source_run": str(run), "dataset": dataset,
+                             "split": split})
+        with log_to_run(report):
+            metrics = report_classifier(report, model, ds)
         metrics.update({"source_run": str(run), "split": split})
         report.write_metrics(metrics)
     except (ValueError, FileNotFoundError) as e:
@@ -92,7 +95,7 @@ def robust(
     from advlab.eval.protocol import protocol_rows, standard_evaluation
     from advlab.report.attack_figures import accuracy_curves
     from advlab.report.attack_report import checks_table
-    from advlab.runs import new_run_dir
+    from advlab.runs import log_to_run, new_run_dir
     from advlab.weights import library_versions, load_model
 
     setup_logging()
@@ -111,11 +114,13 @@ def robust(
                              "minimal": minimal, "eps_list": grid, "eot": eot,
                              "surrogate": str(surrogate) if surrogate else None,
                              "batch_size": batch_size})
-        result = standard_evaluation(
-            model, ds.x, ds.y, threat=threat, surrogate=sur, steps=steps, restarts=restarts,
-            minimal=None if minimal == "none" else minimal, eps_list=grid, with_rho2=rho,
-            with_eps_ref=eps_ref_, eot=eot, n_checks=n_checks, seed=seed,
-            batch_size=batch_size, device=dev, progress=progress)
+        with log_to_run(report):
+            result = standard_evaluation(
+                model, ds.x, ds.y, threat=threat, surrogate=sur, steps=steps,
+                restarts=restarts, minimal=None if minimal == "none" else minimal,
+                eps_list=grid, with_rho2=rho, with_eps_ref=eps_ref_, eot=eot,
+                n_checks=n_checks, seed=seed, batch_size=batch_size, device=dev,
+                progress=progress)
         metrics = result.to_dict()
         metrics.update({"source_run": str(run), "dataset": dataset, "split": split,
                         "versions": library_versions()})

@@ -27,6 +27,7 @@ gradient. Non-differentiable defenses (projection) expose BPDA gradients themsel
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -56,6 +57,8 @@ from advlab.eval.robust import (
 from advlab.eval.transfer import transfer_robust
 
 MINIMAL_ATTACKS = ("deepfool", "cw")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -141,11 +144,14 @@ def standard_evaluation(model: Model, x: Tensor, y: Tensor, *, threat: ThreatMod
     y_dev = y.to(x.device)
     clean_correct = clean_logits.argmax(1) == y_dev
     worst = clean_correct.clone()
+    log.info("protocol %s eps=%g on %d points: clean accuracy %.4f", threat.norm, threat.eps,
+             x.shape[0], clean_correct.float().mean().item())
     runs: dict[str, RobustEvaluation] = {}
     if threat.norm == "linf":
         runs["fgsm"] = robust_accuracy(attacked_model, x, y, create("fgsm", eps=threat.eps),
                                        clean_logits=clean_logits, **kw)
         worst &= runs["fgsm"].robust
+        _log_run("fgsm", runs["fgsm"])
     for name, loss in (("pgd", "ce"), ("pgd-margin", "margin")):
         pgd = create("pgd", eps=threat.eps, norm=threat.norm, steps=steps, restarts=restarts,
                      alpha=2.5 * threat.eps / steps, random_start=True, early_stop=True,
@@ -155,6 +161,7 @@ def standard_evaluation(model: Model, x: Tensor, y: Tensor, *, threat: ThreatMod
         runs[name] = robust_accuracy(attacked_model, x, y, pgd, clean_logits=clean_logits,
                                      mask=worst if loss == "margin" else None, **kw)
         worst &= runs[name].robust
+        _log_run(name, runs[name])
     curve = None
     if minimal is not None:
         params: dict[str, Any] = {"norm": threat.norm} if minimal == "deepfool" else {}
@@ -163,10 +170,17 @@ def standard_evaluation(model: Model, x: Tensor, y: Tensor, *, threat: ThreatMod
         ev = curve.evaluations[0]
         norms = ev.result.l2 if threat.norm == "l2" else ev.result.linf
         worst &= ~(ev.fooled & (norms <= threat.eps))
+        log.info("%s (minimal): %d of %d attacked points fooled, median %s %.4g, accuracy "
+                 "at eps %.4f", minimal, ev.n_fooled, ev.n_attacked, threat.norm,
+                 norms[ev.fooled].median().item() if ev.fooled.any() else float("nan"),
+                 (clean_correct & ~(ev.fooled & (norms <= threat.eps))).float().mean().item())
     r2 = rho2(attacked_model, x, y, **kw) if with_rho2 else None
+    if r2 is not None:
+        log.info("rho2 %.4g over %d points (%d not fooled)", r2.value, r2.n_used, r2.n_failed)
     ref = None
     if with_eps_ref and threat.norm == "linf":
         ref = eps_ref(attacked_model, x, y, batch_size=batch_size, device=dev)
+        log.info("eps_ref %.4g", ref.eps)
     transfer_acc = None
     if surrogate is not None:
         crafted = robust_accuracy(surrogate, x, y, create(
@@ -176,8 +190,12 @@ def standard_evaluation(model: Model, x: Tensor, y: Tensor, *, threat: ThreatMod
                                 clean_logits=clean_logits, device=dev)
         transfer_acc = still.float().mean().item()
         worst &= still
+        log.info("transfer accuracy %.4f", transfer_acc)
     checks = soundness_checks(attacked_model, x, y, threat=threat, surrogate=surrogate,
                               n=n_checks, seed=seed, batch_size=batch_size, device=dev)
+    for c in checks:
+        log.info("check %s: %s (%s)", c.name, "pass" if c.passed else "FAILED", c.message)
+    log.info("worst case over the attacks: robust accuracy %.4f", worst.float().mean().item())
     return ProtocolResult(
         threat=threat, n=int(x.shape[0]), clean_accuracy=clean_correct.float().mean().item(),
         attacks=runs, curve=curve, rho2=r2, eps_ref=ref, transfer_accuracy=transfer_acc,
@@ -215,3 +233,8 @@ def protocol_rows(result: ProtocolResult) -> list[tuple[str, str]]:
                      pct(result.transfer_accuracy)))
     rows.append(("[bold]worst case over all attacks at ε", f"[bold]{pct(result.robust_accuracy)}"))
     return rows
+
+
+def _log_run(name: str, ev: RobustEvaluation) -> None:
+    log.info("%s: robust accuracy %.4f (%d of %d attacked points fooled, %.1f s)", name,
+             ev.robust_accuracy, ev.n_fooled, ev.n_attacked, ev.seconds)
