@@ -23,8 +23,8 @@ app = typer.Typer(help="Train classifiers and generative models.", no_args_is_he
 
 @app.command()
 def classifier(
-    dataset: str = typer.Option("digits", help="Data set name (advlab data list)."),
-    model: str = typer.Option("mlp", help="Model name (see the zoo in docs/guide-models.md)."),
+    dataset: str = typer.Option(None, help="Data set name (advlab data list) [digits]."),
+    model: str = typer.Option(None, help="Model name (the zoo in docs/guide-models.md) [mlp]."),
     epochs: int = typer.Option(None, help="Epochs [10]."),
     batch_size: int = typer.Option(None, help="Batch size [128]."),
     optimizer: str = typer.Option(None, help="adam | sgd [adam]."),
@@ -36,7 +36,8 @@ def classifier(
     patience: int = typer.Option(None, help="Early-stopping patience in epochs, 0 = off [0]."),
     n_train: int = typer.Option(None, help="Train on a seeded class-balanced subset of n."),
     widths: str = typer.Option(None, help="Hidden widths of mlp, e.g. 500,150."),
-    config: Path = typer.Option(None, help="YAML file with a 'train:' section and job keys."),
+    config: Path = typer.Option(None, help="YAML file with a 'train:' section and job keys "
+                                "(a run's config.yaml works); command-line options win."),
     defense: str = typer.Option(None, help="Training objective of a defense (advlab.defenses)."),
     defense_param: list[str] = typer.Option(None, "--defense-param",
                                             help="A defense parameter key=value (repeatable)."),
@@ -55,9 +56,10 @@ def classifier(
     setup_logging()
     apply_data_dir(data_dir)
     try:
-        base = yaml.safe_load(config.read_text()) if config else {}
-        if not isinstance(base, dict):
-            raise ValueError(f"{config}: expected a YAML mapping")
+        base = _read_job_config(config) if config else {}
+        yaml_defense = base.pop("defense", None)
+        yaml_defense_params = dict(base.pop("defense_config", None) or {})
+        yaml_defense_params.pop("name", None)
         train_opts = dict(base.pop("train", {}) or {})
         train_opts.update({k: v for k, v in dict(
             epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
@@ -66,17 +68,22 @@ def classifier(
         model_kwargs = dict(base.pop("model_kwargs", {}) or {})
         if widths:
             model_kwargs["widths"] = [int(w) for w in widths.split(",") if w]
-        job_opts = {"dataset": dataset, "model": model, "n_train": n_train,
-                    "init": str(init) if init else None, **base}
-        job = ClassifierJob(**{k: v for k, v in job_opts.items() if v is not None},
-                            model_kwargs=model_kwargs, train=from_dict(TrainConfig, train_opts))
+        cli_opts = {"dataset": dataset, "model": model, "n_train": n_train,
+                    "init": str(init) if init else None}
+        job_opts = {**base, **{k: v for k, v in cli_opts.items() if v is not None}}
+        job = from_dict(ClassifierJob, {**job_opts, "model_kwargs": model_kwargs,
+                                        "train": from_dict(TrainConfig, train_opts)})
         objective, extra = None, None
-        if defense_param and not defense:
+        if defense_param and not (defense or yaml_defense):
             raise ValueError("--defense-param needs --defense NAME")
+        if defense and yaml_defense and defense != yaml_defense:
+            yaml_defense_params = {}  # another defense: the file's parameters are not its own
+        defense = defense or yaml_defense
         if defense:
             from advlab import defenses
 
-            params = _key_values(defense_param or [], "--defense-param")
+            params = {**yaml_defense_params,
+                      **_key_values(defense_param or [], "--defense-param")}
             objective = defenses.create_objective(defense, dataset=job.dataset, **params)
             extra = {"defense": defense, "defense_config": defenses.config(objective)}
         run, metrics = train_classifier(job, out, resume=resume, objective=objective,
@@ -89,6 +96,22 @@ def classifier(
     table.add_row("seconds / epoch", f"{metrics['mean_epoch_seconds']:.2f}")
     console.print(table)
     console.print(f"results in [bold]{run.path}[/]")
+
+
+def _read_job_config(path: Path) -> dict:
+    """The mapping in the YAML file ``path``; a run's own config.yaml is accepted (its
+    ``command`` key must then be ``train classifier``)."""
+    try:
+        base = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(base, dict):
+        raise ValueError(f"{path}: expected a YAML mapping, got {type(base).__name__}")
+    command = base.pop("command", "train classifier")
+    if command != "train classifier":
+        raise ValueError(f"{path}: the configuration of {command!r}, expected one of "
+                         "'train classifier'")
+    return base
 
 
 def _key_values(items: list[str], option: str) -> dict[str, object]:
