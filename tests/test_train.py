@@ -114,6 +114,24 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(digits, tmp_
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
+def test_nan_in_the_first_epoch_says_there_is_no_checkpoint(digits, tmp_path):
+    train, _ = digits
+    ckpt = tmp_path / "c.safetensors"
+    model = models.create("mlp", dataset="digits")
+    with pytest.raises(TrainingDiverged, match="No epoch finished, so there is no checkpoint"):
+        fit(model, train, _cfg(epochs=2), objective=_NaNAfter(2), checkpoint=ckpt,
+            progress=False)
+    assert not ckpt.exists()
+
+
+def test_logged_lr_is_the_one_used_in_the_last_step(digits):
+    train, _ = digits
+    model = models.create("mlp", dataset="digits")
+    result = fit(model, train, _cfg(epochs=2, schedule="cyclic", lr=0.01), progress=False)
+    lrs = [row["lr"] for row in result.history]
+    assert all(0 < lr <= 0.01 for lr in lrs)  # the step after the last is never reported
+
+
 def test_early_stopping_restores_best_weights(digits):
     train, test = digits
     train, val = data.train_val_split(train, 0.2, seed=0)

@@ -164,7 +164,7 @@ def check_unbounded(model: Model, x: Tensor, y: Tensor, *, steps: int = 20,
                     early_stop=True)
     acc = _acc(model, x, y, attack, batch_size, dev)
     values = {"accuracy": acc, "eps": 1.0, "steps": float(steps)}
-    if acc > max_accuracy:
+    if acc > max_accuracy + 1e-6:  # float32 accuracies: 1/20 must pass max_accuracy 0.05
         return CheckResult("unbounded", False, f"PGD-{steps} with unbounded eps (linf 1) "
                            f"leaves accuracy {acc:.1%} > {max_accuracy:.0%}: the attack cannot "
                            "even reach images of other classes, so gradients are masked or "

@@ -44,7 +44,7 @@ from advlab.generative.losses import (
 )
 from advlab.generative.weights import load_checked
 from advlab.io import load_state, save_state
-from advlab.train.loop import TrainingDiverged
+from advlab.train.loop import TrainingDiverged, kept_checkpoint
 from advlab.train.progress import EpochProgress
 
 log = logging.getLogger(__name__)
@@ -402,8 +402,7 @@ def _train_epoch(model: GenerativeModel, x_train: torch.Tensor, config: Generati
             bad = {k: float(v) for k, v in terms.items()}
             raise TrainingDiverged(
                 f"a loss became NaN or infinite at epoch {epoch}, step {step + 1} ({bad}); "
-                f"stopping. The last good checkpoint (epoch {epoch - 1}) is kept"
-                + (f" at {checkpoint}" if checkpoint else "") + ". Try a lower learning rate.")
+                f"stopping. {kept_checkpoint(epoch, checkpoint)}. Try a lower learning rate.")
         for k, v in terms.items():
             sums[k] = sums.get(k, 0.0) + v
         bar.advance(terms["loss"] if "loss" in terms else terms["loss_g"])

@@ -37,6 +37,15 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+def kept_checkpoint(epoch: int, checkpoint: str | Path | None) -> str:
+    """The end of a ``TrainingDiverged`` message: which checkpoint survives (if any)."""
+    if checkpoint is not None and Path(checkpoint).is_file():
+        return f"The last good checkpoint (epoch {epoch - 1}) is kept at {checkpoint}"
+    if epoch <= 1:
+        return "No epoch finished, so there is no checkpoint to resume from"
+    return f"The weights of epoch {epoch - 1} were not checkpointed (no checkpoint path)"
+
+
 @dataclass
 class FitResult:
     history: list[dict[str, float]]  # one row per completed epoch
@@ -153,12 +162,12 @@ def fit(
                 if not torch.isfinite(out.loss):
                     raise TrainingDiverged(
                         f"loss became {out.loss.item()} at epoch {epoch}, batch {b + 1}; "
-                        f"stopping. The last good checkpoint (epoch {epoch - 1}) is kept"
-                        + (f" at {checkpoint}" if checkpoint else "")
-                        + ". Try a lower learning rate."
+                        f"stopping. {kept_checkpoint(epoch, checkpoint)}. "
+                        "Try a lower learning rate."
                     )
                 opt.zero_grad(set_to_none=True)
                 out.loss.backward()
+                lr_used = opt.param_groups[0]["lr"]  # before a per-batch schedule moves it
                 opt.step()
                 if per_batch:
                     scheduler.step()
@@ -176,7 +185,7 @@ def fit(
                 "epoch": epoch,
                 "train_loss": loss_sum.item() / n,
                 "train_acc": correct.item() / n,
-                "lr": opt.param_groups[0]["lr"],
+                "lr": lr_used,  # of the epoch's last step
                 "train_seconds": train_seconds,
             }
             row.update({k: float(v) / n for k, v in extra_sums.items()})
