@@ -305,6 +305,31 @@ def test_deepfool_finetune_refreshed_per_epoch_trains_on_the_epochs_deepfool_set
         defenses.create_objective("deepfool-finetune", refresh="epoch", clean_weight=0.5)
 
 
+def test_deepfool_finetune_with_the_reports_deepfool(trained_mlp, digits):
+    """deepfool="report": the examples are x + Δ of the report's DeepFool (unclipped, the one
+    Deep Defense differentiates through and ρ₂ measures with); misclassified points stay x."""
+    _, test = digits
+    x, y = test.x[:80], test.y[:80]
+    obj = defenses.create_objective("deepfool-finetune", deepfool="report", steps=5,
+                                    refresh="epoch", batch_size=32)
+    trained_mlp.train()
+    adv = obj.epoch_inputs(trained_mlp, x, y)
+    assert trained_mlp.training  # the mode is restored after the eval-mode DeepFool
+    trained_mlp.eval()
+    with torch.no_grad():
+        correct = trained_mlp(x).argmax(1) == y
+    assert 0 < int(correct.sum()) < len(y)
+    ratios = (adv - x).flatten(1).norm(dim=1) / x.flatten(1).norm(dim=1)
+    expected = defenses.deepfool_ratios(trained_mlp, x, y, steps=5, overshoot=0.02)
+    assert torch.allclose(ratios[correct], expected[correct], rtol=1e-4, atol=1e-6)
+    assert torch.equal(adv[~correct], x[~correct])
+    with torch.no_grad():  # the report's DeepFool crosses the boundary of most points
+        fooled = trained_mlp(adv[correct]).argmax(1) != y[correct]
+    assert fooled.float().mean() > 0.9
+    with pytest.raises(ValueError, match="deepfool: expected 'clipped' or 'report'"):
+        defenses.create_objective("deepfool-finetune", deepfool="unclipped")
+
+
 # --- Lipschitz ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("stride,padding,dilation,groups", [(1, 1, 1, 1), (2, 1, 1, 1),

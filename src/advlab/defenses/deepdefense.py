@@ -205,6 +205,10 @@ class DeepFoolFinetune:
     # each epoch, a new set of perturbed examples is generated"), then trained on as data
     refresh: str = "batch"
     batch_size: int = 1000  # DeepFool batch of the "epoch" refresh
+    # "clipped": advlab's DeepFool attack (every iterate clipped to [0, 1], valid images);
+    # "report": the report's DeepFool that Deep Defense differentiates through and rho2
+    # measures with (unclipped, at most ``steps`` steps; set steps=5 for the report's)
+    deepfool: str = "clipped"
 
     def __post_init__(self) -> None:
         check_int("steps", self.steps)
@@ -217,18 +221,28 @@ class DeepFoolFinetune:
             raise ValueError("refresh='epoch' trains on the perturbed set only: expected "
                              f"clean_weight=0, got {self.clean_weight}")
         check_int("batch_size", self.batch_size)
+        if self.deepfool not in ("clipped", "report"):
+            raise ValueError(f"deepfool: expected 'clipped' or 'report', got {self.deepfool!r}")
 
     @property
     def epoch_inputs(self):
         """With ``refresh="epoch"``, the hook ``fit`` calls at the start of every epoch."""
         return self._perturb_all if self.refresh == "epoch" else None
 
-    def _attack(self) -> DeepFool:
-        return DeepFool(steps=self.steps, overshoot=self.overshoot, num_classes=self.num_classes)
+    def _adversarial(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        """DeepFool examples of ``x`` (no graph); misclassified points stay as they are."""
+        if self.deepfool == "clipped":
+            attack = DeepFool(steps=self.steps, overshoot=self.overshoot,
+                              num_classes=self.num_classes)
+            return attack(model, x, y).adv  # eval mode inside; modes restored after
+        with mode(model, False):
+            df = deepfool_perturbation(model, x, y, steps=self.steps, overshoot=self.overshoot,
+                                       create_graph=False)
+        keep = df.correct.view(-1, *([1] * (x.dim() - 1)))
+        return (x + torch.where(keep, df.delta, torch.zeros_like(df.delta))).detach()
 
     def _perturb_all(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        attack = self._attack()
-        return torch.cat([attack(model, xb, yb).adv for xb, yb in
+        return torch.cat([self._adversarial(model, xb, yb) for xb, yb in
                           zip(x.split(self.batch_size), y.split(self.batch_size), strict=True)])
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> StepOutput:
@@ -239,7 +253,7 @@ class DeepFoolFinetune:
                               metrics={"adv_loss": loss.detach(),
                                        "adv_acc": (logits.detach().argmax(1) == y).float()
                                        .mean()})
-        adv = self._attack()(model, x, y).adv  # eval mode inside; each module's mode restored after
+        adv = self._adversarial(model, x, y)
         adv_logits = model(adv)
         adv_loss = F.cross_entropy(adv_logits, y)
         if self.clean_weight > 0:
