@@ -169,11 +169,12 @@ def standard_evaluation(model: Model, x: Tensor, y: Tensor, *, threat: ThreatMod
                                       **kw, **params)
         ev = curve.evaluations[0]
         norms = ev.result.l2 if threat.norm == "l2" else ev.result.linf
-        worst &= ~(ev.fooled & (norms <= threat.eps))
+        broken = ev.fooled & (norms <= threat.eps)  # fooled within the budget
+        worst &= ~broken
         log.info("%s (minimal): %d of %d attacked points fooled, median %s %.4g, accuracy "
                  "at eps %.4f", minimal, ev.n_fooled, ev.n_attacked, threat.norm,
                  norms[ev.fooled].median().item() if ev.fooled.any() else float("nan"),
-                 (clean_correct & ~(ev.fooled & (norms <= threat.eps))).float().mean().item())
+                 (clean_correct & ~broken).float().mean().item())
     r2 = rho2(attacked_model, x, y, **kw) if with_rho2 else None
     if r2 is not None:
         log.info("rho2 %.4g over %d points (%d not fooled)", r2.value, r2.n_used, r2.n_failed)
