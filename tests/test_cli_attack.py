@@ -126,3 +126,34 @@ def test_demo_attacks_quick(run_dir, tmp_path):
             "accuracy_vs_eps.png"} <= figs
     assert read_json(tmp_path / "demo" / "metrics.json")["n"] == 100
     assert torch.isfinite(torch.tensor(r["clean_accuracy"]))
+
+
+@pytest.mark.parametrize("value", ["0", "-5"])
+def test_n_checks_below_one_is_refused_before_any_work(run_dir, tmp_path, value):
+    res = invoke(str(run_dir), "--attack", "fgsm", "--eps", "0.1", "--n-checks", value,
+                 "--out", str(tmp_path / "x"))
+    assert res.exit_code == 2
+    assert "--n-checks" in res.output and "greater than or equal to 1" in res.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_transfer_from_the_cli_says_where_transfer_accuracy_is_measured(run_dir, tmp_path):
+    res = invoke(str(run_dir), "--attack", "transfer", "--eps", "0.1",
+                 "--out", str(tmp_path / "x"))
+    assert res.exit_code == 2
+    assert "--surrogate" in res.output and "eval robust" in res.output
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("spec", ["", ",", "0.1,,0.2", "nan", "inf", "0.1,-inf"])
+def test_eps_lists_with_empty_or_non_finite_items_are_refused(run_dir, tmp_path, spec):
+    res = invoke(str(run_dir), "--attack", "fgsm", "--eps", spec, "--out", str(tmp_path / "x"))
+    assert res.exit_code == 2 and "--eps" in res.output
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("spec", ["-0.1", "-0.2:0.1:0.1"])
+def test_negative_eps_is_refused(run_dir, tmp_path, spec):
+    res = invoke(str(run_dir), "--attack", "fgsm", "--eps", spec, "--out", str(tmp_path / "x"))
+    assert res.exit_code == 2 and "--eps" in res.output and ">= 0" in res.output
+    assert not (tmp_path / "x").exists()

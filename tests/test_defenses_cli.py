@@ -100,3 +100,19 @@ def test_defend_svd_sweep_writes_metrics_and_figure(plain_run, tmp_path):
     assert "adversarial acc" in result.output
     bad = runner.invoke(app, ["defend", "svd", str(plain_run), "--fraction", "0,1.5"])
     assert bad.exit_code == 2 and "[0, 1]" in bad.output
+
+
+@pytest.mark.parametrize("eps", ["-1", "0.1,-0.5", "nan"])
+def test_certify_refuses_a_negative_or_non_finite_radius(plain_run, tmp_path, eps):
+    res = runner.invoke(app, ["defend", "certify", str(plain_run), f"--eps={eps}", "--out",
+                              str(tmp_path / "cert")])
+    assert res.exit_code == 2 and "--eps" in res.output
+    assert not (tmp_path / "cert").exists()
+
+
+@pytest.mark.parametrize("fraction", ["-0.1", "0.5,1.5", "nan"])
+def test_svd_refuses_fractions_outside_the_unit_interval(plain_run, tmp_path, fraction):
+    res = runner.invoke(app, ["defend", "svd", str(plain_run), f"--fraction={fraction}",
+                              "--out", str(tmp_path / "svd")])
+    assert res.exit_code == 2 and "--fraction" in res.output
+    assert not (tmp_path / "svd").exists()

@@ -186,3 +186,14 @@ def test_gradients_match_autograd_on_a_linear_model():
     xr = x.clone().requires_grad_(True)
     nn.functional.cross_entropy(lin(xr), y, reduction="sum").backward()
     assert torch.allclose(g, xr.grad, atol=1e-6)
+
+
+@pytest.mark.parametrize("n", [0, -3, 1.5, True])
+def test_n_checks_must_be_a_positive_integer(n):
+    from advlab.eval.protocol import standard_evaluation
+
+    model, x, y = nn.Linear(4, 3), torch.rand(5, 4), torch.tensor([0, 1, 2, 0, 1])
+    with pytest.raises(ValueError, match="expected n_checks .* integer >= 1"):
+        soundness_checks(model, x, y, n=n)
+    with pytest.raises(ValueError, match="expected n_checks .* integer >= 1"):
+        standard_evaluation(model, x, y, threat=ThreatModel("linf", 0.1), n_checks=n)

@@ -39,6 +39,13 @@ def test_parse_floats_ranges_and_errors():
     assert parse_floats("0.3") == [0.3]
     assert parse_floats("0.1,0.2") == [0.1, 0.2]
     assert parse_floats("0:0.3:0.1") == [0.0, 0.1, 0.2, 0.3]
-    for bad in ("a", "0:0.3", "0.3:0:0.1", "0:1:0"):
-        with pytest.raises(ValueError, match="expected a number"):
-            parse_floats(bad)
+    for bad in ("a", "0:0.3", "0.3:0:0.1", "0:1:0", "", ",", "0.1,,0.2", "nan", "0:inf:1"):
+        with pytest.raises(ValueError, match="expected --eps to be a finite number"):
+            parse_floats(bad, "--eps")
+    assert parse_floats("0,1", "--fraction", low=0, high=1) == [0.0, 1.0]
+    with pytest.raises(ValueError, match=r"expected --fraction values in \[0, 1\], got 1.5"):
+        parse_floats("0.5,1.5", "--fraction", low=0, high=1)
+    with pytest.raises(ValueError, match="at most 10000 values"):
+        parse_floats("0:1:1e-9", "--eps")
+    with pytest.raises(ValueError, match="expected --eps values >= 0, got -0.2"):
+        parse_floats("-0.2:0.2:0.2", "--eps", low=0)

@@ -63,7 +63,7 @@ def attack_command(
     surrogate: Path = typer.Option(None, help="Another classifier run: adds the white-box vs "
                                    "transfer soundness check."),
     checks: bool = typer.Option(True, help="Run the soundness checks (gradient masking)."),
-    n_checks: int = typer.Option(200, help="Points used by the soundness checks."),
+    n_checks: int = typer.Option(200, min=1, help="Points used by the soundness checks."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
     out: Path = OutOption,
     device: str = DeviceOption,
@@ -79,7 +79,15 @@ def attack_command(
     apply_data_dir(data_dir)
     try:
         cls = ATTACKS.get(attack)  # unknown name: the error lists the valid attacks
-        eps_list = parse_floats(eps) if eps is not None else None
+        if attack == "transfer":
+            raise ValueError(
+                "the transfer attack needs a source model and an inner attack, which this "
+                "command does not take; the CLI measures transfer this way: `advlab attack RUN "
+                "-a pgd --eps E --surrogate SOURCE_RUN` (the transfer check attacks RUN with "
+                "examples crafted on SOURCE_RUN) or `advlab eval robust RUN --surrogate "
+                "SOURCE_RUN` (transfer accuracy in the table); in Python: advlab.attacks."
+                "create('transfer', source=model, attack='pgd', attack_params={'eps': E})")
+        eps_list = parse_floats(eps, "--eps", low=0.0) if eps is not None else None
         params = _params(attack, dict(
             steps=steps, norm=norm, alpha=alpha, restarts=restarts, random_start=random_start,
             c=c, kappa=kappa, lr=lr, binary_search_steps=binary_search_steps,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import typer
@@ -37,21 +38,46 @@ def fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def parse_floats(spec: str) -> list[float]:
-    """``0.1`` -> [0.1]; ``0.1,0.2`` -> [0.1, 0.2]; ``0:0.3:0.05`` -> 0, 0.05, ..., 0.3."""
-    spec = spec.strip()
+MAX_VALUES = 10_000  # a range longer than this is a typo (a step of 1e-9), not a sweep
+
+
+def parse_floats(spec: str, option: str = "value", *, low: float | None = None,
+                 high: float | None = None) -> list[float]:
+    """``0.1`` -> [0.1]; ``0.1,0.2`` -> [0.1, 0.2]; ``0:0.3:0.05`` -> 0, 0.05, ..., 0.3.
+
+    Every value must be finite and inside [``low``, ``high``] (each bound if given); the error
+    names ``option`` (e.g. ``--eps``).
+    """
+    text, too_long = spec.strip(), 0
     try:
-        if ":" in spec:
-            parts = [float(p) for p in spec.split(":")]
-            if len(parts) != 3 or parts[2] <= 0 or parts[1] < parts[0]:
+        if ":" in text:
+            parts = [float(p) for p in text.split(":")]
+            if len(parts) != 3 or not all(map(math.isfinite, parts)) or parts[2] <= 0 \
+                    or parts[1] < parts[0]:
                 raise ValueError
             start, stop, step = parts
             n = int(round((stop - start) / step))
-            return [round(start + i * step, 10) for i in range(n + 1)]
-        return [float(p) for p in spec.split(",") if p]
+            if n >= MAX_VALUES:
+                too_long = n + 1
+                raise ValueError
+            values = [round(start + i * step, 10) for i in range(n + 1)]
+        else:
+            values = [float(p) for p in text.split(",")]  # an empty item fails here
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError
     except ValueError:
-        raise ValueError(f"expected a number, a list 'a,b,c' or a range 'start:stop:step' "
-                         f"(stop >= start, step > 0), got {spec!r}") from None
+        if too_long:
+            raise ValueError(f"expected {option} to hold at most {MAX_VALUES} values, got the "
+                             f"range {spec!r} of {too_long}") from None
+        raise ValueError(f"expected {option} to be a finite number, a list 'a,b,c' or a range "
+                         f"'start:stop:step' (stop >= start, step > 0), got {spec!r}") from None
+    outside = [v for v in values if (low is not None and v < low) or
+               (high is not None and v > high)]
+    if outside:
+        bounds = (f"in [{low:g}, {high:g}]" if low is not None and high is not None
+                  else f">= {low:g}" if low is not None else f"<= {high:g}")
+        raise ValueError(f"expected {option} values {bounds}, got {', '.join(map(str, outside))}")
+    return values
 
 
 class DefaultCommandGroup(TyperGroup):

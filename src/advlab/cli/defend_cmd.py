@@ -63,9 +63,7 @@ def svd(
     setup_logging()
     apply_data_dir(data_dir)
     try:
-        fractions = parse_floats(fraction)
-        if any(not 0 <= f <= 1 for f in fractions):
-            raise ValueError(f"expected --fraction values in [0, 1], got {fractions}")
+        fractions = parse_floats(fraction, "--fraction", low=0.0, high=1.0)
         if mode not in MODES:
             raise ValueError(f"expected --mode in {', '.join(MODES)}, got {mode!r}")
         att = None
@@ -123,7 +121,7 @@ def certify(
     setup_logging()
     apply_data_dir(data_dir)
     try:
-        eps_list = parse_floats(eps)
+        eps_list = parse_floats(eps, "--eps", low=0.0)
         model, dataset, ds, dev = load_classifier_run(run, "test", n, seed, device)
         report = new_run_dir("defend-certify", out)
         with log_to_run(report):

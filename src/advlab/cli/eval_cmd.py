@@ -80,7 +80,7 @@ def robust(
     eps_ref_: bool = typer.Option(True, "--eps-ref/--no-eps-ref",
                                   help="Measure ε_ref (FGSM bisection; linf)."),
     n: int = typer.Option(1000, help="Evaluate a seeded random subset of n test points."),
-    n_checks: int = typer.Option(200, help="Points used by the soundness checks."),
+    n_checks: int = typer.Option(200, min=1, help="Points used by the soundness checks."),
     split: str = typer.Option("test", help="train | test"),
     seed: int = typer.Option(0, help="Seed of the subset and of the random starts."),
     batch_size: int | None = typer.Option(None, help="Points per attack call (default: "
@@ -104,7 +104,7 @@ def robust(
         threat = ThreatModel(norm, eps)
         if minimal not in ("deepfool", "cw", "none"):
             raise ValueError(f"expected --minimal deepfool, cw or none, got {minimal!r}")
-        grid = parse_floats(eps_list) if eps_list else None
+        grid = parse_floats(eps_list, "--eps-list", low=0.0) if eps_list else None
         model, dataset, ds, dev = load_classifier_run(run, split, n, seed, device)
         sur = load_model(surrogate, dev) if surrogate is not None else None
         report = new_run_dir("eval-robust", out)

@@ -240,6 +240,13 @@ def check_transfer(model: Model, x: Tensor, y: Tensor, *, surrogate: Model, atta
 
 # --- the runner -----------------------------------------------------------------------------
 
+def check_n_checks(n: object) -> None:
+    """Raise ``ValueError`` unless ``n`` (points of the soundness checks) is None or an int >= 1."""
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+        raise ValueError(f"expected n_checks (points used by the soundness checks) to be an "
+                         f"integer >= 1 or None (all points), got {n!r}")
+
+
 def soundness_checks(model: Model, x: Tensor, y: Tensor, *, threat: ThreatModel | None = None,
                      surrogate: Model | None = None, transfer_attack: Attack | None = None,
                      n: int | None = 200, seed: int = 0, steps: int = 10,
@@ -254,6 +261,7 @@ def soundness_checks(model: Model, x: Tensor, y: Tensor, *, threat: ThreatModel 
     threat model, or PGD ℓ∞ ε = 0.1 without one).
     """
     check_data(x, y)
+    check_n_checks(n)
     if n is not None and n < x.shape[0]:
         g = torch.Generator().manual_seed(seed)
         idx = torch.sort(torch.randperm(x.shape[0], generator=g)[:n]).values.to(x.device)

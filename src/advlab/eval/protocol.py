@@ -38,7 +38,7 @@ from torch import Tensor
 
 from advlab.attacks import EOT, create
 from advlab.attacks.threat import ThreatModel
-from advlab.eval.checks import CheckResult, reliable, soundness_checks
+from advlab.eval.checks import CheckResult, check_n_checks, reliable, soundness_checks
 from advlab.eval.robust import (
     AccuracyCurve,
     EpsRef,
@@ -127,6 +127,7 @@ def standard_evaluation(model: Model, x: Tensor, y: Tensor, *, threat: ThreatMod
                         progress: bool = False) -> ProtocolResult:
     """Run the standard protocol (module docstring) on ``(x, y)`` for ``threat``."""
     check_data(x, y)
+    check_n_checks(n_checks)
     if threat.eps <= 0:
         raise ValueError(f"expected a threat with eps > 0, got eps={threat.eps}")
     if minimal is not None and minimal not in MINIMAL_ATTACKS:

@@ -18,7 +18,7 @@ from rich.table import Table
 from torch import Tensor
 
 from advlab.attacks import ATTACKS, create
-from advlab.eval.checks import reliable, soundness_checks
+from advlab.eval.checks import check_n_checks, reliable, soundness_checks
 from advlab.eval.robust import (
     AccuracyCurve,
     Model,
@@ -85,6 +85,8 @@ def attack_report(model: Model, x: Tensor, y: Tensor, classes: Sequence[str], at
     Returns the metrics dict (JSON-ready); figures go to ``figures_dir``.
     """
     cls = ATTACKS.get(attack)
+    if checks:
+        check_n_checks(n_checks)
     params = {k: v for k, v in params.items() if v is not None}
     minimal = bool(getattr(cls, "minimal", False))
     if minimal and params.get("eps") is not None:
