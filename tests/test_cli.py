@@ -62,7 +62,15 @@ def test_train_then_eval_then_resume_with_more_epochs(tmp_path):
     res = runner.invoke(app, ["train", "classifier", "--dataset", "digits", "--model", "lrl",
                               "--epochs", "4", "--lr", "0.5", "--no-progress", "--out", str(out),
                               "--resume"])
-    assert res.exit_code == 2 and "differs" in res.output
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and "differs" in text
+    assert "train.lr: 0.001 in the run, 0.5 given" in text
+    # A bare --resume takes the run's own options (here: lrl on digits, not the defaults).
+    res = runner.invoke(app, ["train", "classifier", "--epochs", "4", "--no-progress",
+                              "--out", str(out), "--resume"])
+    assert res.exit_code == 0, res.output
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4]
 
 
 def test_eval_of_a_missing_run_is_a_clear_error(tmp_path):
@@ -111,3 +119,37 @@ def test_command_line_wins_over_the_config_file_and_a_run_config_replays(tmp_pat
     again = yaml.safe_load((second / "config.yaml").read_text())
     assert again["train"]["seed"] == 1
     assert {**again, "train": {**again["train"], "seed": 0}} == saved
+
+
+def test_config_file_values_of_the_wrong_type_are_named(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    for text, message in (("train: 5\n", "expected the 'train' section to be a mapping, got 5"),
+                          ("model_kwargs: 5\n", "'model_kwargs' section to be a mapping"),
+                          ("train: {lr: abc}\n", "lr: expected a number, got 'abc'"),
+                          ("train: {epochs: 1.7}\n", "epochs: expected an integer, got 1.7"),
+                          ("n_train: many\n", "n_train: expected an integer or null"),
+                          ("defense_config: [1]\n", "defense_config"),
+                          ("- 1\n", "expected a YAML mapping"),
+                          ("train: {lr: [\n", "not valid YAML")):
+        cfg.write_text(text)
+        res = runner.invoke(app, ["train", "classifier", "--config", str(cfg), "--out",
+                                  str(tmp_path / "r"), "--no-progress"])
+        out = " ".join(res.output.split())
+        assert res.exit_code == 2 and message in out, (text, out)
+        assert not (tmp_path / "r").exists()
+
+
+def test_bad_widths_name_the_option_and_leave_no_run_directory(tmp_path):
+    for args, message in ((["--widths", "a"], "--widths: expected comma-separated integers"),
+                          (["--widths", "32,,0"], "--widths: expected comma-separated integers"),
+                          (["--model", "lrl", "--widths", "8"], "lrl"),
+                          (["--dataset", "nope"], "unknown dataset")):
+        res = runner.invoke(app, ["train", "classifier", *args, "--epochs", "1",
+                                  "--no-progress", "--out", str(tmp_path / "r")])
+        out = " ".join(res.output.split())
+        assert res.exit_code == 2 and message in out, (args, out)
+        assert not (tmp_path / "r").exists(), args
+    res = runner.invoke(app, ["train", "generative", "--hidden", "8,x", "--epochs", "1",
+                              "--no-progress", "--out", str(tmp_path / "g")])
+    assert res.exit_code == 2 and "--hidden: expected comma-separated integers" in res.output
+    assert not (tmp_path / "g").exists()

@@ -49,3 +49,24 @@ def test_a_second_resume_into_a_run_in_use_is_refused(tmp_path):
         train_generative(job, out, resume=True, progress=False)
     (out / LOCK).unlink()
     train_generative(job, out, resume=True, progress=False)
+
+
+def test_a_run_directory_is_claimed_at_once(tmp_path):
+    """Two commands given one --out: the second is refused even before the first writes
+    anything (an empty directory checked, then used, would let both in)."""
+    out = tmp_path / "out"
+    first = new_run_dir("eval", out)
+    with pytest.raises(ValueError, match="not empty"):
+        new_run_dir("eval", out)
+    assert first.path == out
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    new_run_dir("eval", empty)  # an empty directory given on purpose is used
+    with pytest.raises(ValueError, match="not empty"):
+        new_run_dir("eval", empty)
+    assert new_run_dir("train", out, exist_ok=True).path == out  # --resume: the same run
+
+
+def test_default_run_directories_never_collide(tmp_path):
+    paths = {new_run_dir("eval", root=tmp_path).path for _ in range(5)}
+    assert len(paths) == 5 and all(p.is_dir() for p in paths)

@@ -41,7 +41,14 @@ class RunDir:
         p = self.path / "config.yaml"
         if not p.is_file():
             raise FileNotFoundError(f"{self.path} is not a run directory (no config.yaml)")
-        return yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        try:
+            config = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ValueError(f"{p}: not valid YAML ({e})") from None
+        config = {} if config is None else config
+        if not isinstance(config, dict):
+            raise ValueError(f"{p}: expected a YAML mapping, got {type(config).__name__}")
+        return config
 
     def write_metrics(self, metrics: dict[str, Any], name: str = "metrics.json") -> Path:
         write_json(self.path / name, metrics)
@@ -53,8 +60,62 @@ def resumable_view(config: dict[str, Any], free: tuple[str, ...] = ("data_dir",)
     """The part of a run's configuration a resume must keep: everything but the ``free`` keys
     and the ``train`` section's ``epochs`` and ``device`` (a resume may train longer, elsewhere).
     """
-    train = {k: v for k, v in config.get("train", {}).items() if k not in ("epochs", "device")}
+    train = config.get("train") or {}
+    if isinstance(train, dict):
+        train = {k: v for k, v in train.items() if k not in ("epochs", "device")}
     return {**{k: v for k, v in config.items() if k not in free}, "train": train}
+
+
+def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in config.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_resume(run: RunDir, config: dict[str, Any], free: tuple[str, ...] = ("data_dir",),
+                 may_change: str = "--epochs and --device") -> None:
+    """Raise ``ValueError`` naming every key (``train.lr``) whose value in ``config`` differs
+    from the run's saved config.yaml, outside what a resume may change (``resumable_view``)."""
+    if not (run.path / "config.yaml").is_file():
+        return
+    saved, given = (_flat(resumable_view(c, free)) for c in (run.read_config(), config))
+    missing = object()
+    diffs = [f"{k}: {saved.get(k, missing)!r} in the run, {given.get(k, missing)!r} given"
+             .replace(repr(missing), "absent")
+             for k in sorted(set(saved) | set(given), key=str)
+             if saved.get(k, missing) != given.get(k, missing)]
+    if diffs:
+        raise ValueError(f"cannot resume {run.path}: its config.yaml differs from the options "
+                         f"given ({'; '.join(diffs)}); only {may_change} may change")
+
+
+MARKER = ".advlab-run"  # created exclusively: the one command that made the directory its run
+
+
+def check_out(out: str | Path | None, *, exist_ok: bool = False) -> None:
+    """Raise ``ValueError`` if ``out`` cannot become a new run directory (``exist_ok=False``:
+    it is a file or a non-empty directory); cheap, for a command to call before its work."""
+    if out is None:
+        return
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out {path}: exists and is not a directory")
+    if path.is_dir() and any(path.iterdir()) and not exist_ok:
+        raise ValueError(f"--out {path}: directory is not empty; choose a new one "
+                         f"(or pass --resume to continue the run in it)")
+
+
+def _claim(path: Path) -> bool:
+    """Create ``path/MARKER`` exclusively: True for exactly one caller, even concurrent ones."""
+    try:
+        os.close(os.open(path / MARKER, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
 
 
 def new_run_dir(command: str, out: str | Path | None = None, *, exist_ok: bool = False,
@@ -62,22 +123,29 @@ def new_run_dir(command: str, out: str | Path | None = None, *, exist_ok: bool =
     """Create ``out`` (or ``runs/<command>-<timestamp>``) and return it.
 
     ``exist_ok=False`` refuses to write into a non-empty directory, so no earlier result is
-    overwritten by accident (``--resume`` passes ``exist_ok=True``).
+    overwritten by accident (``--resume`` passes ``exist_ok=True``). The directory is claimed
+    atomically (an exclusively created marker file), so two commands started at once with the
+    same ``--out``, or in the same second without one, never share a directory.
     """
     if out is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         base = Path(root) / f"{command}-{stamp}"
+        base.parent.mkdir(parents=True, exist_ok=True)
         path, i = base, 1
-        while path.exists():
-            path, i = Path(f"{base}-{i}"), i + 1
-    else:
-        path = Path(out)
-        if path.exists() and not path.is_dir():
-            raise ValueError(f"--out {path}: exists and is not a directory")
-        if path.is_dir() and any(path.iterdir()) and not exist_ok:
-            raise ValueError(f"--out {path}: directory is not empty; choose a new one "
-                             f"(or pass --resume to continue the run in it)")
+        while True:
+            try:
+                path.mkdir()
+            except FileExistsError:
+                path, i = Path(f"{base}-{i}"), i + 1
+                continue
+            _claim(path)
+            return RunDir(path)
+    path = Path(out)
+    check_out(path, exist_ok=exist_ok)
     path.mkdir(parents=True, exist_ok=True)
+    if not _claim(path) and not exist_ok:
+        raise ValueError(f"--out {path}: directory is not empty (another advlab command has "
+                         f"just claimed it); choose a new one")
     return RunDir(path)
 
 

@@ -56,6 +56,8 @@ def classifier(
     setup_logging()
     apply_data_dir(data_dir)
     try:
+        if config is None and resume and out is not None and (out / "config.yaml").is_file():
+            config = out / "config.yaml"  # a bare --resume continues the run as configured
         base = _read_job_config(config) if config else {}
         yaml_defense = base.pop("defense", None)
         yaml_defense_params = dict(base.pop("defense_config", None) or {})
@@ -67,7 +69,7 @@ def classifier(
             patience=patience, device=device).items() if v is not None})
         model_kwargs = dict(base.pop("model_kwargs", {}) or {})
         if widths:
-            model_kwargs["widths"] = [int(w) for w in widths.split(",") if w]
+            model_kwargs["widths"] = _ints(widths, "--widths")
         cli_opts = {"dataset": dataset, "model": model, "n_train": n_train,
                     "init": str(init) if init else None}
         job_opts = {**base, **{k: v for k, v in cli_opts.items() if v is not None}}
@@ -111,7 +113,23 @@ def _read_job_config(path: Path) -> dict:
     if command != "train classifier":
         raise ValueError(f"{path}: the configuration of {command!r}, expected one of "
                          "'train classifier'")
+    for section in ("train", "model_kwargs", "defense_config"):
+        if base.get(section) is not None and not isinstance(base[section], dict):
+            raise ValueError(f"{path}: expected the {section!r} section to be a mapping, got "
+                             f"{base[section]!r}")
     return base
+
+
+def _ints(spec: str, option: str) -> list[int]:
+    """``"500,150"`` -> [500, 150]: positive integers, as layer widths are."""
+    try:
+        values = [int(w) for w in spec.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise ValueError(f"{option}: expected comma-separated integers >= 1 (e.g. 500,150), "
+                         f"got {spec!r}")
+    return values
 
 
 def _key_values(items: list[str], option: str) -> dict[str, object]:
@@ -200,7 +218,7 @@ def generative(
                                                depth=depth).items()
                         if v is not None}
         if hidden:
-            model_kwargs["hidden"] = [int(w) for w in hidden.split(",") if w]
+            model_kwargs["hidden"] = _ints(hidden, "--hidden")
         job = GenerativeJob(dataset=dataset, model=model, model_kwargs=model_kwargs,
                             n_train=n_train, n_eval=n_eval,
                             classifier=str(classifier) if classifier else None,

@@ -25,7 +25,7 @@ from advlab.generative.autoencoder import VAE, Autoencoder
 from advlab.generative.base import GenerativeModel, create
 from advlab.generative.train import GenerativeFitResult, GenerativeTrainConfig, fit_generative
 from advlab.generative.weights import save_generative
-from advlab.runs import RunDir, new_run_dir, resumable_view, training_run
+from advlab.runs import RunDir, check_out, check_resume, new_run_dir, training_run
 from advlab.weights import library_versions
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,6 @@ class GenerativeJob:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GenerativeJob:
         d = {k: v for k, v in d.items() if k != "command"}
-        d["train"] = from_dict(GenerativeTrainConfig, d.get("train"))
         return from_dict(cls, d)
 
 
@@ -93,19 +92,18 @@ def train_generative(job: GenerativeJob, out: str | Path | None = None, *, resum
     """
     if resume and out is None:
         raise ValueError("--resume needs --out DIR naming the run to continue")
+    check_out(out, exist_ok=resume)
+    # Everything that can fail on the user's input fails here, before the run directory exists.
+    classifier = _load_classifier(job) if job.classifier else None
+    train, test = load_splits(job)
+    torch.manual_seed(job.train.seed)
+    model = create(job.model, dataset=job.dataset, **job.model_kwargs)
     run = new_run_dir("generative", out, exist_ok=resume)
     with training_run(run):
         config = job.to_dict()
-        if resume and (run.path / "config.yaml").is_file():
-            if (resumable_view(run.read_config(), _FREE_ON_RESUME)
-                    != resumable_view(config, _FREE_ON_RESUME)):
-                raise ValueError(f"cannot resume {run.path}: its config.yaml differs from the "
-                                 f"options given (only --epochs, --device and the scoring "
-                                 f"options --classifier, --n-epoch-quality may change)")
-        classifier = _load_classifier(job) if job.classifier else None
-        train, test = load_splits(job)
-        torch.manual_seed(job.train.seed)
-        model = create(job.model, dataset=job.dataset, **job.model_kwargs)
+        if resume:
+            check_resume(run, config, _FREE_ON_RESUME, "--epochs, --device and the scoring "
+                         "options --classifier, --n-epoch-quality")
         config["model_spec"] = model.spec
         run.write_config(config)
         ckpt = run.path / CHECKPOINT

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from advlab.config import to_dict
+from advlab.config import check_types, to_dict
 from advlab.data.base import TensorSet
 from advlab.device import resolve_device
 from advlab.generative.adversarial import AdversarialModel
@@ -73,6 +73,7 @@ class GenerativeTrainConfig:
     device: str = "auto"  # auto | cpu | cuda | mps
 
     def __post_init__(self) -> None:
+        check_types(self)
         for name in ("epochs", "batch_size", "d_steps", "n_snapshot"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -14,7 +14,7 @@ from advlab import data, models
 from advlab.config import from_dict, to_dict
 from advlab.eval.classification import confusion_matrix, evaluate, per_class_accuracy
 from advlab.report import figures
-from advlab.runs import RunDir, new_run_dir, resumable_view, training_run
+from advlab.runs import RunDir, check_out, check_resume, new_run_dir, training_run
 from advlab.train.config import TrainConfig
 from advlab.train.loop import fit
 from advlab.train.objective import Objective
@@ -44,7 +44,6 @@ class ClassifierJob:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ClassifierJob:
         d = {k: v for k, v in d.items() if k != "command"}
-        d["train"] = from_dict(TrainConfig, d.get("train"))
         return from_dict(cls, d)
 
 
@@ -70,22 +69,21 @@ def train_classifier(job: ClassifierJob, out: str | Path | None = None, *, resum
     """
     if resume and out is None:
         raise ValueError("--resume needs --out DIR naming the run to continue")
+    check_out(out, exist_ok=resume)
+    # Everything that can fail on the user's input fails here, before the run directory exists.
+    train, val, test = load_splits(job)
+    torch.manual_seed(job.train.seed)
+    model = models.create(job.model, dataset=job.dataset, **job.model_kwargs)
+    if job.init is not None:
+        load_weights_into(model, job.init)
+    if hasattr(objective, "prepare_model"):  # a defense that transforms the model
+        model = objective.prepare_model(model)
     run = new_run_dir("train", out, exist_ok=resume)
     with training_run(run):
         config = {**job.to_dict(), **(extra_config or {})}
-        if resume and (run.path / "config.yaml").is_file():
-            saved = run.read_config()
-            if resumable_view(saved) != resumable_view(config):
-                raise ValueError(f"cannot resume {run.path}: its config.yaml differs from the "
-                                 f"options given (only --epochs and --device may change)")
+        if resume:
+            check_resume(run, config)
         run.write_config(config)
-        train, val, test = load_splits(job)
-        torch.manual_seed(job.train.seed)
-        model = models.create(job.model, dataset=job.dataset, **job.model_kwargs)
-        if job.init is not None:
-            load_weights_into(model, job.init)
-        if hasattr(objective, "prepare_model"):  # a defense that transforms the model
-            model = objective.prepare_model(model)
         ckpt = run.path / CHECKPOINT
         log.info("training %s on %s (%d examples) into %s", job.model, job.dataset,
                  len(train), run.path)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from advlab.config import check_types
+
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("none", "cosine", "step", "onecycle", "cyclic")
 
@@ -26,6 +28,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | mps
 
     def __post_init__(self) -> None:
+        check_types(self)
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer: expected one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
