@@ -197,3 +197,27 @@ def test_n_checks_must_be_a_positive_integer(n):
         soundness_checks(model, x, y, n=n)
     with pytest.raises(ValueError, match="expected n_checks .* integer >= 1"):
         standard_evaluation(model, x, y, threat=ThreatModel("linf", 0.1), n_checks=n)
+
+
+class _PartlyMasked(nn.Module):
+    """Two classes read off pixel 0 (any point flips within linf 1), except points whose pixel
+    1 is 1: those get a constant class 0 with no gradient (masked)."""
+
+    def forward(self, x):
+        honest = torch.stack([5 * (0.5 - x[:, 0]), 5 * (x[:, 0] - 0.5)], 1)
+        masked = torch.tensor([10.0, 0.0]).expand_as(honest)
+        return torch.where(x[:, 1:2] > 0.99, masked, honest)
+
+
+@pytest.mark.parametrize("n_masked, passed", [(1, True), (2, False)])
+def test_unbounded_check_allows_exactly_its_threshold(n_masked, passed):
+    """1 robust point in 20 is accuracy 5%: at the threshold (float32 0.05 > 0.05 must not fail
+    it); 2 in 20 is 10%: unreliable."""
+    x = torch.rand(20, 2, generator=torch.Generator().manual_seed(0)) * 0.8 + 0.1
+    x[:, 1] = 0.2
+    x[:n_masked, 1] = 1.0
+    y = (x[:, 0] > 0.5).long()
+    y[:n_masked] = 0
+    result = check_unbounded(_PartlyMasked(), x, y)
+    assert result.values["accuracy"] == pytest.approx(n_masked / 20)
+    assert result.passed is passed
