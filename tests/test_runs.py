@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -70,3 +71,25 @@ def test_a_run_directory_is_claimed_at_once(tmp_path):
 def test_default_run_directories_never_collide(tmp_path):
     paths = {new_run_dir("eval", root=tmp_path).path for _ in range(5)}
     assert len(paths) == 5 and all(p.is_dir() for p in paths)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")
+def test_a_lock_held_by_a_zombie_process_is_taken_over(tmp_path):
+    """A training process that exited but was not reaped yet (a zombie) holds nothing."""
+    from advlab.runs import _alive
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    for _ in range(200):  # wait until it has exited, without reaping it
+        stat = open(f"/proc/{child.pid}/stat").read()
+        if stat.rpartition(")")[2].split()[0] == "Z":
+            break
+        time.sleep(0.05)
+    try:
+        assert not _alive(child.pid)
+        run = new_run_dir("train", tmp_path / "r")
+        (run.path / LOCK).write_text(str(child.pid))
+        with lock_run(run):
+            assert (run.path / LOCK).read_text() == str(os.getpid())
+    finally:
+        child.wait()
+    assert _alive(os.getpid())

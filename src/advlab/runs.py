@@ -161,7 +161,11 @@ def _alive(pid: int) -> bool:
         return True
     except OSError:  # platforms without signal 0: assume the holder is gone
         return False
-    return True
+    try:  # Linux: a zombie (exited, not yet reaped by its parent) still answers signal 0
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
 @contextmanager
