@@ -540,3 +540,13 @@ def test_real_fashion_mnist():
 def test_real_data_through_the_environment(monkeypatch):
     monkeypatch.setenv("ADVLAB_DATA", REAL_DATA)
     assert len(data.load("mnist", "test")) == 10_000
+
+
+def test_prepare_reports_an_invalid_file_of_a_complete_copy_with_the_remedy(tmp_path, mirror):
+    target = tmp_path / "dl" / "mnist"
+    data.prepare("mnist", root=tmp_path / "dl")
+    bad = target / "train-images-idx3-ubyte.gz"
+    bad.write_bytes(bad.read_bytes()[:200])  # truncated: all four files present, one broken
+    with pytest.raises(DataError, match="train-images.*remove it and run prepare again"):
+        data.prepare("mnist", root=tmp_path / "dl")
+    assert len(bad.read_bytes()) == 200

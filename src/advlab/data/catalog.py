@@ -90,11 +90,14 @@ def _complete_copy(name: str, target_root: Path) -> Path | None:
         found, _ = locate_in(name, files, target_root / rel, gz=gz)
         if found is None:
             continue
-        for split in SPLITS:  # raises DataError if the copy is invalid: never overwritten
-            if name == "cifar10":
-                read_split(target_root / rel, CIFAR_SPLITS[split])
-            else:
-                read_idx_split(found, split, info(name))
+        try:  # an invalid copy is reported, never overwritten
+            for split in SPLITS:
+                if name == "cifar10":
+                    read_split(target_root / rel, CIFAR_SPLITS[split])
+                else:
+                    read_idx_split(found, split, info(name))
+        except DataError as err:
+            raise DataError(f"{err}; remove it and run prepare again") from err
         return target_root / rel
     return None
 
