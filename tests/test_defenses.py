@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -67,6 +68,88 @@ def test_per_dataset_defaults_follow_the_papers():
     assert (fgsm.eps, fgsm.clean_weight, fgsm.random_start) == (0.25, 0.5, False)
     other = defenses.create_objective("pgd-at", dataset="fashion-mnist", steps=10)
     assert other.alpha == pytest.approx(2.5 * other.eps / 10)
+
+
+NAN, INF = float("nan"), float("inf")
+BAD_AT_PARAMS = [  # (defense, params, message): each names the parameter, range and value
+    ("fgsm-at", {"eps": "a"}, r"expected eps to be a finite number > 0, got 'a'"),
+    ("pgd-at", {"eps": "a"}, r"expected eps to be a finite number > 0, got 'a'"),
+    ("fast-at", {"eps": "a"}, r"expected eps to be a finite number > 0, got 'a'"),
+    ("pgd-at", {"eps": -0.1}, r"expected eps to be a finite number > 0, got -0\.1"),
+    ("fast-at", {"eps": NAN}, r"expected eps to be a finite number > 0, got nan"),
+    ("pgd-at", {"eps": INF}, r"expected eps to be a finite number > 0, got inf"),
+    ("pgd-at", {"eps": 0}, r"expected eps to be a finite number > 0, got 0"),
+    ("fgsm-at", {"eps": True}, r"expected eps to be a finite number > 0, got True"),
+    ("pgd-at", {"steps": 0}, r"expected steps to be an integer >= 1, got 0"),
+    ("pgd-at", {"steps": 1.5}, r"expected steps to be an integer >= 1, got 1\.5"),
+    ("pgd-at", {"steps": "7"}, r"expected steps to be an integer >= 1, got '7'"),
+    ("fgsm-at", {"steps": -1}, r"expected steps to be an integer >= 1, got -1"),
+    ("pgd-at", {"alpha": 0}, r"expected alpha to be a finite number > 0, got 0"),
+    ("fgsm-at", {"alpha": -2}, r"expected alpha to be a finite number > 0, got -2"),
+    ("fast-at", {"alpha": NAN}, r"expected alpha to be a finite number > 0, got nan"),
+    ("fgsm-at", {"clean_weight": 2}, r"expected clean_weight to be a number in \[0, 1\], got 2"),
+    ("fgsm-at", {"clean_weight": NAN},
+     r"expected clean_weight to be a number in \[0, 1\], got nan"),
+    ("pgd-at", {"norm": "l1"}, r"expected norm in 'linf', 'l2', got 'l1'"),
+    ("fast-at", {"random_start": "yes"}, r"expected random_start to be True or False, got 'yes'"),
+    ("fast-at", {"clip_start": 1}, r"expected clip_start to be True or False, got 1"),
+    ("pgd-at", {"craft_mode": "both"}, r"expected craft_mode in 'eval', 'train'"),
+]
+
+
+@pytest.mark.parametrize("name,params,message", BAD_AT_PARAMS,
+                         ids=[f"{n}-{next(iter(p))}={next(iter(p.values()))!r}"
+                              for n, p, _ in BAD_AT_PARAMS])
+def test_adversarial_training_parameters_are_checked_before_any_arithmetic(name, params,
+                                                                           message):
+    # a ValueError, never a TypeError or ZeroDivisionError from deriving alpha from eps / steps
+    with pytest.raises(ValueError, match=message):
+        defenses.create_objective(name, dataset="mnist", **params)
+    with pytest.raises(ValueError, match=message):
+        defenses.create_objective(name, **params)
+
+
+def test_adversarial_training_dataclass_checks_its_fields():
+    with pytest.raises(ValueError, match=r"expected eps to be a finite number > 0, got -0\.1"):
+        defenses.AdversarialTraining(eps=-0.1)
+    with pytest.raises(ValueError, match=r"expected alpha to be a finite number > 0, got 0"):
+        defenses.AdversarialTraining(alpha=0)
+    with pytest.raises(ValueError, match=r"expected steps to be an integer >= 1, got 0"):
+        defenses.AdversarialTraining(steps=0)
+    with pytest.raises(ValueError, match=r"clean_weight to be a number in \[0, 1\], got 1\.5"):
+        defenses.AdversarialTraining(clean_weight=1.5)
+
+
+def test_unknown_parameters_name_the_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown parameter 'step_size' for defense 'pgd-at'"
+                                         r": the step size is 'alpha'.*Valid parameters: eps, "
+                                         r"alpha, steps"):
+        defenses.create_objective("pgd-at", step_size=0.01)
+    with pytest.raises(ValueError, match=r"unknown parameter 'power_iteration' for defense "
+                                         r"'lipschitz'. Did you mean 'power_iterations'\?"):
+        defenses.create_objective("lipschitz", power_iteration=3)
+    with pytest.raises(ValueError, match=r"unknown parameter 'lambda' for defense "
+                                         r"'deep-defense'.*Valid parameters: lam, "):
+        defenses.create_objective("deep-defense", **{"lambda": 1.0})
+
+
+@pytest.mark.parametrize("name", ["fgsm-at", "pgd-at", "fast-at", "lipschitz"])
+def test_unknown_dataset_is_refused_with_the_known_ones(name):
+    with pytest.raises(ValueError, match=r"unknown dataset 'nope'\..*Valid datasets: mnist, "
+                                         r"fashion-mnist, cifar10, digits"):
+        defenses.create_objective(name, dataset="nope")
+    with pytest.raises(ValueError, match=r"expected dataset to be a dataset name or None, "
+                                         r"got \['mnist'\]"):
+        defenses.create_objective(name, dataset=["mnist"])
+
+
+def test_no_dataset_and_datasets_without_a_row_keep_the_documented_default():
+    for dataset in (None, "ring8"):  # ring8: a known data set with no row of its own
+        pgd = defenses.create_objective("pgd-at", dataset=dataset)
+        assert (pgd.eps, pgd.steps, pgd.alpha) == (0.1, 40, pytest.approx(2.5 * 0.1 / 40))
+        assert defenses.create_objective("fgsm-at", dataset=dataset).eps == 0.1
+        fast = defenses.create_objective("fast-at", dataset=dataset)
+        assert (fast.eps, fast.alpha) == (0.1, pytest.approx(0.125))
 
 
 # --- adversarial training -------------------------------------------------------------------
@@ -383,6 +466,18 @@ def _empirical_lipschitz(model: nn.Module, shape: tuple[int, ...]) -> float:
     with torch.no_grad():
         num = (model(a) - model(b)).norm(dim=1)
     return (num / (a - b).flatten(1).norm(dim=1)).max().item()
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, True, "10"])
+def test_power_iterations_must_be_at_least_one(value):
+    message = rf"expected power_iterations to be an integer >= 1, got {re.escape(repr(value))}"
+    with pytest.raises(ValueError, match=message):
+        defenses.create_objective("lipschitz", power_iterations=value)
+    with pytest.raises(ValueError, match=message):
+        make_lipschitz(_tiny(), power_iterations=value)
+    with pytest.raises(ValueError, match=message):
+        defenses.SpectralBound(torch.ones(3, 4), 1.0, power_iterations=value)
+    assert defenses.create_objective("lipschitz", power_iterations=1).power_iterations == 1
 
 
 @pytest.mark.parametrize("lipschitz", [False, True])

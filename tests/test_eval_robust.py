@@ -327,6 +327,83 @@ def test_bad_inputs_are_value_errors(case):
         robust_accuracy(case.model, case.x, case.y, FGSM(eps=0.1), mask=torch.ones(3).bool())
 
 
+
+def _ten_classes() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(D, 10)).eval()
+
+
+X10 = torch.rand(6, 1, 4, 4, generator=torch.Generator().manual_seed(1))  # not the global RNG
+Y10 = torch.tensor([0, 1, 2, 3, 4, 9])
+
+EVALUATIONS = {
+    "robust_accuracy": lambda m, x, y, **kw: robust_accuracy(m, x, y, FGSM(eps=0.1), **kw),
+    "clean_accuracy": lambda m, x, y, **kw: clean_accuracy(m, x, y, **kw),
+    "curve": lambda m, x, y, **kw: robust_accuracy_curve(m, x, y, "fgsm", [0.1], **kw),
+    "eps_ref": lambda m, x, y, **kw: eps_ref(m, x, y, grid=1, **kw),
+    "rho2": lambda m, x, y, **kw: rho2(m, x, y, steps=2, **kw),
+    "rho2-all": lambda m, x, y, **kw: rho2(m, x, y, over="all", steps=2, **kw),
+}
+
+
+@pytest.mark.parametrize("evaluate", EVALUATIONS.values(), ids=EVALUATIONS.keys())
+@pytest.mark.parametrize("x, y, message", [
+    (torch.where(X10 > 0.5, torch.nan, X10), Y10, "expected finite x, got"),
+    (torch.where(X10 > 0.5, torch.inf, X10), Y10, "expected finite x, got"),
+    (X10 * 255, Y10, r"expected x inside \[0, 1\].*got values in \[.*\]; .*x\.float\(\) / 255"),
+    ((X10 * 255).to(torch.uint8), Y10,
+     r"expected x to be a floating-point tensor in \[0, 1\], got torch.uint8; .*/ 255"),
+    (X10 - 0.5, Y10, r"expected x inside \[0, 1\] \(pixels, before any normalization\)"),
+    (X10, Y10.float(), "expected y to be an integer tensor, got dtype torch.float32"),
+    (X10, Y10.bool(), "expected y to be an integer tensor, got dtype torch.bool"),
+    (X10, torch.tensor([0, 1, -1, 3, 4, 9]), r"expected y >= 0 \(class indices\), got -1"),
+    (X10, torch.tensor([0, 1, 10, 3, 4, 9]),
+     r"expected y in \[0, 9\] \(the model has 10 logits\), got a value 10"),
+], ids=["nan", "inf", "x255", "uint8", "negative-x", "float-y", "bool-y", "y-1", "y10"])
+def test_bad_data_is_refused_by_every_evaluation(evaluate, x, y, message):
+    with pytest.raises(ValueError, match=message):
+        evaluate(_ten_classes(), x, y, batch_size=4)
+
+
+def test_labels_are_checked_against_given_clean_logits():
+    model = _ten_classes()
+    with pytest.raises(ValueError, match=r"expected y in \[0, 9\]"):
+        robust_accuracy(model, X10, torch.full((6,), 10), FGSM(eps=0.1),
+                        clean_logits=model(X10).detach())
+    with pytest.raises(ValueError, match=r"expected clean_logits of shape \(6, K\)"):
+        robust_accuracy(model, X10, Y10, FGSM(eps=0.1), clean_logits=torch.zeros(5, 10))
+
+
+def test_valid_data_still_passes_the_checks():
+    model = _ten_classes()
+    y = model(X10).argmax(1)
+    assert clean_accuracy(model, X10, y) == 1.0
+    assert clean_accuracy(model, X10, y.int()) == 1.0  # any integer dtype
+    assert robust_accuracy(model, X10, y, FGSM(eps=0.0)).robust_accuracy == 1.0
+
+
+@pytest.mark.parametrize("device, message", [
+    ("gpu", "unknown device 'gpu'; valid: auto, cpu, cuda, mps"),
+    ("cuda", "device 'cuda' requested but CUDA is not available"),
+])
+def test_device_names_are_checked(device, message):
+    from advlab.eval.robust import model_device
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    model = _ten_classes()
+    with pytest.raises(ValueError) as err:
+        model_device(model, X10, device)
+    assert message in str(err.value)
+    for evaluate in EVALUATIONS.values():
+        with pytest.raises(ValueError) as err:
+            evaluate(model, X10, Y10, device=device)
+        assert message in str(err.value)
+    assert model_device(model, X10, "cpu") == torch.device("cpu")
+    assert model_device(model, X10, torch.device("cpu")) == torch.device("cpu")
+    assert model_device(model, X10) == torch.device("cpu")
+    assert clean_accuracy(model, X10, Y10, device=torch.device("cpu")) >= 0
+
 def test_evaluation_restores_training_mode_and_is_json_ready(case):
     model = nn.Sequential(nn.Flatten(), nn.Linear(D, 2), nn.Dropout(0.5))
     model.train()
@@ -336,3 +413,19 @@ def test_evaluation_restores_training_mode_and_is_json_ready(case):
     assert set(d) >= {"clean_accuracy", "robust_accuracy", "success_rate", "l2_mean",
                       "l2_median", "linf_mean", "linf_median", "seconds", "summary"}
     json.dumps(d, allow_nan=False)
+
+
+def test_transfer_robust_checks_labels_and_examples():
+    from advlab.eval.transfer import transfer_robust
+
+    model = torch.nn.Linear(4, 3)
+    x, y = torch.rand(5, 4), torch.tensor([0, 1, 2, 0, 1])
+    assert transfer_robust(model, x, y, x.clone()).shape == (5,)
+    with pytest.raises(ValueError, match=r"expected y in \[0, 2\] \(the model has 3 logits\)"):
+        transfer_robust(model, x, torch.tensor([0, 1, 3, 0, 1]), x.clone())
+    adv = x.clone()
+    adv[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="finite|NaN"):
+        transfer_robust(model, x, y, adv)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        transfer_robust(model, x, y, x + 2)

@@ -390,6 +390,47 @@ def test_wrong_shapes_are_refused():
         gradient_penalty(lambda x: x.sum(1), torch.rand(2, 3), torch.rand(3, 3))
 
 
+BAD_PIXELS = [
+    ("nan", lambda x: torch.where(x > 0.5, torch.nan, x), r"expected finite x, got \d+ NaN or inf"),
+    ("inf", lambda x: torch.where(x > 0.5, torch.inf, x), r"expected finite x, got \d+ NaN or inf"),
+    ("x255", lambda x: x * 255,
+     r"expected x inside \[0, 1\] \(pixels.*got values in \[\d.*, 2\d\d.*\]"),
+    ("negative", lambda x: x - 0.5, r"expected x inside \[0, 1\].*got values in \[-0\.\d+"),
+    ("uint8", lambda x: (x * 255).to(torch.uint8),
+     r"expected x to be a floating-point tensor in \[0, 1\], got torch\.uint8.*divide by 255"),
+    ("int64", lambda x: (x > 0.5).long(),
+     r"expected x to be a floating-point tensor in \[0, 1\], got torch\.int64"),
+]
+
+
+@pytest.mark.parametrize("name", ["ae", "vae", "gan"])
+@pytest.mark.parametrize("bad,message", [b[1:] for b in BAD_PIXELS],
+                         ids=[b[0] for b in BAD_PIXELS])
+def test_bad_pixel_values_are_refused_by_encode_and_project(name, bad, message):
+    model = generative.create(name, dataset="digits")
+    x = bad(_data("digits"))
+    calls = [lambda: model.project(x, steps=0, restarts=1)]
+    if isinstance(model, Autoencoder):
+        calls += [lambda: model.encode(x), lambda: model.reconstruct(x), lambda: model.loss(x)]
+    if isinstance(model, VAE):
+        calls += [lambda: model.elbo(x), lambda: model.iw_bound(x, k=2)]
+    for call in calls:
+        with pytest.raises(ValueError, match=message):
+            call()
+
+
+def test_point_models_take_unbounded_values_but_refuse_nan_and_integers():
+    vae = generative.create("vae", dataset="ring8")
+    x = 5 * _data("ring8")  # far outside [0, 1]: points are not pixels
+    assert x.abs().max() > 1
+    assert vae.encode(x).shape == (B, vae.latent_dim)
+    with pytest.raises(ValueError, match=r"expected finite x, got 1 NaN or inf values"):
+        vae.encode(torch.where(x == x.max(), torch.nan, x))
+    with pytest.raises(ValueError, match=r"expected x to be a floating-point tensor, got "
+                                         r"torch\.int64$"):
+        vae.project(x.long())
+
+
 def test_weights_round_trip_and_other_architecture_refused(tmp_path):
     torch.manual_seed(0)
     model = generative.create("vae", dataset="digits", latent_dim=8)
@@ -408,7 +449,7 @@ def test_weights_round_trip_and_other_architecture_refused(tmp_path):
     from advlab.weights import save_model
 
     save_model(tmp_path / "clf", models.create("mlp", dataset="digits"))
-    with pytest.raises(ValueError, match="not an advlab generative-model file"):
+    with pytest.raises(ValueError, match="kind 'advlab-generative-model', got 'advlab-model'"):
         generative.load_generative(tmp_path / "clf")
     with pytest.raises(FileNotFoundError):
         generative.load_generative(tmp_path / "missing")

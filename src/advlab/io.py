@@ -78,11 +78,23 @@ def _split(obj: Any, tensors: dict[str, torch.Tensor], prefix: str) -> Any:
 
 
 def _join(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Inverse of :func:`_split`; raises ValueError when the skeleton is not one it wrote."""
     if isinstance(obj, dict):
         if _TENSOR in obj:
-            return tensors[obj[_TENSOR]]
+            key = obj[_TENSOR]
+            if not isinstance(key, str) or key not in tensors:
+                raise ValueError(f"the metadata refers to tensor {key!r}, which the file does "
+                                 f"not hold")
+            return tensors[key]
         if "__dict__" in obj:
-            return {k: _join(v, tensors) for k, v in obj["__dict__"]}
+            pairs = obj["__dict__"]
+            if not isinstance(pairs, list) or not all(
+                isinstance(p, list) and len(p) == 2 and isinstance(p[0], (str, int))
+                for p in pairs
+            ):
+                raise ValueError(f"expected __dict__ to be a list of [key, value] pairs, got "
+                                 f"{json.dumps(pairs)[:80]}")
+            return {k: _join(v, tensors) for k, v in pairs}
         return {k: _join(v, tensors) for k, v in obj.items()}
     if isinstance(obj, list):
         return [_join(v, tensors) for v in obj]
@@ -112,4 +124,14 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{path}: not a readable safetensors file ({e})") from e
     if _META_KEY not in meta:
         raise ValueError(f"{path}: safetensors file without advlab metadata")
-    return _join(json.loads(meta[_META_KEY]), tensors)
+    try:
+        skeleton = json.loads(meta[_META_KEY])
+    except ValueError as e:
+        raise ValueError(f"{path}: the advlab metadata is not valid JSON ({e})") from e
+    if not isinstance(skeleton, dict):
+        raise ValueError(f"{path}: expected the advlab metadata to be a JSON object, got "
+                         f"{type(skeleton).__name__}")
+    try:
+        return _join(skeleton, tensors)
+    except ValueError as e:
+        raise ValueError(f"{path}: malformed advlab metadata: {e}") from e

@@ -8,6 +8,7 @@ another architecture are refused with a message that says what differs.
 
 from __future__ import annotations
 
+import json
 import platform
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from advlab.device import resolve_device
 from advlab.io import load_state, save_state, write_json
 
 WEIGHTS_FILE = "model.safetensors"
+KIND = "advlab-model"
 
 
 def library_versions() -> dict[str, str]:
@@ -68,7 +71,7 @@ def save_model(path: str | Path, model: nn.Module, metadata: dict[str, Any] | No
     if spec is None:
         raise ValueError("expected a model built by advlab.models.create (it has no .spec)")
     meta = {"spec": spec, "versions": library_versions(), **(metadata or {})}
-    save_state(path, {"kind": "advlab-model", "model": model.state_dict(), "meta": meta})
+    save_state(path, {"kind": KIND, "model": model.state_dict(), "meta": meta})
     write_json(path.with_suffix(".json"), meta)
     return path
 
@@ -83,29 +86,126 @@ def _weights_path(path: str | Path) -> Path:
     return path
 
 
+def _describe(obj: Any) -> str:
+    return "none" if obj is None else type(obj).__name__
+
+
+def _spec_problem(spec: Any) -> str | None:
+    """What is wrong with an architecture spec read from a file (None: nothing)."""
+    if not isinstance(spec, dict) or not {"name", "dataset", "kwargs"} <= set(spec):
+        got = f"keys {', '.join(sorted(map(str, spec)))}" if isinstance(spec, dict) else \
+            _describe(spec)
+        return (f"expected the architecture 'spec' to be an object with keys name, dataset, "
+                f"kwargs, got {got}")
+    if not isinstance(spec["name"], str):
+        return f"expected spec 'name' to be a string, got {_describe(spec['name'])}"
+    if spec["dataset"] is not None and not isinstance(spec["dataset"], str):
+        return f"expected spec 'dataset' to be a string or null, got {_describe(spec['dataset'])}"
+    if not isinstance(spec["kwargs"], dict):
+        return f"expected spec 'kwargs' to be an object, got {_describe(spec['kwargs'])}"
+    transforms = spec.get("transforms")
+    if transforms is not None and not (
+        isinstance(transforms, list) and all(isinstance(t, dict) and isinstance(t.get("name"), str)
+                                             and isinstance(t.get("params", {}), dict)
+                                             for t in transforms)
+    ):
+        return "expected spec 'transforms' to be a list of objects with a name and params"
+    return None
+
+
+def _arch(spec: dict[str, Any]) -> str:
+    return f"{spec.get('name')!r} for {spec.get('dataset')!r} {spec.get('kwargs')}"
+
+
+def _normalized(obj: Any) -> Any:
+    """``obj`` as JSON would give it back (tuples as lists, int keys as strings)."""
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def _check_sidecar(path: Path, spec: dict[str, Any]) -> None:
+    """Compare the file's spec with the readable ``<path>.json`` beside it (a run's model.json).
+
+    ``save_model`` writes both from the same spec, so a difference means the weights file was
+    replaced (say, by another run's): refuse it rather than load another architecture than the
+    run describes. A weights file without a ``.json`` beside it is not checked.
+    """
+    side = path.with_suffix(".json")
+    if not side.is_file():
+        return
+    try:
+        meta = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"{side}: not valid JSON ({e}); it should hold the metadata of "
+                         f"{path.name}, as save_model writes it") from e
+    if not isinstance(meta, dict) or "spec" not in meta:
+        got = _describe(meta) if not isinstance(meta, dict) else \
+            f"keys {', '.join(sorted(meta)) or 'none'}"
+        raise ValueError(f"{side}: expected a JSON object holding the architecture 'spec' of "
+                         f"{path.name}, got {got}")
+    if _normalized(meta["spec"]) != _normalized(spec):
+        side_spec = meta["spec"]
+        side_arch = _arch(side_spec) if isinstance(side_spec, dict) else repr(side_spec)
+        raise ValueError(f"{path}: holds weights of the architecture {_arch(spec)}, but "
+                         f"{side.name} beside it describes {side_arch} (was the weights file "
+                         f"copied from another run?); put back the run's own {path.name} or "
+                         f"the matching {side.name}")
+
+
+def read_checked(path: Path, kinds: tuple[str, ...]) -> dict[str, Any]:
+    """The state of the model file ``path``, its kind, meta and spec checked (ValueError)."""
+    state = load_state(path)
+    kind = state.get("kind")
+    if kind not in kinds:
+        raise ValueError(f"{path}: not an advlab model file (expected kind "
+                         f"{' or '.join(map(repr, kinds))}, got {kind!r})")
+    meta = state.get("meta")
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: expected 'meta' to be a JSON object holding the architecture "
+                         f"'spec', got {_describe(meta)}")
+    if meta.get("spec") is None:
+        raise ValueError(f"{path}: expected the architecture 'spec' in the metadata, got none")
+    problem = _spec_problem(meta["spec"])
+    if problem:
+        raise ValueError(f"{path}: {problem}")
+    weights = state.get("model")
+    if not isinstance(weights, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()
+    ):
+        raise ValueError(f"{path}: expected 'model' to be a mapping of tensor names to tensors, "
+                         f"got {_describe(weights)}")
+    _check_sidecar(path, meta["spec"])
+    return state
+
+
 def read_model_meta(path: str | Path) -> dict[str, Any]:
-    state = load_state(_weights_path(path))
-    return state.get("meta", {})
+    """The metadata (spec, data set, config, versions) of a classifier or generative model."""
+    from advlab.generative.weights import KIND as GENERATIVE_KIND
+
+    return read_checked(_weights_path(path), (KIND, GENERATIVE_KIND))["meta"]
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild and load a model saved by :func:`save_model` (a file or a run directory)."""
     from advlab import models
 
+    dev = resolve_device(device)  # unknown or unavailable devices fail before any reading
     path = _weights_path(path)
-    state = load_state(path)
-    if state.get("kind") != "advlab-model":
-        raise ValueError(f"{path}: not an advlab model file (kind={state.get('kind')!r})")
-    model = models.from_spec(state["meta"]["spec"])
+    state = read_checked(path, (KIND,))
+    try:
+        model = models.from_spec(state["meta"]["spec"])
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{path}: cannot rebuild the architecture from the file's spec "
+                         f"({e})") from e
     check_state_dict(model, state["model"], path)
     model.load_state_dict(state["model"])
-    return model.to(device).eval()
+    return model.to(dev).eval()
 
 
 def load_weights_into(model: nn.Module, path: str | Path) -> nn.Module:
     """Load a saved model's weights into an existing module, checking the architecture."""
-    state = load_state(_weights_path(path))
-    check_spec(model, state.get("meta", {}).get("spec"), path)
+    path = _weights_path(path)
+    state = read_checked(path, (KIND,))
+    check_spec(model, state["meta"]["spec"], path)
     check_state_dict(model, state["model"], path)
     model.load_state_dict(state["model"])
     return model

@@ -182,22 +182,46 @@ def _check_labels(name: str, lab: object, batch: int, device: torch.device) -> T
     return lab.long()
 
 
+# --- input checks, shared with the generative models (``GenerativeModel.check_data``) -------
+
+def check_floating(x: Tensor, what: str = "x", *, box: bool = True,
+                   uint8_hint: bool = False) -> None:
+    """Raise ``ValueError`` unless ``x`` has a floating-point dtype. ``box``: say that the
+    values belong in [0, 1]; ``uint8_hint``: for uint8 input, suggest dividing by 255."""
+    if not x.is_floating_point():
+        hint = (" (8-bit pixels: divide by 255, e.g. x.float() / 255)"
+                if uint8_hint and x.dtype == torch.uint8 else "")
+        raise ValueError(f"expected {what} to be a floating-point tensor"
+                         f"{' in [0, 1]' if box else ''}, got {x.dtype}{hint}")
+
+
+def check_values(x: Tensor, what: str = "x", *, box: bool = True) -> None:
+    """Raise ``ValueError`` unless every value of ``x`` is finite and, with ``box``, inside
+    [0, 1] (the message gives the observed range). One pass over ``x``."""
+    if not x.numel():
+        return
+    lo, hi = (v.item() for v in torch.aminmax(x.detach()))  # NaN and inf show up here
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"expected finite {what}, got {bad} NaN or inf values")
+    if box and (lo < 0 or hi > 1):
+        raise ValueError(f"expected {what} inside [0, 1] (pixels, before any normalization), "
+                         f"got values in [{lo:.4g}, {hi:.4g}]")
+
+
 def _check_inputs(x: object) -> None:
     if not isinstance(x, Tensor):
         raise ValueError(f"expected x to be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise ValueError(f"expected x to be a floating-point tensor in [0, 1], got {x.dtype}")
+    check_floating(x)
     if x.dim() < 2:
         raise ValueError(f"expected x of shape (B, ...) with a batch dimension, "
                          f"got {tuple(x.shape)}")
-    if x.numel():
-        lo, hi = (v.item() for v in torch.aminmax(x))  # one pass; NaN and inf show up here
-        if not (math.isfinite(lo) and math.isfinite(hi)):
-            bad = int((~torch.isfinite(x)).sum())
-            raise ValueError(f"expected finite x, got {bad} NaN or inf values")
-        if lo < 0 or hi > 1:
-            raise ValueError(f"expected x inside [0, 1] (pixels, before any normalization), "
-                             f"got values in [{lo:.4g}, {hi:.4g}]")
+    check_values(x)
+
+
+# Public names for reuse outside the engine (advlab.eval.robust.check_data): the same checks.
+check_inputs = _check_inputs
+check_labels = _check_labels
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -44,7 +44,9 @@ seeds and checkpoints: a different start per batch, the same sequence on a rerun
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +57,7 @@ from advlab.defenses.common import (
     CRAFT_MODES,
     check_bool,
     check_choice,
+    check_dataset,
     check_fraction,
     check_int,
     check_number,
@@ -63,6 +66,25 @@ from advlab.defenses.common import (
 )
 from advlab.defenses.registry import build, per_dataset, register
 from advlab.train.objective import StepOutput
+
+
+def _positive(name: str, value: object) -> None:
+    check_number(name, value, positive=True)
+
+
+# The check of every setting, by field name: run by ``__post_init__`` and, by the factories
+# below, on the caller's values before any default is derived from them (alpha from eps).
+# eps and alpha must be > 0: a zero radius or step size crafts no adversary at all.
+CHECKS: dict[str, Callable[[str, object], None]] = {
+    "eps": _positive,
+    "alpha": _positive,
+    "steps": check_int,
+    "norm": lambda name, value: check_choice(name, value, NORMS),
+    "random_start": check_bool,
+    "clean_weight": check_fraction,
+    "craft_mode": lambda name, value: check_choice(name, value, CRAFT_MODES),
+    "clip_start": check_bool,
+}
 
 
 @dataclass(frozen=True)
@@ -80,14 +102,9 @@ class AdversarialTraining:
     clip_start: bool = True  # clip the (ℓ∞) random start to [0, 1] before the first gradient
 
     def __post_init__(self) -> None:
-        check_number("eps", self.eps)
-        check_number("alpha", self.alpha)
-        check_int("steps", self.steps)
-        check_choice("norm", self.norm, NORMS)
-        check_bool("random_start", self.random_start)
-        check_fraction("clean_weight", self.clean_weight)
-        check_choice("craft_mode", self.craft_mode, CRAFT_MODES)
-        check_bool("clip_start", self.clip_start)
+        for f in fields(self):
+            if f.name in CHECKS:
+                CHECKS[f.name](f.name, getattr(self, f.name))
 
     @property
     def threat(self) -> ThreatModel:
@@ -142,13 +159,36 @@ PGD_DEFAULTS = {
 FAST_EPS = {"mnist": 0.3, "fashion-mnist": 0.1, "digits": 0.1, "cifar10": 8 / 255, "*": 0.1}
 
 
+# Parameter names used for the same setting elsewhere (papers' code, torchattacks); the
+# registry's close-match hint would suggest 'steps' for 'step_size'.
+ALIASES = {"step_size": ("the step size", "alpha"), "stepsize": ("the step size", "alpha")}
+
+
+def _checked(name: str, dataset: str | None, params: Mapping[str, Any]) -> None:
+    """Refuse an unknown data set and check the caller's values (``CHECKS``) before the
+    factory derives defaults from them. Unknown parameter names are left to ``build``,
+    except the aliases above, which get pointed at the right name."""
+    check_dataset(dataset)
+    for key in params:
+        if key in ALIASES:
+            what, field = ALIASES[key]
+            valid = ", ".join(f.name for f in fields(AdversarialTraining) if f.name != "name")
+            raise ValueError(f"unknown parameter {key!r} for defense {name!r}: {what} is "
+                             f"{field!r}. Valid parameters: {valid}")
+    for key, value in params.items():
+        if key in CHECKS:
+            CHECKS[key](key, value)
+
+
 def _eps(table: dict[str, float], dataset: str | None) -> float:
     return table.get(dataset or "*", table["*"])
 
 
 @register("fgsm-at")
 def fgsm_at(dataset: str | None = None, **params) -> AdversarialTraining:
-    """Goodfellow et al.: α·J(x) + (1 − α)·J(x + ε·sign(∇ₓJ)), α = ``clean_weight`` = 0.5."""
+    """Goodfellow et al.: α·J(x) + (1 − α)·J(x + ε·sign(∇ₓJ)), α = ``clean_weight`` = 0.5 (the
+    mix weight; ``alpha`` is the step size, ε unless given)."""
+    _checked("fgsm-at", dataset, params)
     eps = params.get("eps", _eps(FGSM_EPS, dataset))
     defaults = dict(eps=eps, alpha=eps, steps=1, random_start=False, clean_weight=0.5)
     return build(AdversarialTraining, "fgsm-at", params, defaults)
@@ -158,6 +198,7 @@ def fgsm_at(dataset: str | None = None, **params) -> AdversarialTraining:
 def pgd_at(dataset: str | None = None, **params) -> AdversarialTraining:
     """Madry et al.: the loss at a PGD adversary with a random start (step 2.5·ε/steps unless
     the data set has the paper's value)."""
+    _checked("pgd-at", dataset, params)
     defaults = per_dataset(PGD_DEFAULTS, dataset)
     defaults.update({k: params[k] for k in ("eps", "steps") if k in params})
     if "alpha" not in defaults or "eps" in params or "steps" in params:
@@ -169,6 +210,7 @@ def pgd_at(dataset: str | None = None, **params) -> AdversarialTraining:
 @register("fast-at")
 def fast_at(dataset: str | None = None, **params) -> AdversarialTraining:
     """Wong et al.: FGSM from a uniform random start, step 1.25·ε, projected to ball and box."""
+    _checked("fast-at", dataset, params)
     eps = params.get("eps", _eps(FAST_EPS, dataset))
     defaults = dict(eps=eps, alpha=1.25 * eps, steps=1, random_start=True, clean_weight=0.0,
                     clip_start=False)

@@ -8,6 +8,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from advlab.data.base import info as dataset_info
+
 CRAFT_MODES = ("eval", "train")
 
 
@@ -64,3 +66,13 @@ def check_int(name: str, value: object, low: int = 1) -> None:
 def check_bool(name: str, value: object) -> None:
     if not isinstance(value, bool):
         raise ValueError(f"expected {name} to be True or False, got {value!r}")
+
+
+def check_dataset(dataset: object) -> None:
+    """``None`` (a defense's documented default row) or a known data set name; an unknown name
+    raises ``ValueError`` listing the known data sets, instead of falling back to a default."""
+    if dataset is None:
+        return
+    if not isinstance(dataset, str):
+        raise ValueError(f"expected dataset to be a dataset name or None, got {dataset!r}")
+    dataset_info(dataset)  # unknown: "unknown dataset 'x'. Valid datasets: ..."

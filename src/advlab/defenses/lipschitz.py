@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from advlab.defenses.common import check_int, check_number, mode
+from advlab.defenses.common import check_dataset, check_int, check_number, mode
 from advlab.defenses.registry import build, register
 from advlab.models import TRANSFORMS, Normalize
 from advlab.train.objective import StepOutput
@@ -164,6 +164,8 @@ class SpectralBound(nn.Module):
     def __init__(self, weight: Tensor, bound: float, power_iterations: int = 10,
                  geometry: ConvGeometry | None = None) -> None:
         super().__init__()
+        check_number("bound", bound, positive=True)
+        check_int("power_iterations", power_iterations)  # >= 1: 0 would never update u, v
         self.bound = float(bound)
         self.power_iterations = int(power_iterations)
         self.geometry = geometry  # None for a linear layer
@@ -205,8 +207,7 @@ class SpectralBound(nn.Module):
     def forward(self, w: Tensor) -> Tensor:
         if self.training:
             self._converged_for = None
-            if self.power_iterations:
-                self._iterate(w.detach(), self.power_iterations)
+            self._iterate(w.detach(), self.power_iterations)
         else:
             # Eval mode: converge once per version of the weights (each optimizer step or
             # load bumps the version), so a deployed model is bounded by its true norms.
@@ -261,7 +262,7 @@ def make_lipschitz(model: nn.Module, bound: float = 1.0, *, power_iterations: in
     """Bound the operator norm of every ``Linear`` and ``Conv2d`` of ``model`` by ``bound``
     (in place; returns ``model``). The model's ``spec`` records the transform."""
     check_number("bound", bound, positive=True)
-    check_int("power_iterations", power_iterations, low=0)
+    check_int("power_iterations", power_iterations)
     if is_lipschitz(model):
         raise ValueError("expected a model without spectral bounds, got one already made "
                          "Lipschitz (make_lipschitz was applied twice)")
@@ -423,7 +424,7 @@ class LipschitzMargin:
 
     def __post_init__(self) -> None:
         check_number("bound", self.bound, positive=True)
-        check_int("power_iterations", self.power_iterations, low=0)
+        check_int("power_iterations", self.power_iterations)
         check_number("margin_eps", self.margin_eps)
         check_number("scale", self.scale, positive=True)
 
@@ -447,4 +448,5 @@ class LipschitzMargin:
 @register("lipschitz")
 def lipschitz(dataset: str | None = None, **params) -> LipschitzMargin:
     """Spectral bounds on every layer (``make_lipschitz``) and Lipschitz-margin cross-entropy."""
+    check_dataset(dataset)  # no per-data-set defaults, but a misspelt name is still an error
     return build(LipschitzMargin, "lipschitz", params)

@@ -27,7 +27,9 @@ import torch
 from torch import Tensor, nn
 
 from advlab.attacks import Attack, AttackResult, create
+from advlab.attacks.base import check_inputs, check_labels
 from advlab.attacks.threat import lp_norm
+from advlab.device import resolve_device
 from advlab.tuning import auto_batch_size
 
 Model = Callable[[Tensor], Tensor]  # pixels in [0, 1] (B, ...) -> logits (B, K)
@@ -42,9 +44,11 @@ def finite_or_none(v: float) -> float | None:
 
 def model_device(model: Model, x: Tensor, device: torch.device | str | None = None
                  ) -> torch.device:
-    """``device`` if given, else the device of the model's first parameter, else ``x``'s."""
+    """``device`` if given (checked by ``advlab.device.resolve_device``: a torch.device, or a
+    name such as ``cpu``, ``cuda[:i]``, ``auto``), else the device of the model's first
+    parameter, else ``x``'s."""
     if device is not None:
-        return torch.device(device)
+        return resolve_device(device)
     if isinstance(model, nn.Module):
         p = next(model.parameters(), None)
         if p is not None:
@@ -53,6 +57,9 @@ def model_device(model: Model, x: Tensor, device: torch.device | str | None = No
 
 
 def check_data(x: object, y: object) -> None:
+    """Raise ValueError unless x is (N, ...) floating point, finite, inside [0, 1] and y (N,)
+    integer class indices >= 0 (the attack engine's checks; the upper bound, the number of
+    classes, is checked against the clean logits by ``check_labels_fit``)."""
     if not isinstance(x, Tensor) or not isinstance(y, Tensor):
         raise ValueError(f"expected x and y to be tensors, got {type(x).__name__} and "
                          f"{type(y).__name__}")
@@ -61,6 +68,39 @@ def check_data(x: object, y: object) -> None:
                          f"{tuple(x.shape)} and y {tuple(y.shape)}")
     if x.shape[0] == 0:
         raise ValueError("expected at least one example, got an empty x")
+    try:  # the attack engine's own checks: floating point, finite, inside [0, 1]
+        check_inputs(x)
+    except ValueError as e:
+        raise ValueError(f"{e}{_pixel_hint(x)}") from e
+    # integer class indices >= 0; y may sit on another device than x (it is moved to x's)
+    check_labels("y", y, x.shape[0], y.device)
+
+
+def _pixel_hint(x: Tensor) -> str:
+    """A hint for images stored as 0..255 (integer dtype, or floats above 1 up to 255)."""
+    if x.dtype == torch.bool or x.is_complex():
+        return ""
+    if x.is_floating_point():
+        lo, hi = (v.item() for v in torch.aminmax(x))
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo >= 0 and 1 < hi <= 255):
+            return ""
+    return "; images stored as 0..255 (e.g. uint8) must be scaled first: pass x.float() / 255"
+
+
+def check_labels_fit(y: Tensor, logits: Tensor, what: str = "the model's logits") -> None:
+    """``logits`` (N, K) for the N labels ``y``, and every label a class index < K.
+
+    ``check_data`` cannot know K; call this once the clean logits are at hand, so that a label
+    the model cannot predict fails here instead of counting as a silent misclassification.
+    """
+    n = y.shape[0]
+    if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != n:
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ValueError(f"expected {what} of shape ({n}, K), got {shape}")
+    k = logits.shape[1]
+    if n and int(y.max()) >= k:
+        raise ValueError(f"expected y in [0, {k - 1}] (the model has {k} logits), got a value "
+                         f"{int(y.max())}")
 
 
 def check_batch_size(batch_size: object) -> None:
@@ -226,8 +266,10 @@ def robust_accuracy(model: Model, x: Tensor, y: Tensor, attack: Attack, *,
     start = time.perf_counter()
     dev = model_device(model, x, device)
     y = y.to(x.device).long()
+    given = clean_logits is not None
     if clean_logits is None:
         clean_logits = predict(model, x, batch_size, dev)
+    check_labels_fit(y, clean_logits, "clean_logits" if given else "the model's logits")
     clean_logits = clean_logits.to(x.device).float()
     clean_correct = clean_logits.argmax(dim=1) == y
     todo = clean_correct if mask is None else clean_correct & mask.to(x.device)
@@ -310,7 +352,9 @@ def clean_accuracy(model: Model, x: Tensor, y: Tensor, *, batch_size: int = 1000
                    device: torch.device | str | None = None) -> float:
     """Fraction of ``x`` classified as ``y``."""
     check_data(x, y)
-    return (predict(model, x, batch_size, device).argmax(1) == y.to(x.device)).float().mean().item()
+    logits = predict(model, x, batch_size, device)
+    check_labels_fit(y, logits)
+    return (logits.argmax(1) == y.to(x.device)).float().mean().item()
 
 
 # --- accuracy over a list of ε --------------------------------------------------------------
@@ -389,6 +433,7 @@ def robust_accuracy_curve(model: Model, x: Tensor, y: Tensor, attack_name: str,
     start = time.perf_counter()
     dev = model_device(model, x, device)
     clean_logits = predict(model, x, batch_size, dev)
+    check_labels_fit(y, clean_logits)
     if minimal:
         ev = robust_accuracy(model, x, y, probe, batch_size=batch_size, progress=progress,
                              device=dev, clean_logits=clean_logits)
@@ -459,6 +504,7 @@ def eps_ref(model: Model, x: Tensor, y: Tensor, *, level: float = 0.5, eps_max: 
                          f"eps_max={eps_max!r}, tol={tol!r}, grid={grid!r}")
     dev = model_device(model, x, device)
     clean_logits = predict(model, x, batch_size, dev)
+    check_labels_fit(y, clean_logits)
     history: list[tuple[float, float]] = []
 
     def acc(e: float) -> float:
@@ -530,6 +576,7 @@ def rho2(model: Model, x: Tensor, y: Tensor, *, over: str = "correct",
     attack = create("deepfool", **deepfool_params)
     dev = model_device(model, x, device)
     clean_logits = predict(model, x, batch_size, dev)
+    check_labels_fit(y, clean_logits)  # also with over="all": y must still be class indices
     labels = y.to(x.device) if over == "correct" else clean_logits.argmax(1)
     ev = robust_accuracy(model, x, labels, attack, batch_size=batch_size, progress=progress,
                          device=dev, clean_logits=clean_logits)

@@ -23,6 +23,7 @@ from advlab.eval.robust import (
     Model,
     RobustEvaluation,
     check_data,
+    check_labels_fit,
     model_device,
     predict,
     progress_bar,
@@ -49,12 +50,15 @@ def transfer_robust(target: Model, x: Tensor, y: Tensor, adv: Tensor, *, batch_s
                     clean_logits: Tensor | None = None) -> Tensor:
     """(N,) bool: ``target`` is correct on ``x`` and on ``adv`` (examples from another model)."""
     check_data(x, y)
-    if adv.shape != x.shape:
-        raise ValueError(f"expected adv of x's shape {tuple(x.shape)}, got {tuple(adv.shape)}")
+    if not isinstance(adv, Tensor) or adv.shape != x.shape:
+        shape = tuple(adv.shape) if isinstance(adv, Tensor) else type(adv).__name__
+        raise ValueError(f"expected adv of x's shape {tuple(x.shape)}, got {shape}")
+    check_data(adv, y)  # the examples too: floating point, finite, inside [0, 1]
     dev = model_device(target, x, device)
     y = y.to(x.device)
     if clean_logits is None:
         clean_logits = predict(target, x, batch_size, dev)
+    check_labels_fit(y, clean_logits)
     return (clean_logits.argmax(1) == y) & (predict(target, adv, batch_size, dev).argmax(1) == y)
 
 

@@ -61,7 +61,7 @@ class AdversarialModel(GenerativeModel):
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         """The critic's score per example (a logit for "gan"). (B,)"""
-        self.check_data(x)
+        self.check_shape(x)  # training scores the generator's own output: a NaN is divergence
         return self.critic(x).reshape(x.shape[0])
 
 

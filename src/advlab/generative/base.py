@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from advlab.attacks.base import check_floating, check_values
 from advlab.data.base import info as dataset_info
 from advlab.registry import Registry
 
@@ -56,7 +57,17 @@ class GenerativeModel(nn.Module):
         return next(self.parameters()).device
 
     def check_data(self, x: torch.Tensor, what: str = "x") -> None:
-        """Raise ``ValueError`` unless ``x`` is a batch (B, *data_shape)."""
+        """Raise ``ValueError`` unless ``x`` is a batch (B, *data_shape) of finite floats, inside
+        [0, 1] for image models (pixels; the error gives the observed range and, for uint8
+        input, the conversion). Points are unbounded: only finiteness is checked."""
+        self.check_shape(x, what)
+        pixels = self.kind == "image"
+        check_floating(x, what, box=pixels, uint8_hint=pixels)
+        check_values(x, what, box=pixels)
+
+    def check_shape(self, x: torch.Tensor, what: str = "x") -> None:
+        """Raise ``ValueError`` unless ``x`` is a batch (B, *data_shape); values unchecked (for
+        the model's own outputs in training, where a NaN is the loop's divergence to report)."""
         if not isinstance(x, torch.Tensor) or x.dim() != len(self.data_shape) + 1 \
                 or tuple(x.shape[1:]) != self.data_shape:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__

@@ -12,9 +12,10 @@ from typing import Any
 
 import torch
 
+from advlab.device import resolve_device
 from advlab.generative.base import GenerativeModel, from_spec
-from advlab.io import load_state, save_state, write_json
-from advlab.weights import WEIGHTS_FILE, check_state_dict, library_versions
+from advlab.io import save_state, write_json
+from advlab.weights import WEIGHTS_FILE, check_state_dict, library_versions, read_checked
 
 KIND = "advlab-generative-model"
 
@@ -43,14 +44,16 @@ def save_generative(path: str | Path, model: GenerativeModel,
 
 def load_generative(path: str | Path, device: str | torch.device = "cpu") -> GenerativeModel:
     """Rebuild and load a model saved by :func:`save_generative` (a file or a run directory)."""
+    dev = resolve_device(device)  # unknown or unavailable devices fail before any reading
     path = _path(path, must_exist=True)
-    state = load_state(path)
-    if state.get("kind") != KIND:
-        raise ValueError(f"{path}: not an advlab generative-model file "
-                         f"(kind={state.get('kind')!r})")
-    model = from_spec(state["meta"]["spec"])
+    state = read_checked(path, (KIND,))  # kind, spec, tensors, and the .json beside it
+    try:
+        model = from_spec(state["meta"]["spec"])
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{path}: cannot rebuild the architecture from the file's spec "
+                         f"({e})") from e
     load_checked(model, state["model"], path)
-    return model.to(device).eval()
+    return model.to(dev).eval()
 
 
 def load_checked(model: GenerativeModel, weights: dict[str, torch.Tensor], source: Any) -> None:
