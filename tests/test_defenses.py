@@ -133,7 +133,7 @@ def test_unknown_parameters_name_the_valid_ones():
         defenses.create_objective("deep-defense", **{"lambda": 1.0})
 
 
-@pytest.mark.parametrize("name", ["fgsm-at", "pgd-at", "fast-at", "lipschitz"])
+@pytest.mark.parametrize("name", sorted(defenses.available()))
 def test_unknown_dataset_is_refused_with_the_known_ones(name):
     with pytest.raises(ValueError, match=r"unknown dataset 'nope'\..*Valid datasets: mnist, "
                                          r"fashion-mnist, cifar10, digits"):

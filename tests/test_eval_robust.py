@@ -429,3 +429,14 @@ def test_transfer_robust_checks_labels_and_examples():
         transfer_robust(model, x, y, adv)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         transfer_robust(model, x, y, x + 2)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_cuda_torch_device_object_is_checked_like_its_name():
+    from advlab.device import resolve_device
+
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        resolve_device(torch.device("cuda"))
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+    with pytest.raises(ValueError, match="expected device to be a name"):
+        resolve_device(3)

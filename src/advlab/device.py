@@ -10,7 +10,10 @@ VALID_DEVICES = ("auto", "cpu", "cuda", "mps")
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     """Return a usable ``torch.device`` for ``name`` (``auto``, ``cpu``, ``cuda[:i]``, ``mps``)."""
     if isinstance(name, torch.device):
-        return name
+        name = str(name)  # checked like its name: torch.device("cuda") needs CUDA too
+    if name is not None and not isinstance(name, str):
+        raise ValueError(f"expected device to be a name ({', '.join(VALID_DEVICES)}) or a "
+                         f"torch.device, got {type(name).__name__}")
     name = (name or "auto").lower()
     if name == "auto":
         if torch.cuda.is_available():

@@ -35,8 +35,12 @@ def create_objective(name: str, dataset: str | None = None, **params: Any) -> Ob
     >>> objective = create_objective("pgd-at", dataset="mnist")  # ε = 0.3, 40 steps of 0.01
     >>> objective = create_objective("fast-at", dataset="mnist", eps=0.2)
     """
+    from advlab.defenses.common import check_dataset
+
+    factory = DEFENSES.get(name)  # an unknown defense: the error lists the valid ones
+    check_dataset(dataset)  # every defense: a misspelt data set is an error, not the default
     params = {k: v for k, v in params.items() if v is not None}
-    return DEFENSES.get(name)(dataset, **params)
+    return factory(dataset, **params)
 
 
 def build(cls: type, name: str, params: Mapping[str, Any],
