@@ -137,12 +137,69 @@ def test_n_checks_below_one_is_refused_before_any_work(run_dir, tmp_path, value)
     assert not (tmp_path / "x").exists()
 
 
-def test_transfer_from_the_cli_says_where_transfer_accuracy_is_measured(run_dir, tmp_path):
+def test_attack_named_transfer_points_to_transfer_from(run_dir, tmp_path):
     res = invoke(str(run_dir), "--attack", "transfer", "--eps", "0.1",
                  "--out", str(tmp_path / "x"))
-    assert res.exit_code == 2
-    assert "--surrogate" in res.output and "eval robust" in res.output
+    assert res.exit_code == 2 and "--transfer-from" in res.output
     assert not (tmp_path / "x").exists()
+
+
+@pytest.fixture(scope="module")
+def other_run(tmp_path_factory):
+    """Another digits MLP (another seed and width): the source of transfer attacks."""
+    out = tmp_path_factory.mktemp("clf") / "other"
+    job = ClassifierJob(dataset="digits", model="mlp", model_kwargs={"widths": [32]},
+                        train=TrainConfig(epochs=2, lr=5e-3, batch_size=64, seed=1,
+                                          device="cpu"))
+    train_classifier(job, out, progress=False)
+    return out
+
+
+def test_transfer_from_crafts_on_the_source_and_evaluates_the_run(run_dir, other_run,
+                                                                  tmp_path):
+    res = invoke(str(run_dir), "-a", "pgd", "--eps", "0.05,0.1", "--steps", "10", "--n", "150",
+                 "--no-random-start", "--transfer-from", str(other_run), "--no-checks",
+                 "--out", str(tmp_path / "t"))
+    assert res.exit_code == 0, res.output
+    assert "transfer" in res.output
+    m = read_json(tmp_path / "t" / "metrics.json")
+    assert m["transfer"] is True and m["transfer_from"] == str(other_run)
+    # the same numbers by hand: PGD (deterministic: no random start) crafted on the source,
+    # the run evaluated on its examples; the curve is cumulative over the eps list
+    ds = data.subset(data.load("digits", "test"), 150, seed=0)
+    victim, source = load_model(run_dir), load_model(other_run)
+    robust = torch.ones(150, dtype=torch.bool)
+    by_eps = {r["eps"]: r for r in m["per_eps"]}
+    for eps in (0.05, 0.1):
+        pgd = create("pgd", eps=eps, steps=10, random_start=False, early_stop=True, seed=0)
+        ev = robust_accuracy(victim, ds.x, ds.y, create("transfer", attack=pgd, source=source))
+        robust &= ev.robust
+        assert by_eps[eps]["robust_accuracy"] == pytest.approx(robust.float().mean().item())
+    white = robust_accuracy(victim, ds.x, ds.y, create("pgd", eps=0.1, steps=10,
+                                                       random_start=False, early_stop=True))
+    assert m["robust_accuracy"] > white.robust_accuracy  # black box: weaker than white box
+    # a source of another data set is refused, before any run directory exists
+    from advlab import models
+    from advlab.weights import save_model
+
+    save_model(tmp_path / "ring", models.create("mlp", dataset="ring8"), {"dataset": "ring8"})
+    res = invoke(str(run_dir), "-a", "fgsm", "--eps", "0.1", "--transfer-from",
+                 str(tmp_path / "ring"), "--out", str(tmp_path / "u"))
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and "a model of 'ring8'" in text and "'digits'" in text
+    assert not (tmp_path / "u").exists()
+
+
+def test_transfer_from_the_run_itself_equals_the_white_box_attack(run_dir, tmp_path):
+    args = ["-a", "pgd", "--eps", "0.1", "--steps", "10", "--n", "100", "--no-checks"]
+    res = invoke(str(run_dir), *args, "--out", str(tmp_path / "w"))
+    assert res.exit_code == 0, res.output
+    res = invoke(str(run_dir), *args, "--transfer-from", str(run_dir), "--out",
+                 str(tmp_path / "t"))
+    assert res.exit_code == 0, res.output
+    white, transfer = (read_json(tmp_path / d / "metrics.json") for d in ("w", "t"))
+    assert transfer["robust_accuracy"] == white["robust_accuracy"]
+    assert transfer["l2_mean"] == pytest.approx(white["l2_mean"])
 
 
 @pytest.mark.parametrize("spec", ["", ",", "0.1,,0.2", "nan", "inf", "0.1,-inf"])

@@ -62,6 +62,8 @@ def attack_command(
         "measured once and cached)."),
     surrogate: Path = typer.Option(None, help="Another classifier run: adds the white-box vs "
                                    "transfer soundness check."),
+    transfer_from: Path = typer.Option(None, help="Craft the attack on this classifier run "
+                                       "and evaluate RUN on its examples (black-box transfer)."),
     checks: bool = typer.Option(True, help="Run the soundness checks (gradient masking)."),
     n_checks: int = typer.Option(200, min=1, help="Points used by the soundness checks."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
@@ -73,20 +75,16 @@ def attack_command(
     from advlab.attacks import ATTACKS, create
     from advlab.report.attack_report import attack_report, checks_table, summary_table, sweep_table
     from advlab.runs import log_to_run, new_run_dir
-    from advlab.weights import library_versions, load_model
+    from advlab.weights import library_versions, load_model, read_model_meta
 
     setup_logging()
     apply_data_dir(data_dir)
     try:
         cls = ATTACKS.get(attack)  # unknown name: the error lists the valid attacks
         if attack == "transfer":
-            raise ValueError(
-                "the transfer attack needs a source model and an inner attack, which this "
-                "command does not take; the CLI measures transfer this way: `advlab attack RUN "
-                "-a pgd --eps E --surrogate SOURCE_RUN` (the transfer check attacks RUN with "
-                "examples crafted on SOURCE_RUN) or `advlab eval robust RUN --surrogate "
-                "SOURCE_RUN` (transfer accuracy in the table); in Python: advlab.attacks."
-                "create('transfer', source=model, attack='pgd', attack_params={'eps': E})")
+            raise ValueError("transfer wraps another attack: name that one and the model to "
+                             "craft on, e.g. `advlab attack RUN -a pgd --eps 0.3 "
+                             "--transfer-from SOURCE_RUN`")
         eps_list = parse_floats(eps, "--eps", low=0.0) if eps is not None else None
         params = _params(attack, dict(
             steps=steps, norm=norm, alpha=alpha, restarts=restarts, random_start=random_start,
@@ -98,18 +96,27 @@ def attack_command(
             create(attack, **params, **({"eps": eps_list[0]} if eps_list else {}))
         model, dataset, ds, dev = load_classifier_run(run, split, n, seed, device)
         sur = load_model(surrogate, dev) if surrogate is not None else None
+        source = None
+        if transfer_from is not None:
+            source = load_model(transfer_from, dev)
+            source_data = read_model_meta(transfer_from).get("dataset")
+            if source_data != dataset:
+                raise ValueError(f"--transfer-from {transfer_from}: a model of {source_data!r}, "
+                                 f"expected one of the attacked run's data set {dataset!r}")
         report = new_run_dir("attack", out)
         config = {"command": "attack", "source_run": str(run), "dataset": dataset,
                   "split": split, "n": len(ds), "seed": seed, "attack": attack,
                   "params": params, "eps": eps_list, "batch_size": batch_size,
-                  "surrogate": str(surrogate) if surrogate else None}
+                  "surrogate": str(surrogate) if surrogate else None,
+                  "transfer_from": str(transfer_from) if transfer_from else None}
         report.write_config(config)
         with log_to_run(report):
             metrics = attack_report(model, ds.x, ds.y, ds.classes, attack, eps_list, params,
                                     report.figures, batch_size=batch_size, device=dev,
                                     progress=progress, checks=checks, surrogate=sur,
-                                    n_checks=n_checks, seed=seed)
+                                    n_checks=n_checks, seed=seed, source=source)
         metrics.update({"source_run": str(run), "dataset": dataset, "split": split,
+                        "transfer_from": str(transfer_from) if transfer_from else None,
                         "versions": library_versions()})
         report.write_metrics(metrics)
     except (ValueError, FileNotFoundError) as e:

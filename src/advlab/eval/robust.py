@@ -406,7 +406,7 @@ def robust_accuracy_curve(model: Model, x: Tensor, y: Tensor, attack_name: str,
                           eps_list: Sequence[float], *, cumulative: bool = True,
                           batch_size: int | None = None, progress: bool = False,
                           device: torch.device | str | None = None,
-                          **params: Any) -> AccuracyCurve:
+                          source: Model | None = None, **params: Any) -> AccuracyCurve:
     """Accuracy of ``model`` under attack ``attack_name`` at every ε of ``eps_list`` (sorted).
 
     Minimal-perturbation attacks (``attack.minimal``: deepfool, cw) run once; accuracy(ε) is
@@ -422,14 +422,25 @@ def robust_accuracy_curve(model: Model, x: Tensor, y: Tensor, attack_name: str,
     attack found at any ε' ≤ ε of the list; it never increases. With ``cumulative=False`` every
     ε attacks all correctly classified points: the plain accuracy of that one attack, which
     for FGSM need not fall monotonically (use it to reproduce published FGSM curves).
+
+    With a ``source`` model every attack is crafted on it and evaluated on ``model`` (a
+    ``Transfer`` of the attack: the black-box setting); the cumulative argument still holds,
+    as a transferred example that fools ``model`` at ε₁ lies in every larger ball.
     """
     check_data(x, y)
     eps = _check_eps_list(eps_list)
     if params.get("eps") is not None:
         raise ValueError("expected the budgets in eps_list, got eps in the attack parameters too")
     params = {k: v for k, v in params.items() if v is not None and k != "eps"}
+    def build(**kw: Any) -> Attack:
+        attack = create(attack_name, **kw)
+        return attack if source is None else create("transfer", attack=attack, source=source)
+
     probe = create(attack_name, **params)  # unknown names and parameters fail here, at once
     minimal = bool(getattr(type(probe), "minimal", False))
+    norm_of_probe = getattr(probe, "norm", "l2")
+    if source is not None:
+        probe = build(**params)
     start = time.perf_counter()
     dev = model_device(model, x, device)
     clean_logits = predict(model, x, batch_size, dev)
@@ -437,14 +448,14 @@ def robust_accuracy_curve(model: Model, x: Tensor, y: Tensor, attack_name: str,
     if minimal:
         ev = robust_accuracy(model, x, y, probe, batch_size=batch_size, progress=progress,
                              device=dev, clean_logits=clean_logits)
-        norm = getattr(probe, "norm", "l2")
+        norm = norm_of_probe  # the inner attack's when transferred
         norms = ev.result.l2 if norm == "l2" else ev.result.linf
         acc = accuracy_from_norms(ev.clean_correct, ev.fooled, norms, eps)
         evaluations = [ev]
     else:
         evaluations, acc, mask = [], [], None
         for e in eps:
-            attack = create(attack_name, eps=e, **params)
+            attack = build(eps=e, **params)
             ev = robust_accuracy(model, x, y, attack, batch_size=batch_size,
                                  mask=mask if cumulative else None, progress=progress,
                                  device=dev, clean_logits=clean_logits)

@@ -71,7 +71,8 @@ def attack_report(model: Model, x: Tensor, y: Tensor, classes: Sequence[str], at
                   eps: Sequence[float] | None, params: dict[str, Any], figures_dir: Path, *,
                   batch_size: int = 500, device: torch.device | str | None = None,
                   progress: bool = False, checks: bool = True, surrogate: Model | None = None,
-                  n_checks: int = 200, seed: int = 0) -> dict[str, Any]:
+                  n_checks: int = 200, seed: int = 0, source: Model | None = None
+                  ) -> dict[str, Any]:
     """Evaluate ``attack`` (a registered name) with ``params`` on ``(x, y)``; draw figures.
 
     - Fixed-budget attacks (fgsm, pgd, noise) run at every ε of ``eps`` (default: the attack's
@@ -81,6 +82,9 @@ def attack_report(model: Model, x: Tensor, y: Tensor, classes: Sequence[str], at
       steps up to the largest perturbation found) only says where the curve is read.
     - Attacks without an ε budget that are not minimal (e.g. a transformation search) run once,
       without a curve; ``eps`` must then be None.
+
+    - With a ``source`` model the attack is crafted on it and evaluated on ``model`` (a
+      ``Transfer``: the black-box setting); the soundness checks still attack ``model`` itself.
 
     Returns the metrics dict (JSON-ready); figures go to ``figures_dir``.
     """
@@ -102,14 +106,16 @@ def attack_report(model: Model, x: Tensor, y: Tensor, classes: Sequence[str], at
     if budget:
         eps = sorted({0.0, *map(float, eps or [probe.threat.eps])})  # ε = 0 is free
         curve = robust_accuracy_curve(model, x, y, attack, eps, batch_size=batch_size,
-                                      progress=progress, device=device, **params)
+                                      progress=progress, device=device, source=source,
+                                      **params)
         ev, norm = worst_case(curve.evaluations), curve.norm  # strongest ε per point
         per_eps = [{"eps": e, **c.to_dict()} for e, c in zip(curve.eps, curve.evaluations,
                                                             strict=True)]
         top_eps = max(curve.eps)
         threat = create(attack, eps=top_eps, **params).threat
     else:
-        ev = robust_accuracy(model, x, y, probe, batch_size=batch_size, device=device,
+        run = probe if source is None else create("transfer", attack=probe, source=source)
+        ev = robust_accuracy(model, x, y, run, batch_size=batch_size, device=device,
                              progress=progress, clean_logits=clean_logits)
         norm = getattr(probe, "norm", "l2")
         if minimal:
@@ -126,7 +132,8 @@ def attack_report(model: Model, x: Tensor, y: Tensor, classes: Sequence[str], at
                                          n=n_checks, seed=seed, batch_size=batch_size,
                                          device=device)
     figures_dir.mkdir(parents=True, exist_ok=True)
-    title = attack + (f" eps={top_eps:g}" if top_eps is not None else "")
+    title = attack + (f" eps={top_eps:g}" if top_eps is not None else "") + \
+        (", crafted on the source" if source is not None else "")
     files = [
         draw_grid(ev, x, y, clean_probs, classes, figures_dir / "adversarial_grid.png", title),
         attack_figures.roc_curves({"clean": roc_clean, "adversarial": roc_adv},
@@ -145,6 +152,7 @@ def attack_report(model: Model, x: Tensor, y: Tensor, classes: Sequence[str], at
         log.warning("soundness checks failed: the robust accuracy of %s is unreliable", attack)
     return {
         "attack": attack, "params": params, "minimal": minimal, "norm": norm,
+        "transfer": source is not None,
         "eps": top_eps, "n": ev.n,
         **{k: v for k, v in ev.to_dict().items() if k not in ("attack", "n")},
         "per_eps": per_eps,
@@ -171,6 +179,8 @@ def summary_table(m: dict[str, Any], title: str | None = None) -> Table:
         head = f"{m['attack']} ({m['norm']}, minimal perturbation)"
     else:
         head = f"{m['attack']} (no eps budget)"
+    if m.get("transfer"):
+        head += ", crafted on the source model (transfer)"
     t = Table("metric", "value", title=title or head)
     t.add_row("points", str(m["n"]))
     t.add_row("clean accuracy", _pct(m["clean_accuracy"]))
