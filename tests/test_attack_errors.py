@@ -73,6 +73,11 @@ def test_bad_models():
         PGD(eps=0.1, steps=1)(lambda x: model()(x).detach(), X, Y)
     with pytest.raises(ValueError, match="depend differentiably on the input"):
         DeepFool()(lambda x: model()(x).detach(), X, Y)
+    with pytest.raises(ValueError, match=r"expected the model to be an nn.Module or a callable "
+                                         r"x -> logits, got str \(the call is attack\(model"):
+        FGSM()("runs/mlp", X, Y)
+    with pytest.raises(ValueError, match="got Tensor"):
+        FGSM()(X, X, Y)  # arguments swapped
 
 
 @pytest.mark.parametrize("name", ["fgsm", "pgd", "cw", "deepfool", "optim", "universal"])

@@ -270,6 +270,9 @@ class Attack(ABC):
     def __call__(self, model: nn.Module | Model, x: Tensor, y: Tensor,
                  target: Tensor | None = None) -> AttackResult:
         """Attack ``model`` on ``x`` (B, ...) in [0, 1] with labels ``y`` (B,)."""
+        if not callable(model):
+            raise ValueError(f"expected the model to be an nn.Module or a callable x -> logits, "
+                             f"got {type(model).__name__} (the call is attack(model, x, y))")
         _check_inputs(x)
         batch = x.shape[0]
         y = _check_labels("y", y, batch, x.device)
