@@ -223,7 +223,13 @@ def test_cli_trains_a_vae_into_a_run_directory(tmp_path):
     res = CliRunner().invoke(app, ["train", "generative", "--model", "vae", "--dataset",
                                    "digits", "--epochs", "3", "--out", str(out), "--resume",
                                    "--latent-dim", "4", "--lr", "0.1", "--no-progress"])
-    assert res.exit_code == 2 and "differs" in res.output
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and "differs" in text and "train.lr:" in text
+    # a bare --resume takes the run's own options (here latent_dim 4, not the default)
+    res = CliRunner().invoke(app, ["train", "generative", "--epochs", "4", "--out", str(out),
+                                   "--resume", "--device", "cpu", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "metrics.json").read_text())["epochs_completed"] == 4
     res = CliRunner().invoke(app, ["train", "generative", "--model", "vae", "--out", str(out)])
     assert res.exit_code == 2 and "not empty" in res.output
 

@@ -152,8 +152,8 @@ def _key_values(items: list[str], option: str) -> dict[str, object]:
 
 @app.command()
 def generative(
-    model: str = typer.Option("vae", help="ae | vae | gan | dcgan | wgan-gp."),
-    dataset: str = typer.Option("digits", help="Data set name (advlab data list)."),
+    model: str = typer.Option(None, help="ae | vae | gan | dcgan | wgan-gp [vae]."),
+    dataset: str = typer.Option(None, help="Data set name (advlab data list) [digits]."),
     epochs: int = typer.Option(None, help="Epochs [by model and data kind]."),
     batch_size: int = typer.Option(None, help="Batch size."),
     lr: float = typer.Option(None, help="Adam step size of the generator / autoencoder."),
@@ -184,8 +184,8 @@ def generative(
     n_eval: int = typer.Option(None, help="Test examples for the VAE bounds [all]."),
     classifier: Path = typer.Option(None, help="advlab classifier run (or weights) for the "
                                                "Inception-style score and Fréchet distance."),
-    n_epoch_quality: int = typer.Option(2000, help="With --classifier: samples scored after "
-                                                   "every epoch (0 = off)."),
+    n_epoch_quality: int = typer.Option(None, help="With --classifier: samples scored after "
+                                                   "every epoch (0 = off) [2000]."),
     seed: int = typer.Option(None, help="Seed of init, batch order and latent draws [0]."),
     out: Path = OutOption,
     resume: bool = typer.Option(False, help="Continue the run in --out from its last epoch."),
@@ -195,18 +195,32 @@ def generative(
 ) -> None:
     """Train a generative model; writes weights, metrics and figures to a run directory."""
     from advlab import data
+    from advlab.config import from_dict, to_dict
     from advlab.generative.job import GenerativeJob, train_generative
-    from advlab.generative.train import default_config
+    from advlab.generative.train import GenerativeTrainConfig, default_config
+    from advlab.runs import RunDir
 
     setup_logging()
     apply_data_dir(data_dir)
     try:
-        kind = data.info(dataset).kind
         train_opts = dict(epochs=epochs, batch_size=batch_size, lr=lr, lr_critic=lr_critic,
                           d_steps=d_steps, loss=loss, gp_weight=gp_weight,
                           real_label=real_label, steps_per_epoch=steps_per_epoch,
                           lr_decay=lr_decay, ema=ema, seed=seed, device=device)
-        config = default_config(model, kind, dataset=dataset, **train_opts)
+        saved = None
+        if resume and out is not None and (out / "config.yaml").is_file():
+            # a bare --resume continues the run as configured; options given still override
+            # (and a changed one is refused by the resume check, naming it)
+            cfg = RunDir(out).read_config()
+            saved = GenerativeJob.from_dict({k: v for k, v in cfg.items() if k != "model_spec"})
+        model = model or (saved.model if saved else "vae")
+        dataset = dataset or (saved.dataset if saved else "digits")
+        kind = data.info(dataset).kind
+        if saved is not None and (model, dataset) == (saved.model, saved.dataset):
+            given = {k: v for k, v in train_opts.items() if v is not None}
+            config = from_dict(GenerativeTrainConfig, {**to_dict(saved.train), **given})
+        else:
+            config = default_config(model, kind, dataset=dataset, **train_opts)
         if beta1 is not None or beta2 is not None:
             from dataclasses import replace
 
@@ -217,12 +231,21 @@ def generative(
                                                likelihood=likelihood, d_norm=d_norm,
                                                depth=depth).items()
                         if v is not None}
+        if saved is not None and model == saved.model:
+            model_kwargs = {**saved.model_kwargs, **model_kwargs}
         if hidden:
             model_kwargs["hidden"] = _ints(hidden, "--hidden")
+        scorer = str(classifier) if classifier else None
+        if saved is not None:
+            n_train = saved.n_train if n_train is None else n_train
+            n_eval = saved.n_eval if n_eval is None else n_eval
+            scorer = scorer or saved.classifier
+            n_epoch_quality = saved.n_epoch_quality if n_epoch_quality is None \
+                else n_epoch_quality
         job = GenerativeJob(dataset=dataset, model=model, model_kwargs=model_kwargs,
-                            n_train=n_train, n_eval=n_eval,
-                            classifier=str(classifier) if classifier else None,
-                            n_epoch_quality=n_epoch_quality, train=config)
+                            n_train=n_train, n_eval=n_eval, classifier=scorer,
+                            n_epoch_quality=2000 if n_epoch_quality is None else n_epoch_quality,
+                            train=config)
         run, metrics = train_generative(job, out, resume=resume, progress=progress)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
