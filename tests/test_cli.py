@@ -153,3 +153,87 @@ def test_bad_widths_name_the_option_and_leave_no_run_directory(tmp_path):
                               "--no-progress", "--out", str(tmp_path / "g")])
     assert res.exit_code == 2 and "--hidden: expected comma-separated integers" in res.output
     assert not (tmp_path / "g").exists()
+
+
+def _digits_run(tmp_path, name="run", *extra):
+    out = tmp_path / name
+    res = runner.invoke(app, ["train", "classifier", "--model", "lrl", "--epochs", "2",
+                              "--device", "cpu", "--no-progress", "--out", str(out), *extra])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_companion_models_of_another_data_set_and_bad_protocol_settings_write_nothing(tmp_path):
+    from advlab import models
+    from advlab.weights import save_model
+
+    run = _digits_run(tmp_path)
+    save_model(tmp_path / "ring", models.create("mlp", dataset="ring8"), {"dataset": "ring8"})
+    for args in (["eval", "robust", str(run), "--eps", "0.1", "--surrogate",
+                  str(tmp_path / "ring")],
+                 ["attack", str(run), "-a", "fgsm", "--eps", "0.1", "--surrogate",
+                  str(tmp_path / "ring")]):
+        res = runner.invoke(app, [*args, "--out", str(tmp_path / "x")])
+        text = " ".join(res.output.split())
+        assert res.exit_code == 2 and "--surrogate" in text and "a model of 'ring8'" in text
+        assert not (tmp_path / "x").exists()
+    for bad in (["--steps", "0"], ["--restarts", "0"], ["--eot", "0"], ["--batch-size", "0"],
+                ["--minimal", "cw"]):
+        res = runner.invoke(app, ["eval", "robust", str(run), "--eps", "0.1", *bad,
+                                  "--out", str(tmp_path / "y")])
+        assert res.exit_code == 2 and "expected" in res.output, (bad, res.output)
+        assert not (tmp_path / "y").exists(), bad
+
+
+def test_training_errors_are_one_line_user_errors(tmp_path):
+    res = runner.invoke(app, ["train", "classifier", "--lr", "inf", "--out", str(tmp_path / "a"),
+                              "--no-progress"])
+    assert res.exit_code == 2 and "lr: expected a finite positive number, got inf" in res.output
+    assert not (tmp_path / "a").exists()
+    res = runner.invoke(app, ["train", "classifier", "--model", "lrl", "--lr", "1e30",
+                              "--epochs", "1", "--out", str(tmp_path / "b"), "--no-progress"])
+    assert res.exit_code == 2, res.output  # diverged: a message, not a traceback
+    assert "loss became nan at epoch 1" in res.output and "lower learning rate" in res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+
+
+def test_resume_refusals_name_the_problem(tmp_path):
+    run = _digits_run(tmp_path)
+    res = runner.invoke(app, ["train", "classifier", "--out", str(run), "--resume",
+                              "--epochs", "1", "--no-progress"])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and "completed 2 epochs, more than --epochs 1" in text
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"] == 2
+    ev = tmp_path / "ev"
+    assert runner.invoke(app, ["eval", str(run), "--out", str(ev)]).exit_code == 0
+    res = runner.invoke(app, ["train", "classifier", "--out", str(ev), "--resume",
+                              "--no-progress"])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and "the configuration of 'eval'" in text
+    res = runner.invoke(app, ["train", "generative", "--out", str(run), "--resume",
+                              "--no-progress"])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and "a 'train classifier' run, not a 'train generative'" in text
+    # a command without --resume does not offer it
+    res = runner.invoke(app, ["eval", str(run), "--out", str(ev)])
+    assert res.exit_code == 2 and "not empty" in res.output and "--resume" not in res.output
+    res = runner.invoke(app, ["train", "classifier", "--out", str(run), "--no-progress"])
+    assert res.exit_code == 2 and "--resume" in res.output
+
+
+def test_a_misspelt_eval_subcommand_is_named(tmp_path):
+    res = runner.invoke(app, ["eval", "robustt", "somerun"])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and "no command 'robustt' (did you mean 'robust'?)" in text
+
+
+def test_unknown_or_missing_devices_leave_no_run_directory(tmp_path):
+    import torch
+
+    devices = ["foo"] + ([] if torch.cuda.is_available() else ["cuda"])
+    for args in (["train", "classifier", "--epochs", "1", "--no-progress"],
+                 ["demo", "--quick"]):
+        for device in devices:
+            res = runner.invoke(app, [*args, "--device", device, "--out", str(tmp_path / "d")])
+            assert res.exit_code == 2 and "device" in res.output, (args, device, res.output)
+            assert not (tmp_path / "d").exists(), (args, device)

@@ -86,10 +86,15 @@ def test_latent_project_run_keeps_the_training_codes_and_resumes(runs, tmp_path,
                    "--steps", "20", "--epochs", "3", "--n-train", "300", "--n-test", "50",
                    "--out", out, "--resume", "--no-progress"])
     assert result.exit_code != 0 and "config.yaml differs" in _text(result)
+    assert "head: 'lrl' in the run, 'linear-1l' given" in _text(result)
     result = _run(["defend", "latent", runs / "ae", "--code", "project", "--lr", "0.1",
                    "--steps", "20", "--epochs", "3", "--n-train", "300", "--n-test", "50",
                    "--out", out, "--resume", "--no-progress"])
-    assert result.exit_code != 0 and "config.yaml differs" in _text(result)
+    assert result.exit_code != 0 and "train.lr: 0.001 in the run, 0.1 given" in _text(result)
+    result = _run(["defend", "latent", runs / "ae", "--code", "project", "--steps", "20",
+                   "--epochs", "2", "--n-train", "300", "--n-test", "50", "--out", out,
+                   "--resume", "--no-progress"])
+    assert result.exit_code == 2 and "completed 3 epochs, more than --epochs 2" in _text(result)
 
 
 def test_latent_bad_inputs_name_what_is_valid(runs, tmp_path):
@@ -99,6 +104,18 @@ def test_latent_bad_inputs_name_what_is_valid(runs, tmp_path):
     assert result.exit_code != 0 and "project" in _text(result)
     result = _run(["defend", "latent", runs / "gan", "--out", tmp_path / "c"])
     assert result.exit_code != 0 and "no encoder" in _text(result)
+    result = _run(["defend", "latent", runs / "gan", "--code", "project", "--out",
+                   tmp_path / "c2"])
+    assert result.exit_code == 2 and "no encoder; code=project" in _text(result)
+    result = _run(["defend", "latent", runs / "ae", "--n-train", "5", "--out", tmp_path / "c3"])
+    assert result.exit_code == 2 and "divisible by the 10 classes" in _text(result)
+    result = _run(["defend", "latent", runs / "ae", "--n-train", "100000", "--out",
+                   tmp_path / "c4"])
+    assert result.exit_code == 2 and "expected n_train <= 1438" in _text(result)
+    result = _run(["defend", "latent", runs / "ae", "--device", "foo", "--out", tmp_path / "c5"])
+    assert result.exit_code == 2 and "unknown device 'foo'" in _text(result)
+    for name in ("c", "c2", "c3", "c4", "c5"):
+        assert not (tmp_path / name).exists(), name
     result = _run(["defend", "latent", runs / "clf", "--out", tmp_path / "d"])
     assert result.exit_code != 0 and "generative" in _text(result)
 
@@ -110,6 +127,13 @@ def test_defense_gan_run_composes_measures_and_loads(runs, tmp_path):
     assert "clean accuracy" in _text(result)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_test"] == 20 and 0.0 <= metrics["test_acc"] <= 1.0
+    big = _ok(["defend", "defense-gan", runs / "gan", runs / "clf", "--steps", "1",
+               "--restarts", "1", "--n", "100000", "--out", tmp_path / "dg-all"])
+    assert json.loads((tmp_path / "dg-all" / "metrics.json").read_text())["n_test"] == 359
+    assert "359" in _text(big)
+    bad = _run(["defend", "defense-gan", runs / "gan", runs / "clf", "--steps", "0",
+                "--out", tmp_path / "dg-0"])
+    assert bad.exit_code == 2 and "steps" in _text(bad) and not (tmp_path / "dg-0").exists()
     assert metrics["reconstruction"] > 0
     model = load_model(out)
     assert isinstance(model, DefenseGAN) and (model.steps, model.restarts) == (10, 2)

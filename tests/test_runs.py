@@ -93,3 +93,15 @@ def test_a_lock_held_by_a_zombie_process_is_taken_over(tmp_path):
     finally:
         child.wait()
     assert _alive(os.getpid())
+
+
+def test_check_resume_compares_the_command_first(tmp_path):
+    from advlab.runs import check_resume
+
+    run = new_run_dir("eval", tmp_path / "r")
+    run.write_config({"command": "eval", "n": 5})
+    with pytest.raises(ValueError, match="it is a 'eval' run, not a 'train classifier' one"):
+        check_resume(run, {"command": "train classifier", "train": {}})
+    with pytest.raises(ValueError, match=r"differs .*\(n: 5 in the run, 6 given\)"):
+        check_resume(run, {"command": "eval", "n": 6})
+    check_resume(run, {"command": "eval", "n": 5})

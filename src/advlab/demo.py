@@ -12,6 +12,7 @@ from typing import Any
 from rich.console import Console
 
 from advlab.attacks_demo import demo_attacks
+from advlab.device import resolve_device
 from advlab.generative.demo import demo_generative
 from advlab.runs import new_run_dir
 from advlab.train.classifier import ClassifierJob, train_classifier
@@ -37,6 +38,7 @@ PARTS = ("classifier", "attacks", "generative")
 def run_demo(out: str | Path | None = None, device: str = "auto", quick: bool = False) -> Path:
     """Train the digits classifier, attack it (FGSM, PGD, DeepFool), then train a small VAE and
     GAN; every part's numbers land in the run's ``metrics.json`` as soon as the part ends."""
+    resolve_device(device)  # an unknown or unavailable device fails before anything is written
     run = new_run_dir("demo", out)
     results: dict[str, Any] = {}
     results["classifier"] = demo_classifier(run.path, device, quick)

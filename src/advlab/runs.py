@@ -82,7 +82,12 @@ def check_resume(run: RunDir, config: dict[str, Any], free: tuple[str, ...] = ("
     from the run's saved config.yaml, outside what a resume may change (``resumable_view``)."""
     if not (run.path / "config.yaml").is_file():
         return
-    saved, given = (_flat(resumable_view(c, free)) for c in (run.read_config(), config))
+    saved_config = run.read_config()
+    theirs, ours = saved_config.get("command"), config.get("command")
+    if theirs != ours:
+        raise ValueError(f"cannot resume {run.path}: it is a {theirs!r} run, not a {ours!r} "
+                         f"one; choose another --out")
+    saved, given = (_flat(resumable_view(c, free)) for c in (saved_config, config))
     missing = object()
     diffs = [f"{k}: {saved.get(k, missing)!r} in the run, {given.get(k, missing)!r} given"
              .replace(repr(missing), "absent")
@@ -93,20 +98,36 @@ def check_resume(run: RunDir, config: dict[str, Any], free: tuple[str, ...] = ("
                          f"given ({'; '.join(diffs)}); only {may_change} may change")
 
 
+def check_epochs(run: RunDir, checkpoint: Path, epochs: int) -> None:
+    """Raise ``ValueError`` if the run's ``checkpoint`` has completed more than ``epochs``
+    epochs: a resume may extend a run, never shorten one that is further along (its config
+    would then claim fewer epochs than its weights have)."""
+    if not checkpoint.is_file():
+        return
+    from advlab.io import load_state
+
+    done = load_state(checkpoint).get("epoch")
+    if isinstance(done, int) and done > epochs:
+        raise ValueError(f"cannot resume {run.path}: it has completed {done} epochs, more than "
+                         f"--epochs {epochs}; pass --epochs {done} or more")
+
+
 MARKER = ".advlab-run"  # created exclusively: the one command that made the directory its run
 
 
-def check_out(out: str | Path | None, *, exist_ok: bool = False) -> None:
+def check_out(out: str | Path | None, *, exist_ok: bool = False,
+              resumable: bool = False) -> None:
     """Raise ``ValueError`` if ``out`` cannot become a new run directory (``exist_ok=False``:
-    it is a file or a non-empty directory); cheap, for a command to call before its work."""
+    it is a file or a non-empty directory); cheap, for a command to call before its work.
+    ``resumable``: the command has ``--resume`` (the message then offers it)."""
     if out is None:
         return
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise ValueError(f"--out {path}: exists and is not a directory")
     if path.is_dir() and any(path.iterdir()) and not exist_ok:
-        raise ValueError(f"--out {path}: directory is not empty; choose a new one "
-                         f"(or pass --resume to continue the run in it)")
+        hint = " (or pass --resume to continue the run in it)" if resumable else ""
+        raise ValueError(f"--out {path}: directory is not empty; choose a new one{hint}")
 
 
 def _claim(path: Path) -> bool:
@@ -119,7 +140,7 @@ def _claim(path: Path) -> bool:
 
 
 def new_run_dir(command: str, out: str | Path | None = None, *, exist_ok: bool = False,
-                root: str | Path = "runs") -> RunDir:
+                root: str | Path = "runs", resumable: bool = False) -> RunDir:
     """Create ``out`` (or ``runs/<command>-<timestamp>``) and return it.
 
     ``exist_ok=False`` refuses to write into a non-empty directory, so no earlier result is
@@ -141,7 +162,7 @@ def new_run_dir(command: str, out: str | Path | None = None, *, exist_ok: bool =
             _claim(path)
             return RunDir(path)
     path = Path(out)
-    check_out(path, exist_ok=exist_ok)
+    check_out(path, exist_ok=exist_ok, resumable=resumable)
     path.mkdir(parents=True, exist_ok=True)
     if not _claim(path) and not exist_ok:
         raise ValueError(f"--out {path}: directory is not empty (another advlab command has "

@@ -18,6 +18,7 @@ from advlab.cli.common import (
     console,
     fail,
     load_classifier_run,
+    load_companion,
     parse_floats,
     setup_logging,
 )
@@ -75,7 +76,7 @@ def attack_command(
     from advlab.attacks import ATTACKS, create
     from advlab.report.attack_report import attack_report, checks_table, summary_table, sweep_table
     from advlab.runs import log_to_run, new_run_dir
-    from advlab.weights import library_versions, load_model, read_model_meta
+    from advlab.weights import library_versions
 
     setup_logging()
     apply_data_dir(data_dir)
@@ -95,14 +96,11 @@ def attack_command(
         else:
             create(attack, **params, **({"eps": eps_list[0]} if eps_list else {}))
         model, dataset, ds, dev = load_classifier_run(run, split, n, seed, device)
-        sur = load_model(surrogate, dev) if surrogate is not None else None
-        source = None
+        sur = source = None
+        if surrogate is not None:
+            sur = load_companion(surrogate, "--surrogate", dataset, dev)
         if transfer_from is not None:
-            source = load_model(transfer_from, dev)
-            source_data = read_model_meta(transfer_from).get("dataset")
-            if source_data != dataset:
-                raise ValueError(f"--transfer-from {transfer_from}: a model of {source_data!r}, "
-                                 f"expected one of the attacked run's data set {dataset!r}")
+            source = load_companion(transfer_from, "--transfer-from", dataset, dev)
         report = new_run_dir("attack", out)
         config = {"command": "attack", "source_run": str(run), "dataset": dataset,
                   "split": split, "n": len(ds), "seed": seed, "attack": attack,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
 from pathlib import Path
@@ -11,7 +12,7 @@ from rich.console import Console
 from typer.core import TyperGroup
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # an error is one line, also in logs
 
 OutOption = typer.Option(None, "--out", help="Run directory (default: runs/<command>-<time>).")
 DeviceOption = typer.Option("auto", "--device", help="auto | cpu | cuda | mps")
@@ -36,6 +37,14 @@ def fail(message: str) -> None:
     """Print a one-line error and exit with status 2 (no traceback for user errors)."""
     err_console.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(2)
+
+
+def training_errors() -> tuple[type[BaseException], ...]:
+    """The user errors of a training command: bad input, and a run that diverged (its message
+    names the epoch and the checkpoint kept). Evaluated only when an exception is matched."""
+    from advlab.train.loop import TrainingDiverged
+
+    return (ValueError, FileNotFoundError, TrainingDiverged)
 
 
 MAX_VALUES = 10_000  # a range longer than this is a typo (a step of 1e-9), not a sweep
@@ -88,8 +97,26 @@ class DefaultCommandGroup(TyperGroup):
 
     def resolve_command(self, ctx, args: list[str]):
         if args and args[0] not in self.commands and not args[0].startswith("-"):
+            close = difflib.get_close_matches(args[0], list(self.commands), n=1, cutoff=0.75)
+            if close and not Path(args[0]).exists():  # a misspelt command, not a run path
+                ctx.fail(f"no command {args[0]!r} (did you mean {close[0]!r}?) and no run "
+                         f"directory {args[0]!r}")
             args.insert(0, self.default_command)
         return super().resolve_command(ctx, args)
+
+
+def load_companion(path: Path, option: str, dataset: str, device):
+    """The classifier run ``path`` given with ``option`` (``--surrogate``, ``--transfer-from``),
+    checked to be a model of the attacked run's ``dataset`` (another data set's model, even
+    of the same input shape, would give meaningless transfer numbers)."""
+    from advlab.weights import load_model, read_model_meta
+
+    model = load_model(path, device)
+    theirs = read_model_meta(path).get("dataset")
+    if theirs != dataset:
+        raise ValueError(f"{option} {path}: a model of {theirs!r}, expected one of the attacked "
+                         f"run's data set {dataset!r}")
+    return model
 
 
 def load_classifier_run(run: Path, split: str, n: int | None, seed: int, device: str):

@@ -27,6 +27,7 @@ from advlab.cli.common import (
     load_classifier_run,
     parse_floats,
     setup_logging,
+    training_errors,
 )
 
 app = typer.Typer(help="Post-training defenses and certificates of a trained classifier.",
@@ -181,7 +182,7 @@ def latent(
                         train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr,
                                           seed=seed, device=device))
         run, metrics = train_latent_run(job, out, resume=resume, progress=progress)
-    except (ValueError, FileNotFoundError) as e:
+    except training_errors() as e:
         fail(str(e))
     console.print(f"{code}/{head} on {metrics['dataset']}: test accuracy "
                   f"{metrics['test_acc']:.4f} ({metrics['n_test']} points)")

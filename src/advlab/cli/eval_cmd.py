@@ -17,6 +17,7 @@ from advlab.cli.common import (
     console,
     fail,
     load_classifier_run,
+    load_companion,
     parse_floats,
     setup_logging,
 )
@@ -92,11 +93,11 @@ def robust(
 ) -> None:
     """The standard protocol: clean, FGSM, PGD×restarts, DeepFool/CW, ρ₂, ε_ref, transfer."""
     from advlab.attacks import ThreatModel
-    from advlab.eval.protocol import protocol_rows, standard_evaluation
+    from advlab.eval.protocol import check_protocol, protocol_rows, standard_evaluation
     from advlab.report.attack_figures import accuracy_curves
     from advlab.report.attack_report import checks_table
     from advlab.runs import log_to_run, new_run_dir
-    from advlab.weights import library_versions, load_model
+    from advlab.weights import library_versions
 
     setup_logging()
     apply_data_dir(data_dir)
@@ -104,9 +105,11 @@ def robust(
         threat = ThreatModel(norm, eps)
         if minimal not in ("deepfool", "cw", "none"):
             raise ValueError(f"expected --minimal deepfool, cw or none, got {minimal!r}")
+        check_protocol(threat, steps=steps, restarts=restarts, eot=eot, n_checks=n_checks,
+                       minimal=None if minimal == "none" else minimal, batch_size=batch_size)
         grid = parse_floats(eps_list, "--eps-list", low=0.0) if eps_list else None
         model, dataset, ds, dev = load_classifier_run(run, split, n, seed, device)
-        sur = load_model(surrogate, dev) if surrogate is not None else None
+        sur = load_companion(surrogate, "--surrogate", dataset, dev) if surrogate else None
         report = new_run_dir("eval-robust", out)
         report.write_config({"command": "eval robust", "source_run": str(run),
                              "dataset": dataset, "split": split, "n": len(ds), "seed": seed,

@@ -16,6 +16,7 @@ from advlab.cli.common import (
     console,
     fail,
     setup_logging,
+    training_errors,
 )
 
 app = typer.Typer(help="Train classifiers and generative models.", no_args_is_help=True)
@@ -90,7 +91,7 @@ def classifier(
             extra = {"defense": defense, "defense_config": defenses.config(objective)}
         run, metrics = train_classifier(job, out, resume=resume, objective=objective,
                                         progress=progress, extra_config=extra)
-    except (ValueError, FileNotFoundError) as e:
+    except training_errors() as e:
         fail(str(e))
     table = Table("metric", "value")
     table.add_row("test accuracy", f"{metrics['test_acc']:.4f}")
@@ -212,6 +213,9 @@ def generative(
             # a bare --resume continues the run as configured; options given still override
             # (and a changed one is refused by the resume check, naming it)
             cfg = RunDir(out).read_config()
+            if cfg.get("command") != "train generative":
+                raise ValueError(f"cannot resume {out}: it is a {cfg.get('command')!r} run, "
+                                 f"not a 'train generative' one; choose another --out")
             saved = GenerativeJob.from_dict({k: v for k, v in cfg.items() if k != "model_spec"})
         model = model or (saved.model if saved else "vae")
         dataset = dataset or (saved.dataset if saved else "digits")
@@ -247,7 +251,7 @@ def generative(
                             n_epoch_quality=2000 if n_epoch_quality is None else n_epoch_quality,
                             train=config)
         run, metrics = train_generative(job, out, resume=resume, progress=progress)
-    except (ValueError, FileNotFoundError) as e:
+    except training_errors() as e:
         fail(str(e))
     table = Table("metric", "value")
     for key, label, fmt in (

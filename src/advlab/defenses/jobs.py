@@ -30,9 +30,17 @@ from advlab.defenses.latent import (
     latent_codes,
     train_latent_classifier,
 )
+from advlab.device import resolve_device
 from advlab.eval.robust import predict
 from advlab.io import load_state, save_state
-from advlab.runs import RunDir, new_run_dir, resumable_view, training_run
+from advlab.runs import (
+    RunDir,
+    check_epochs,
+    check_out,
+    check_resume,
+    new_run_dir,
+    training_run,
+)
 from advlab.train import TrainConfig
 from advlab.weights import library_versions, load_model, read_model_meta, save_model
 
@@ -78,26 +86,31 @@ def _test_subset(dataset: str, n: int | None, seed: int):
 def train_latent_run(job: LatentJob, out: str | Path | None = None, *, resume: bool = False,
                      progress: bool = True) -> tuple[RunDir, dict[str, Any]]:
     """Train ``job``'s head on the codes of its generative run into a run directory."""
-    gm = gen.load_generative(job.generative)
-    if not hasattr(gm, "encode") and job.code == "encode":
-        raise ValueError(f"{job.generative}: a {gm.spec.get('name', 'generative')} model has no "
-                         "encoder; code=encode needs an ae or vae run")
-    dataset = _dataset_of(job.generative, "generative-model")
     if resume and out is None:
         raise ValueError("--resume needs --out DIR naming the run to continue")
-    run = new_run_dir("latent", out, exist_ok=resume)
+    check_out(out, exist_ok=resume, resumable=True)
+    # Everything that can fail on the user's input fails here, before the run directory exists.
+    resolve_device(job.train.device)
+    gm = gen.load_generative(job.generative)
+    if not hasattr(gm, "encode"):  # encode: the codes; project: BPDA's gradient (the encoder)
+        raise ValueError(f"{job.generative}: a {gm.spec.get('name', 'generative')} model has no "
+                         f"encoder; code={job.code} needs an ae or vae run")
+    dataset = _dataset_of(job.generative, "generative-model")
+    train = data.load(dataset, "train")
+    if job.n_train is not None and job.n_train > len(train):
+        raise ValueError(f"expected n_train <= {len(train)} (the {dataset} training set), got "
+                         f"{job.n_train}")
+    if job.n_train is not None and job.n_train < len(train):
+        train = data.subset(train, job.n_train, seed=job.train.seed, balanced=True)
+    run = new_run_dir("latent", out, exist_ok=resume, resumable=True)
     with training_run(run):
         config = {"command": "defend latent", "dataset": dataset,
                   **{k: v for k, v in asdict(job).items() if k != "train"},
                   "train": asdict(job.train)}
-        if resume and (run.path / "config.yaml").is_file():
-            if resumable_view(run.read_config()) != resumable_view(config):
-                raise ValueError(f"cannot resume {run.path}: its config.yaml differs from the "
-                                 "options given (only --epochs and --device may change)")
+        if resume:
+            check_resume(run, config)
+            check_epochs(run, run.path / CHECKPOINT, job.train.epochs)
         run.write_config(config)
-        train = data.load(dataset, "train")
-        if job.n_train is not None and job.n_train < len(train):
-            train = data.subset(train, job.n_train, seed=job.train.seed, balanced=True)
         params = {"steps": job.steps, "restarts": job.restarts}
         codes = None
         codes_path = run.path / CODES_FILE
@@ -138,6 +151,8 @@ def build_defense_gan_run(generator: str | Path, classifier: str | Path,
     """Compose a ``DefenseGAN`` of a generator run and a classifier run of the same data set,
     save it, and measure its clean accuracy on ``n_test`` seeded test points (0 = skip)."""
     check_int("n_test", n_test, low=0)
+    check_int("steps", steps)
+    check_int("restarts", restarts)
     gm = gen.load_generative(generator)
     clf = load_model(classifier)
     d_gen, d_clf = _dataset_of(generator, "generative-model"), _dataset_of(classifier,
@@ -155,10 +170,11 @@ def build_defense_gan_run(generator: str | Path, classifier: str | Path,
                   "generator": str(generator), "classifier": str(classifier), "steps": steps,
                   "restarts": restarts, "n_test": n_test, "seed": seed}
         run.write_config(config)
-        metrics: dict[str, Any] = {"dataset": d_gen, "n_test": n_test,
+        metrics: dict[str, Any] = {"dataset": d_gen, "n_test": 0,
                                    "versions": library_versions()}
         if n_test:
             test = _test_subset(d_gen, n_test, seed)
+            metrics["n_test"] = len(test)  # all of the test set when n_test exceeds it
             with torch.no_grad():
                 proj = model.project(test.x)
                 metrics["test_acc"] = (clf(proj.x_hat).argmax(1) == test.y).float().mean().item()

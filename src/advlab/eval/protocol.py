@@ -45,6 +45,7 @@ from advlab.eval.robust import (
     Model,
     Rho2,
     RobustEvaluation,
+    check_batch_size,
     check_data,
     eps_ref,
     finite_or_none,
@@ -118,16 +119,15 @@ def _eps_grid(threat: ThreatModel, eps_list: list[float] | None) -> list[float]:
     return sorted(grid)
 
 
-def standard_evaluation(model: Model, x: Tensor, y: Tensor, *, threat: ThreatModel,
-                        surrogate: Model | None = None, steps: int = 50, restarts: int = 10,
-                        minimal: str | None = "deepfool", eps_list: list[float] | None = None,
-                        with_eps_ref: bool = True, with_rho2: bool = True, eot: int = 1,
-                        n_checks: int | None = 200, seed: int = 0,
-                        batch_size: int | None = None, device: torch.device | str | None = None,
-                        progress: bool = False) -> ProtocolResult:
-    """Run the standard protocol (module docstring) on ``(x, y)`` for ``threat``."""
-    check_data(x, y)
+def check_protocol(threat: ThreatModel, *, steps: int = 50, restarts: int = 10,
+                   minimal: str | None = "deepfool", eot: int = 1, n_checks: int | None = 200,
+                   batch_size: int | None = None) -> None:
+    """Raise ``ValueError`` for settings ``standard_evaluation`` cannot run (cheap: a command
+    calls it before loading anything or creating its run directory)."""
+    if not isinstance(threat, ThreatModel):
+        raise ValueError(f"expected threat to be a ThreatModel, got {type(threat).__name__}")
     check_n_checks(n_checks)
+    check_batch_size(batch_size)
     if threat.eps <= 0:
         raise ValueError(f"expected a threat with eps > 0, got eps={threat.eps}")
     if minimal is not None and minimal not in MINIMAL_ATTACKS:
@@ -137,6 +137,19 @@ def standard_evaluation(model: Model, x: Tensor, y: Tensor, *, threat: ThreatMod
     for name, v, low in (("steps", steps, 1), ("restarts", restarts, 1), ("eot", eot, 1)):
         if isinstance(v, bool) or not isinstance(v, int) or v < low:
             raise ValueError(f"expected {name} to be an integer >= {low}, got {v!r}")
+
+
+def standard_evaluation(model: Model, x: Tensor, y: Tensor, *, threat: ThreatModel,
+                        surrogate: Model | None = None, steps: int = 50, restarts: int = 10,
+                        minimal: str | None = "deepfool", eps_list: list[float] | None = None,
+                        with_eps_ref: bool = True, with_rho2: bool = True, eot: int = 1,
+                        n_checks: int | None = 200, seed: int = 0,
+                        batch_size: int | None = None, device: torch.device | str | None = None,
+                        progress: bool = False) -> ProtocolResult:
+    """Run the standard protocol (module docstring) on ``(x, y)`` for ``threat``."""
+    check_data(x, y)
+    check_protocol(threat, steps=steps, restarts=restarts, minimal=minimal, eot=eot,
+                   n_checks=n_checks, batch_size=batch_size)
     start = time.perf_counter()
     dev = model_device(model, x, device)
     attacked_model = EOT(model, samples=eot) if eot > 1 else model

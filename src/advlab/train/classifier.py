@@ -12,9 +12,10 @@ import torch
 
 from advlab import data, models
 from advlab.config import from_dict, to_dict
+from advlab.device import resolve_device
 from advlab.eval.classification import confusion_matrix, evaluate, per_class_accuracy
 from advlab.report import figures
-from advlab.runs import RunDir, check_out, check_resume, new_run_dir, training_run
+from advlab.runs import RunDir, check_epochs, check_out, check_resume, new_run_dir, training_run
 from advlab.train.config import TrainConfig
 from advlab.train.loop import fit
 from advlab.train.objective import Objective
@@ -69,8 +70,9 @@ def train_classifier(job: ClassifierJob, out: str | Path | None = None, *, resum
     """
     if resume and out is None:
         raise ValueError("--resume needs --out DIR naming the run to continue")
-    check_out(out, exist_ok=resume)
+    check_out(out, exist_ok=resume, resumable=True)
     # Everything that can fail on the user's input fails here, before the run directory exists.
+    resolve_device(job.train.device)
     train, val, test = load_splits(job)
     torch.manual_seed(job.train.seed)
     model = models.create(job.model, dataset=job.dataset, **job.model_kwargs)
@@ -78,13 +80,14 @@ def train_classifier(job: ClassifierJob, out: str | Path | None = None, *, resum
         load_weights_into(model, job.init)
     if hasattr(objective, "prepare_model"):  # a defense that transforms the model
         model = objective.prepare_model(model)
-    run = new_run_dir("train", out, exist_ok=resume)
+    run = new_run_dir("train", out, exist_ok=resume, resumable=True)
+    ckpt = run.path / CHECKPOINT
     with training_run(run):
         config = {**job.to_dict(), **(extra_config or {})}
         if resume:
             check_resume(run, config)
+            check_epochs(run, ckpt, job.train.epochs)
         run.write_config(config)
-        ckpt = run.path / CHECKPOINT
         log.info("training %s on %s (%d examples) into %s", job.model, job.dataset,
                  len(train), run.path)
         result = fit(model, train, job.train, objective=objective, val=val, test=test,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from advlab.config import check_types
@@ -36,10 +37,12 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size", "step_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name}: expected an integer >= 1, got {getattr(self, name)!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr: expected a positive number, got {self.lr!r}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay: expected >= 0, got {self.weight_decay!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr: expected a finite positive number, got {self.lr!r}")
+        for name in ("weight_decay", "momentum", "gamma"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(
                 f"val_fraction: expected a number in [0, 1), got {self.val_fraction!r}")
