@@ -4,6 +4,7 @@ configuration checks, the run-directory job and the CLI."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -96,7 +97,8 @@ def test_resume_after_interruption_equals_uninterrupted_run(name, ds, kw, opts, 
                                                             digits):
     train = ring if ds == "ring8" else digits
     loss = {"wgan-gp": "wasserstein"}.get(name, "non-saturating")
-    cfg = _cfg(epochs=3, d_steps=2, loss=loss, **opts)
+    d_steps = 1 if name in ("vae", "ae") else 2  # the autoencoders refuse d_steps != 1
+    cfg = _cfg(epochs=3, d_steps=d_steps, loss=loss, **opts)
 
     torch.manual_seed(0)
     ref = generative.create(name, dataset=ds, **kw)
@@ -230,6 +232,9 @@ def test_cli_trains_a_vae_into_a_run_directory(tmp_path):
                                    "--resume", "--device", "cpu", "--no-progress"])
     assert res.exit_code == 0, res.output
     assert json.loads((out / "metrics.json").read_text())["epochs_completed"] == 4
+    res = CliRunner().invoke(app, ["train", "generative", "--epochs", "2", "--out", str(out),
+                                   "--resume", "--no-progress"])
+    assert res.exit_code == 2 and "completed 4 epochs, more than --epochs 2" in res.output
     res = CliRunner().invoke(app, ["train", "generative", "--model", "vae", "--out", str(out)])
     assert res.exit_code == 2 and "not empty" in res.output
 
@@ -341,3 +346,118 @@ def test_per_epoch_quality_is_recorded_without_touching_training(tmp_path, digit
                              tmp_path / "a", resume=True, progress=False)
     assert [r["epoch"] for r in m2["history"]] == [1, 2, 3]
     assert "inception_score" in m2["history"][1] and "inception_score" not in m2["history"][2]
+
+
+# -- bad input is refused up front ----------------------------------------------------------
+
+
+def test_a_classifier_of_another_data_set_is_refused(tmp_path):
+    """Same input shape, another data set: the scores would be computed with the wrong
+    classifier. Refused before the run directory exists."""
+    from advlab import models
+    from advlab.generative.job import GenerativeJob, _load_classifier, train_generative
+    from advlab.weights import save_model
+
+    torch.manual_seed(0)
+    for ds in ("mnist", "fashion-mnist"):
+        save_model(tmp_path / ds, models.create("mlp", dataset=ds), {"dataset": ds})
+    job = GenerativeJob(dataset="mnist", classifier=str(tmp_path / "fashion-mnist"))
+    with pytest.raises(ValueError, match="is a model of 'fashion-mnist', expected one of the "
+                                         "job's data set 'mnist'"):
+        _load_classifier(job)
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="'fashion-mnist'"):
+        train_generative(job, out, progress=False)
+    assert not out.exists()
+    ok = _load_classifier(GenerativeJob(dataset="mnist", classifier=str(tmp_path / "mnist")))
+    assert tuple(ok.input_shape) == (1, 28, 28)
+
+
+@pytest.mark.parametrize("name", ["n_eval", "n_train"])
+@pytest.mark.parametrize("value", [0, -5, 2.5, True])
+def test_job_sizes_must_be_positive_integers(name, value):
+    from advlab.generative.job import GenerativeJob
+
+    with pytest.raises(ValueError, match=f"{name}: expected None or an integer >= 1, "
+                                         f"got {value!r}"):
+        GenerativeJob(**{name: value})
+    assert getattr(GenerativeJob(**{name: 7}), name) == 7
+    assert getattr(GenerativeJob(**{name: None}), name) is None
+
+
+@pytest.mark.parametrize("model,opts,match", [
+    ("gan", {"loss": "wasserstein"}, "needs the wgan-gp critic"),
+    ("wgan-gp", {"loss": "minimax"}, "wgan-gp trains with loss='wasserstein'"),
+    ("vae", {"ema": 0.9}, "ema: a moving average"),
+    ("vae", {"device": "foo"}, "unknown device 'foo'"),
+    ("vae", {"d_steps": 5}, "d_steps applies to the adversarial models"),
+    ("gan", {"gp_weight": 5.0}, "gp_weight applies to wgan-gp only; got gp_weight=5.0 for 'gan'"),
+])
+def test_bad_settings_fail_before_the_run_directory(model, opts, match, tmp_path):
+    from advlab.generative.job import GenerativeJob, train_generative
+
+    job = GenerativeJob(dataset="ring8", model=model, model_kwargs={"hidden": [4]},
+                        n_train=100, train=_cfg(**{"loss": "non-saturating", **opts}))
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=match):
+        train_generative(job, out, progress=False)
+    assert not out.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_unavailable_cuda_fails_before_the_run_directory(tmp_path):
+    from advlab.generative.job import GenerativeJob, train_generative
+
+    job = GenerativeJob(dataset="ring8", model="vae", n_train=100, train=_cfg(device="cuda"))
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        train_generative(job, out, progress=False)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("name,value", [("lr", float("inf")), ("lr_critic", float("inf")),
+                                        ("lr", float("nan")), ("lr_critic", 0.0),
+                                        ("gp_weight", float("nan")), ("gp_weight", float("inf")),
+                                        ("gp_weight", -1.0), ("real_label", float("nan")),
+                                        ("ema", float("nan")),
+                                        ("betas", (float("nan"), 0.9))])
+def test_numbers_must_be_finite(name, value):
+    with pytest.raises(ValueError, match=f"^{name}: expected"):
+        GenerativeTrainConfig(**{name: value})
+
+
+@pytest.mark.parametrize("model,opts,match", [
+    ("vae", {"loss": "minimax"}, "loss applies to the adversarial models (gan, dcgan, wgan-gp) "
+                                 "only; got loss='minimax' for 'vae'"),
+    ("ae", {"d_steps": 3}, "d_steps applies to the adversarial models"),
+    ("vae", {"lr_critic": 1e-4}, "lr_critic applies to the adversarial models"),
+    ("ae", {"gp_weight": 1.0}, "gp_weight applies to wgan-gp only; got gp_weight=1.0 for 'ae'"),
+    ("vae", {"real_label": 0.9}, "real_label applies to gan and dcgan only; got "
+                                 "real_label=0.9 for 'vae'"),
+    ("wgan-gp", {"loss": "wasserstein", "real_label": 0.9}, "real_label applies to gan and "
+                                                            "dcgan only; got real_label=0.9 "
+                                                            "for 'wgan-gp'"),
+    ("gan", {"gp_weight": 0.1}, "gp_weight applies to wgan-gp only; got gp_weight=0.1 for "
+                                "'gan'"),
+])
+def test_settings_a_model_ignores_are_refused(model, opts, match, ring):
+    from advlab.generative.train import check_objective
+
+    m = generative.create(model, dataset="ring8", hidden=(4,))
+    with pytest.raises(ValueError, match=re.escape(match)):
+        check_objective(m, _cfg(**opts))
+    with pytest.raises(ValueError, match=re.escape(match)):
+        fit_generative(m, ring, _cfg(**opts), progress=False)
+
+
+def test_every_recipe_passes_the_model_checks():
+    """The recipes leave the settings a model ignores at their defaults."""
+    from advlab.generative.train import RECIPES, check_objective
+
+    on = {"image": "digits", "points": "ring8"}
+    for (name, kind) in RECIPES:
+        for dataset in ([on[kind]] if kind in on else []) + [
+                ds for (n, ds) in RECIPES if n == name and ds not in on]:
+            model = generative.create(name, dataset=dataset)
+            check_objective(model, default_config(name, data.info(dataset).kind,
+                                                  dataset=dataset))

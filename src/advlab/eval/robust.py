@@ -390,6 +390,16 @@ def accuracy_from_norms(clean_correct: Tensor, fooled: Tensor, norms: Tensor,
     or needed a perturbation of norm > ε (a perturbation of norm exactly ε lies in the ball).
     ``clean_correct``, ``fooled`` (N,) bool; ``norms`` (N,) float.
     """
+    for name, t, kind in (("clean_correct", clean_correct, "bool"), ("fooled", fooled, "bool"),
+                          ("norms", norms, "float")):
+        if not isinstance(t, Tensor):
+            raise ValueError(f"expected {name} to be a {kind} tensor, got {type(t).__name__}")
+        if kind == "bool" and t.dtype != torch.bool:
+            raise ValueError(f"expected {name} to be a bool tensor, got {t.dtype}")
+    shapes = [tuple(t.shape) for t in (clean_correct, fooled, norms)]
+    if len(shapes[0]) != 1 or shapes.count(shapes[0]) != 3:
+        raise ValueError(f"expected clean_correct, fooled and norms of the same shape (N,), "
+                         f"got {shapes[0]}, {shapes[1]} and {shapes[2]}")
     eps_t = torch.as_tensor(list(eps), dtype=torch.float32, device=norms.device)  # (E,)
     robust = clean_correct[None] & (~fooled[None] | (norms[None].float() > eps_t[:, None]))
     return robust.float().mean(dim=1).tolist()
@@ -506,13 +516,29 @@ def eps_ref(model: Model, x: Tensor, y: Tensor, *, level: float = 0.5, eps_max: 
     when accuracy is monotone on [0, hi] it is the smallest crossing. A dip below ``level``
     narrower than the grid step before that bracket can be missed: raise ``grid`` to look
     closer. Returns eps = inf when accuracy stays above ``level`` up to ``eps_max``.
+
+    ``level`` in [0, 1); ``eps_max`` a finite number > 0; ``tol`` > 0: a ``tol`` below the
+    float spacing at the crossing cannot be met, and the bisection then stops when lo and hi
+    are adjacent floats (nothing lies between them); ``grid`` an integer in [1, 10000] (each
+    grid point costs one FGSM evaluation).
     """
+    import numbers
+
+    grid_max = 10_000
+
+    def number(v: object) -> bool:
+        return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
     check_data(x, y)
-    if not 0 <= level < 1:
-        raise ValueError(f"expected level in [0, 1), got {level!r}")
-    if not (eps_max > 0 and tol > 0) or isinstance(grid, bool) or int(grid) != grid or grid < 1:
-        raise ValueError(f"expected eps_max > 0, tol > 0 and an integer grid >= 1, got "
-                         f"eps_max={eps_max!r}, tol={tol!r}, grid={grid!r}")
+    if not (number(level) and 0 <= level < 1):
+        raise ValueError(f"expected level to be a number in [0, 1), got {level!r}")
+    if not (number(eps_max) and math.isfinite(eps_max) and eps_max > 0):
+        raise ValueError(f"expected eps_max to be a finite number > 0, got {eps_max!r}")
+    if not (number(tol) and tol > 0):
+        raise ValueError(f"expected tol to be a number > 0, got {tol!r}")
+    if not (number(grid) and math.isfinite(grid) and int(grid) == grid
+            and 1 <= grid <= grid_max):
+        raise ValueError(f"expected grid to be an integer in [1, {grid_max}], got {grid!r}")
     dev = model_device(model, x, device)
     clean_logits = predict(model, x, batch_size, dev)
     check_labels_fit(y, clean_logits)
@@ -539,6 +565,8 @@ def eps_ref(model: Model, x: Tensor, y: Tensor, *, level: float = 0.5, eps_max: 
         return EpsRef(math.inf, float("nan"), level, (lo, math.inf), history)
     while hi - lo > tol:
         mid = (lo + hi) / 2
+        if not lo < mid < hi:  # lo and hi are adjacent floats: tol is below their spacing
+            break
         a = acc(mid)
         if a <= level:
             hi, a_hi = mid, a

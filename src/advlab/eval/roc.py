@@ -48,25 +48,51 @@ class ROCResult:
 
 
 def _numpy(t: Tensor | np.ndarray) -> np.ndarray:
-    return t.detach().cpu().numpy() if isinstance(t, Tensor) else np.asarray(t)
+    if not isinstance(t, Tensor):
+        return np.asarray(t)
+    t = t.detach().cpu()
+    return (t.float() if t.dtype in (torch.bfloat16, torch.float16) else t).numpy()
+
+
+def _dtype_name(t: object, arr: np.ndarray) -> str:
+    return str(t.dtype) if isinstance(t, Tensor) else str(arr.dtype)
 
 
 def per_class_roc(scores: Tensor | np.ndarray, y: Tensor | np.ndarray,
                   classes: Sequence[str] | None = None) -> ROCResult:
-    """One-vs-rest ROC of every class from ``scores`` (N, K) and labels ``y`` (N,)."""
+    """One-vs-rest ROC of every class from ``scores`` (N, K) and labels ``y`` (N,).
+
+    ``scores``: finite real numbers (NaN or inf is refused: no ranking is defined for them);
+    ``y``: integer class indices in [0, K) (any integer dtype; float and bool labels are refused,
+    never rounded); ``classes``: K names (default "0", "1", ...).
+    """
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    s, labels = _numpy(scores).astype(np.float64), _numpy(y).astype(np.int64)
+    s, labels = _numpy(scores), _numpy(y)
     if s.ndim != 2 or labels.shape != (s.shape[0],):
-        raise ValueError(f"expected scores (N, K) and labels (N,), got {s.shape} and "
-                         f"{labels.shape}")
+        raise ValueError(f"expected scores (N, K) and y (N,), got scores {s.shape} and "
+                         f"y {labels.shape}")
+    if labels.dtype.kind not in "iu" and (labels.size or isinstance(y, Tensor | np.ndarray)):
+        # bool is kind "b", floats "f": never truncated (an empty list is float64: let it be)
+        raise ValueError(f"expected y to be integer class indices, got dtype "
+                         f"{_dtype_name(y, labels)}")
+    if s.dtype.kind not in "biuf":
+        raise ValueError(f"expected scores to be numbers, got dtype {_dtype_name(scores, s)}")
+    s, labels = s.astype(np.float64), labels.astype(np.int64)
+    if not np.isfinite(s).all():
+        raise ValueError(f"expected finite scores, got {int((~np.isfinite(s)).sum())} NaN or "
+                         f"inf values")
     k = s.shape[1]
     if labels.size and (labels.min() < 0 or labels.max() >= k):
-        raise ValueError(f"expected labels in [0, {k - 1}], got values in "
+        raise ValueError(f"expected y (class labels) in [0, {k - 1}], got values in "
                          f"[{labels.min()}, {labels.max()}]")
+    if isinstance(classes, str | bytes):
+        raise ValueError(f"expected classes to be a sequence of {k} names, got the "
+                         f"{type(classes).__name__} {classes!r}")
     names = list(classes) if classes is not None else [str(i) for i in range(k)]
     if len(names) != k:
-        raise ValueError(f"expected {k} class names (one per score column), got {len(names)}")
+        raise ValueError(f"expected classes to hold {k} names (one per score column), got "
+                         f"{len(names)}")
     curves = []
     empty = np.zeros(0)
     for c in range(k):

@@ -10,13 +10,14 @@ white-box robust accuracy and no cell exceeds the target's clean accuracy.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+import types
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from advlab.attacks import Attack
 from advlab.eval.robust import (
@@ -62,18 +63,49 @@ def transfer_robust(target: Model, x: Tensor, y: Tensor, adv: Tensor, *, batch_s
     return (clean_logits.argmax(1) == y) & (predict(target, adv, batch_size, dev).argmax(1) == y)
 
 
+def _named_models(models: object) -> dict[str, Model]:
+    """``models`` as {name: model}, refusing a single model, a string and non-models."""
+    if isinstance(models, Mapping | nn.ModuleDict):
+        named = dict(models.items())
+        label = {n: f"models[{n!r}]" for n in named}
+    elif (isinstance(models, Iterable) and not isinstance(models, str | bytes)
+          and (isinstance(models, nn.ModuleList) or not callable(models))):
+        named = {str(i): m for i, m in enumerate(models)}
+        label = {n: f"models[{n}]" for n in named}
+    else:
+        expected = "expected models to be a mapping name -> model or a sequence of models"
+        if callable(models) and not isinstance(models, type):
+            kind = ("function" if isinstance(models, types.FunctionType)
+                    else type(models).__name__)
+            raise ValueError(f"{expected}, got a single {kind}; pass [model] or "
+                             f"{{'name': model}}")
+        raise ValueError(f"{expected}, got {type(models).__name__} {models!r:.80}")
+    if not named:
+        raise ValueError("expected at least one model, got none")
+    for n, m in named.items():
+        if not callable(m) or isinstance(m, type):
+            raise ValueError(f"expected {label[n]} to be a model (an nn.Module or a callable "
+                             f"x -> logits), got {type(m).__name__} {m!r:.80}")
+    return named
+
+
 def transfer_matrix(models: Mapping[str, Model] | Sequence[Model], x: Tensor, y: Tensor,
                     attack: Attack, *, batch_size: int | None = None, progress: bool = False,
                     device: torch.device | str | None = None) -> TransferMatrix:
     """Accuracy of every target on every source's adversarial examples (see module docstring).
 
-    ``models``: a mapping name -> model, or a sequence (named "0", "1", ...). The diagonal
-    reuses the white-box evaluation itself (the same model and examples).
+    ``models``: a mapping name -> model, or a sequence (named "0", "1", ...) of models (an
+    ``nn.Module`` or a callable x -> logits); a single model is refused (wrap it in a list).
+    ``attack``: an ``advlab.attacks.Attack`` instance, e.g. ``attacks.create("pgd", eps=0.1)``.
+    The diagonal reuses the white-box evaluation itself (the same model and examples).
     """
-    named = dict(models) if isinstance(models, Mapping) else {str(i): m
-                                                              for i, m in enumerate(models)}
-    if not named:
-        raise ValueError("expected at least one model, got none")
+    named = _named_models(models)
+    if not isinstance(attack, Attack):
+        name = attack if isinstance(attack, str) else "pgd"
+        got = (f"the class {attack.__name__}" if isinstance(attack, type)
+               else f"{type(attack).__name__} {attack!r}")
+        raise ValueError(f"expected attack to be an advlab.attacks.Attack instance, got {got}; "
+                         f"build one with advlab.attacks.create({name!r}, ...)")
     check_data(x, y)
     start = time.perf_counter()
     names = list(named)

@@ -19,13 +19,26 @@ import torch
 
 from advlab import data
 from advlab.config import from_dict, to_dict
+from advlab.device import resolve_device
 from advlab.eval import generative as scores
 from advlab.generative import figures
 from advlab.generative.autoencoder import VAE, Autoencoder
 from advlab.generative.base import GenerativeModel, create
-from advlab.generative.train import GenerativeFitResult, GenerativeTrainConfig, fit_generative
+from advlab.generative.train import (
+    GenerativeFitResult,
+    GenerativeTrainConfig,
+    check_objective,
+    fit_generative,
+)
 from advlab.generative.weights import save_generative
-from advlab.runs import RunDir, check_out, check_resume, new_run_dir, training_run
+from advlab.runs import (
+    RunDir,
+    check_epochs,
+    check_out,
+    check_resume,
+    new_run_dir,
+    training_run,
+)
 from advlab.weights import library_versions
 
 log = logging.getLogger(__name__)
@@ -54,6 +67,11 @@ class GenerativeJob:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
+        for name in ("n_train", "n_eval"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                      or value < 1):
+                raise ValueError(f"{name}: expected None or an integer >= 1, got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"command": "train generative", "dataset": self.dataset, "model": self.model,
@@ -92,18 +110,21 @@ def train_generative(job: GenerativeJob, out: str | Path | None = None, *, resum
     """
     if resume and out is None:
         raise ValueError("--resume needs --out DIR naming the run to continue")
-    check_out(out, exist_ok=resume)
+    check_out(out, exist_ok=resume, resumable=True)
     # Everything that can fail on the user's input fails here, before the run directory exists.
     classifier = _load_classifier(job) if job.classifier else None
     train, test = load_splits(job)
     torch.manual_seed(job.train.seed)
     model = create(job.model, dataset=job.dataset, **job.model_kwargs)
-    run = new_run_dir("generative", out, exist_ok=resume)
+    check_objective(model, job.train)  # the loss, ema and model-specific settings
+    resolve_device(job.train.device)  # an unknown or unavailable device
+    run = new_run_dir("generative", out, exist_ok=resume, resumable=True)
     with training_run(run):
         config = job.to_dict()
         if resume:
             check_resume(run, config, _FREE_ON_RESUME, "--epochs, --device and the scoring "
                          "options --classifier, --n-epoch-quality")
+            check_epochs(run, run.path / CHECKPOINT, job.train.epochs)
         config["model_spec"] = model.spec
         run.write_config(config)
         ckpt = run.path / CHECKPOINT
@@ -131,9 +152,16 @@ def train_generative(job: GenerativeJob, out: str | Path | None = None, *, resum
 
 
 def _load_classifier(job: GenerativeJob):
-    from advlab.weights import load_model
+    from advlab.weights import load_model, read_model_meta
 
     clf = load_model(job.classifier)
+    # a classifier of another data set of the same shape (fashion-mnist for mnist) would load
+    # and score, with the wrong classes: its recorded data set must be the job's
+    meta = read_model_meta(job.classifier)
+    trained_on = meta.get("dataset") or (meta.get("spec") or {}).get("dataset")
+    if trained_on is not None and trained_on != job.dataset:
+        raise ValueError(f"classifier {job.classifier} is a model of {trained_on!r}, expected "
+                         f"one of the job's data set {job.dataset!r}")
     shape = data.info(job.dataset).shape
     if tuple(clf.input_shape) != tuple(shape):
         raise ValueError(f"classifier {job.classifier}: expected inputs of shape {shape} "

@@ -82,20 +82,22 @@ class GenerativeTrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
-        if not self.lr > 0 or not (self.lr_critic is None or self.lr_critic > 0):
-            raise ValueError(f"lr, lr_critic: expected positive numbers, got {self.lr!r}, "
-                             f"{self.lr_critic!r}")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+        for name in ("lr", "lr_critic"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                none = " or None (lr)" if name == "lr_critic" else ""
+                raise ValueError(f"{name}: expected a finite number > 0{none}, got {value!r}")
+        if len(self.betas) != 2 or not all(math.isfinite(b) and 0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas: expected two numbers in [0, 1), got {self.betas!r}")
         if self.loss not in GENERATOR_LOSSES:
             raise ValueError(f"loss: expected one of {GENERATOR_LOSSES}, got {self.loss!r}")
-        if not 0.0 <= self.ema < 1.0:
+        if not (math.isfinite(self.ema) and 0.0 <= self.ema < 1.0):
             raise ValueError(f"ema: expected a decay in [0, 1), got {self.ema!r}")
         if self.lr_decay not in LR_DECAYS:
             raise ValueError(f"lr_decay: expected one of {LR_DECAYS}, got {self.lr_decay!r}")
-        if self.gp_weight < 0:
-            raise ValueError(f"gp_weight: expected >= 0, got {self.gp_weight!r}")
-        if not 0.5 < self.real_label <= 1.0:
+        if not (math.isfinite(self.gp_weight) and self.gp_weight >= 0):
+            raise ValueError(f"gp_weight: expected a finite number >= 0, got {self.gp_weight!r}")
+        if not (math.isfinite(self.real_label) and 0.5 < self.real_label <= 1.0):
             raise ValueError(f"real_label: expected a target in (0.5, 1] (0.9: one-sided label "
                              f"smoothing), got {self.real_label!r}")
 
@@ -195,15 +197,41 @@ def _optimizers(model: GenerativeModel, config: GenerativeTrainConfig):
     return torch.optim.Adam(model.parameters(), lr=config.lr, betas=betas), None
 
 
+# The settings only some models use: setting -> (the objectives that use it, with None for the
+# autoencoders; the models as named in messages). The recipes leave them at
+# GenerativeTrainConfig's defaults for the other models, so a value that differs from the
+# default there was asked for and would be ignored: check_objective refuses it.
+_ADVERSARIAL = ("the adversarial models (gan, dcgan, wgan-gp)", ("gan", "wgan-gp"))
+ONLY_FOR: dict[str, tuple[str, tuple[str, ...]]] = {
+    "loss": _ADVERSARIAL,
+    "d_steps": _ADVERSARIAL,
+    "lr_critic": _ADVERSARIAL,
+    "real_label": ("gan and dcgan", ("gan",)),
+    "gp_weight": ("wgan-gp", ("wgan-gp",)),
+}
+
+
 def check_objective(model: GenerativeModel, config: GenerativeTrainConfig) -> None:
-    """The generator loss must match the model: wasserstein for wgan-gp, a GAN loss otherwise."""
-    if not isinstance(model, AdversarialModel):
-        return
-    if model.objective == "wgan-gp" and config.loss != "wasserstein":
+    """Refuse a configuration ``model`` cannot train with as asked: the generator loss must
+    match the model (wasserstein for wgan-gp, a GAN loss otherwise), the moving average of
+    weights (``ema``) is for the adversarial models, and the settings of ``ONLY_FOR`` must keep
+    their defaults for the models that ignore them."""
+    objective = model.objective if isinstance(model, AdversarialModel) else None
+    if objective is None and config.ema:
+        raise ValueError("ema: a moving average of weights is for the adversarial models' "
+                         "generators; use ema=0 for ae/vae")
+    if objective == "wgan-gp" and config.loss != "wasserstein":
         raise ValueError(f"loss: wgan-gp trains with loss='wasserstein', got {config.loss!r}")
-    if model.objective == "gan" and config.loss == "wasserstein":
+    if objective == "gan" and config.loss == "wasserstein":
         raise ValueError("loss: 'wasserstein' needs the wgan-gp critic; for gan/dcgan use "
                          "'non-saturating' or 'minimax'")
+    defaults = {f.name: f.default for f in dataclasses.fields(GenerativeTrainConfig)}
+    name = model.spec.get("name") or type(model).__name__
+    for key, (models, objectives) in ONLY_FOR.items():
+        value = getattr(config, key)
+        if objective not in objectives and value != defaults[key]:
+            raise ValueError(f"{key} applies to {models} only; got {key}={value!r} for "
+                             f"{name!r} (leave it at {defaults[key]!r})")
 
 
 def fit_generative(
@@ -236,9 +264,6 @@ def fit_generative(
     opt_g, opt_d = _optimizers(model, config)
     g_fixed = torch.Generator().manual_seed(_epoch_seed(config.seed, 0))
     fixed_z = torch.randn(config.n_snapshot, model.latent_dim, generator=g_fixed)
-    if config.ema and not adversarial:
-        raise ValueError("ema: a moving average of weights is for the adversarial models' "
-                         "generators; use ema=0 for ae/vae")
     ema = _Ema(model.generator, config.ema, model.latent_dim) if config.ema else None
     history: list[dict[str, float]] = []
     snapshots: list[tuple[int, torch.Tensor]] = []
