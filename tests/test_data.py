@@ -550,3 +550,184 @@ def test_prepare_reports_an_invalid_file_of_a_complete_copy_with_the_remedy(tmp_
     with pytest.raises(DataError, match="train-images.*remove it and run prepare again"):
         data.prepare("mnist", root=tmp_path / "dl")
     assert len(bad.read_bytes()) == 200
+
+
+# ------------------------------------------------------------ unreadable files, bad arguments
+
+@pytest.fixture
+def make_unreadable(monkeypatch):
+    """``make_unreadable(path)``: chmod 000 ``path``. Where that does not stop reads (tests run
+    as root), opening the file, or looking inside the directory, raises PermissionError."""
+    import builtins
+    import io
+    import pathlib
+
+    locked = []
+
+    def lock(path):
+        mode = path.stat().st_mode & 0o777
+        path.chmod(0)
+        locked.append((path, mode))
+        if not os.access(path, os.R_OK):
+            return  # chmod is enough (not root)
+        denied = PermissionError(13, "Permission denied")
+        if path.is_dir():
+            real_stat = pathlib.Path.stat
+
+            def stat(self, *args, **kwargs):
+                if path in self.parents:
+                    raise PermissionError(13, "Permission denied", str(self))
+                return real_stat(self, *args, **kwargs)
+
+            monkeypatch.setattr(pathlib.Path, "stat", stat)
+        else:
+            real_open = builtins.open
+
+            def fake_open(file, *args, **kwargs):
+                if isinstance(file, str | os.PathLike) and os.fspath(file) == str(path):
+                    raise PermissionError(denied.errno, denied.strerror, str(file))
+                return real_open(file, *args, **kwargs)
+
+            monkeypatch.setattr(builtins, "open", fake_open)
+            monkeypatch.setattr(io, "open", fake_open)
+
+    yield lock
+    for path, mode in reversed(locked):
+        path.chmod(mode)
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_unreadable_data_file_is_a_data_error_naming_it(tmp_path, make_unreadable, gz):
+    fake_idx(tmp_path / "root" / "mnist", gz=gz)
+    path = tmp_path / "root" / "mnist" / ("train-images-idx3-ubyte" + (".gz" if gz else ""))
+    make_unreadable(path)
+    with pytest.raises(DataError) as err:
+        data.load("mnist", "train", root=tmp_path / "root")
+    assert str(err.value) == f"cannot read {path}: permission denied"
+    assert len(data.load("mnist", "test", root=tmp_path / "root")) == SIZES["test"]
+
+
+def test_unreadable_data_directory_is_a_data_error_naming_it(tmp_path, make_unreadable):
+    fake_idx(tmp_path / "root" / "mnist")
+    make_unreadable(tmp_path / "root" / "mnist")
+    with pytest.raises(DataError, match="permission denied") as err:
+        data.load("mnist", "test", root=tmp_path / "root")
+    assert f"cannot read {tmp_path / 'root' / 'mnist'}" in str(err.value)
+
+
+def test_unreadable_cifar_batch_is_a_data_error(tmp_path, make_unreadable):
+    fake_cifar(tmp_path / "root" / "cifar-10-batches-py")
+    batch = tmp_path / "root" / "cifar-10-batches-py" / "test_batch"
+    make_unreadable(batch)
+    with pytest.raises(DataError, match=f"cannot read {batch}: permission denied"):
+        data.load("cifar10", "test", root=tmp_path / "root")
+
+
+def test_prepare_reports_an_unreadable_file_without_telling_to_remove_it(
+        tmp_path, mirror, make_unreadable):
+    fake_idx(tmp_path / "dl" / "mnist")
+    labels = tmp_path / "dl" / "mnist" / "t10k-labels-idx1-ubyte.gz"
+    make_unreadable(labels)
+    with pytest.raises(DataError) as err:
+        data.prepare("mnist", root=tmp_path / "dl")
+    assert str(err.value) == f"cannot read {labels}: permission denied"
+
+
+def test_io_errors_while_reading_are_data_errors(tmp_path, monkeypatch):
+    import builtins
+    import errno
+
+    fake_idx(tmp_path / "root" / "mnist")
+    real_open = builtins.open
+
+    def failing_open(file, *args, **kwargs):
+        if str(file).endswith("t10k-images-idx3-ubyte.gz"):
+            raise OSError(errno.EIO, "Input/output error", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", failing_open)
+    with pytest.raises(DataError, match="cannot read .*t10k-images-idx3-ubyte.gz: "
+                                        "input/output error"):
+        data.load("mnist", "test", root=tmp_path / "root")
+
+
+@pytest.mark.parametrize("root", [5, 2.5, b"/tmp", ["/tmp"]])
+def test_root_must_be_a_path(root):
+    for name in ("mnist", "digits"):
+        with pytest.raises(ValueError, match="root") as err:
+            data.load(name, "test", root=root)
+        assert repr(root) in str(err.value) and "str or os.PathLike" in str(err.value)
+    with pytest.raises(ValueError, match="root"):
+        data.prepare("mnist", root=root)
+    with pytest.raises(ValueError, match="data directory"):
+        data.set_data_dir(root)
+
+
+@pytest.mark.parametrize("download", ["no", "yes", 0, 1, None])
+def test_download_must_be_a_bool(download):
+    with pytest.raises(ValueError, match="download") as err:
+        data.load("digits", "test", download=download)
+    assert repr(download) in str(err.value) and "bool" in str(err.value)
+
+
+def test_generated_sets_are_capped():
+    from advlab.data.toy import MAX_POINTS
+
+    assert MAX_POINTS == 10**7
+    for n in (10**10, MAX_POINTS + 1):
+        with pytest.raises(ValueError, match=f"at most {MAX_POINTS:,}") as err:
+            data.load("ring8", "test", n=n)
+        assert f"got {n}" in str(err.value)
+    for n in (0, -1, True, 2.5):
+        with pytest.raises(ValueError, match="n"):
+            data.load("grid25", "test", n=n)
+    assert len(data.load("ring8", "test", n=3)) == 3
+
+
+def _a_file(tmp_path):
+    path = tmp_path / "not-a-dir"
+    path.write_text("a file, not a data root")
+    return path
+
+
+def test_data_root_that_is_a_file_is_named(tmp_path, monkeypatch, mirror):
+    file = _a_file(tmp_path)
+    fake_idx(tmp_path / "xdg-cache" / "advlab" / "mnist")  # not used: the root is the problem
+    expected = f"{file} is a file, expected a directory"
+    data.set_data_dir(file)
+    for call in (lambda: data.load("mnist"), lambda: data.prepare("mnist"),
+                 lambda: data.load("mnist", download=True)):
+        with pytest.raises(DataError) as err:
+            call()
+        assert str(err.value) == f"set_data_dir / --data-dir: {expected}"
+    data.set_data_dir(None)
+    monkeypatch.setenv("ADVLAB_DATA", str(file))
+    with pytest.raises(DataError, match=f"ADVLAB_DATA: {expected}"):
+        data.load("mnist", "test")
+    with pytest.raises(DataError, match=f"ADVLAB_DATA: {expected}"):
+        data.prepare("mnist")
+    with pytest.raises(DataError, match=f"root argument: {expected}"):
+        data.load("mnist", "test", root=file)
+    with pytest.raises(DataError, match=f"root argument: {expected}"):
+        data.prepare("cifar10", root=file)
+
+
+def test_missing_data_root_is_named_in_the_not_found_message(tmp_path, monkeypatch):
+    missing = tmp_path / "no-such-dir"
+    data.set_data_dir(missing)
+    with pytest.raises(DatasetNotFoundError) as err:
+        data.load("mnist", "test")
+    msg = str(err.value)
+    assert f"the data root {missing} (from set_data_dir / --data-dir) does not exist" in msg
+    assert str(tmp_path / "xdg-cache" / "advlab" / "mnist") in msg  # still lists every place
+    data.set_data_dir(None)
+    monkeypatch.setenv("ADVLAB_DATA", str(missing))
+    with pytest.raises(DatasetNotFoundError, match=r"data root .* \(from \$ADVLAB_DATA\) does "
+                                                   "not exist"):
+        data.load("mnist", "test")
+    with pytest.raises(DatasetNotFoundError, match=r"\(from root argument\) does not exist"):
+        data.load("cifar10", "test", root=missing)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetNotFoundError) as err:
+        data.load("mnist", "test", root=tmp_path / "empty")
+    assert "does not exist" not in str(err.value)

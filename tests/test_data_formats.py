@@ -475,3 +475,83 @@ def test_corrupt_gzip_source_with_stale_cache_still_fails(tmp_path):
     src.write_bytes(blob[:20])  # new size -> new key; the source itself is broken
     with pytest.raises(DataError, match="corrupt gzip"):
         cache.read_idx_cached(src, ndim=3)
+
+
+# --------------------------------------------------------------------------- unreadable files
+
+def _lock(path, monkeypatch, request, error=None):
+    """Make reading ``path`` fail: chmod 000, and where that does not stop reads (root), or to
+    raise another ``error``, make ``open`` raise it for ``path``."""
+    mode = path.stat().st_mode & 0o777
+    path.chmod(0)
+    request.addfinalizer(lambda: path.chmod(mode))
+    if error is None and not os.access(path, os.R_OK):
+        return
+    error = error or PermissionError(13, "Permission denied")
+    real_open = builtins.open
+
+    def fake_open(file, *args, **kwargs):
+        if isinstance(file, str | os.PathLike) and os.fspath(file) == str(path):
+            raise type(error)(error.errno, error.strerror, str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    monkeypatch.setattr(io, "open", fake_open)  # Path.open / read_bytes
+
+
+def _readers(tmp_path):
+    idx_raw = write_idx(tmp_path / "x-ubyte", _images(2))
+    idx_gz = write_idx(tmp_path / "x-ubyte.gz", _images(2))
+    images, labels = _cifar_arrays(3)
+    batch = write_batch(tmp_path / "data_batch_1", images, labels)
+    meta = write_meta(tmp_path / "batches.meta", 3)
+    return [
+        (idx_raw, lambda: read_idx(idx_raw, ndim=3)),
+        (idx_gz, lambda: read_idx(idx_gz, ndim=3)),
+        (idx_raw, lambda: cache.read_idx_cached(idx_raw, ndim=3)),
+        (idx_gz, lambda: cache.read_idx_cached(idx_gz, ndim=3)),
+        (batch, lambda: read_batch(batch, rows=3)),
+        (meta, lambda: read_meta(meta)),
+        (batch, lambda: read_split(tmp_path, ("data_batch_1",))),
+    ]
+
+
+@pytest.mark.parametrize("which", range(7))
+def test_unreadable_file_is_a_data_error_naming_it(tmp_path, monkeypatch, request, which):
+    path, read = _readers(tmp_path)[which]
+    _lock(path, monkeypatch, request)
+    with pytest.raises(DataError) as err:
+        read()
+    assert str(err.value) == f"cannot read {path}: permission denied"
+    assert isinstance(err.value, ValueError)
+
+
+@pytest.mark.parametrize("which", [1, 3, 4])
+def test_io_error_while_reading_is_a_data_error(tmp_path, monkeypatch, request, which):
+    import errno
+
+    path, read = _readers(tmp_path)[which]
+    _lock(path, monkeypatch, request, OSError(errno.EIO, "Input/output error"))
+    with pytest.raises(DataError, match=f"cannot read {path}: input/output error"):
+        read()
+
+
+def test_a_directory_where_a_cifar_batch_should_be_is_a_data_error(tmp_path):
+    (tmp_path / "test_batch").mkdir()
+    with pytest.raises(DataError, match=f"cannot read {tmp_path / 'test_batch'}: is a directory"):
+        read_batch(tmp_path / "test_batch")
+
+
+def test_unreadable_cache_directory_is_a_miss(tmp_path, monkeypatch):
+    import pathlib
+
+    src = write_idx(tmp_path / "x-ubyte.gz", _images(3))
+    real_is_file = pathlib.Path.is_file
+
+    def is_file(self):
+        if "decoded" in self.parts:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_is_file(self)
+
+    monkeypatch.setattr(pathlib.Path, "is_file", is_file)
+    np.testing.assert_array_equal(cache.read_idx_cached(src, ndim=3), _images(3))

@@ -280,3 +280,85 @@ def test_count_parameters_trainable_only() -> None:
     model.net[1].requires_grad_(False)
     total = models.count_parameters(model)
     assert models.count_parameters(model, trainable_only=True) == total - _linear(64, 100)
+
+
+# ------------------------------------------------------------------ bad keyword values (audit)
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(("mean", "std", "message"), [
+    ([0.5], [INF], r"std.*finite.*> 0.*inf"),
+    ([0.5], [0.0], r"std.*> 0.*0\.0"),
+    ([0.5], [-1.0], r"std.*> 0.*-1\.0"),
+    ([0.5], [NAN], r"std.*finite.*nan"),
+    ([NAN], [1.0], r"mean.*finite.*nan"),
+    ([-INF], [1.0], r"mean.*finite.*-inf"),
+    (["a"], [1.0], r"mean.*numbers.*'a'"),
+    ([0.5], "ab", r"std.*numbers.*'ab'"),
+    ([True], [1.0], r"mean.*numbers.*True"),
+    ([], [], r"mean.*non-empty"),
+])
+def test_normalization_statistics_must_be_finite_and_std_positive(mean, std, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        models.create("mlp", "digits", normalize=True, mean=mean, std=std)
+
+
+def test_normalization_statistics_mismatch_and_scalars() -> None:
+    with pytest.raises(ValueError, match=r"mean and std of equal length.*3.*1"):
+        models.create("mlp", "cifar10", mean=[0.5, 0.5, 0.5], std=[0.2])
+    # A single number is one value for every channel, recorded as a one-element list.
+    model = models.create("mlp", "cifar10", mean=0.5, std=0.25)
+    assert model.spec["kwargs"]["mean"] == [0.5] and model.spec["kwargs"]["std"] == [0.25]
+    assert models.from_spec(json.loads(json.dumps(model.spec))).spec == model.spec
+    with pytest.raises(ValueError, match=r"std.*finite.*inf"):
+        models.create("mlp", "digits", mean=0.5, std=INF)
+
+
+def test_normalization_gives_finite_logits_for_valid_statistics() -> None:
+    model = models.create("mlp", "digits", normalize=True, mean=[0.5], std=[1e-3]).eval()
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.rand(2, 1, 8, 8))).all()
+
+
+def test_widths_is_a_list_of_positive_ints_or_one_int() -> None:
+    # One int is one hidden layer (as in advlab.generative).
+    model = models.create("mlp", "digits", widths=5)
+    assert models.count_parameters(model) == _linear(64, 5) + _linear(5, 10)
+    assert models.from_spec(json.loads(json.dumps(model.spec))).spec == model.spec
+    assert models.count_parameters(models.create("mlp", "digits", widths=[])) == _linear(64, 10)
+    for bad, shown in [("500,150", "'500,150'"), ([5.5], "5.5"), ([True], "True"),
+                       (True, "True"), ([-5], "-5"), (0, "0"), ({"a": 1}, "{'a': 1}")]:
+        with pytest.raises(ValueError, match="widths") as err:
+            models.create("mlp", "digits", widths=bad)
+        assert "positive ints" in str(err.value) and shown in str(err.value), (bad, err.value)
+    with pytest.raises(ValueError, match="a string") as err:
+        models.create("mlp", "digits", widths="500,150")
+    assert "[500, 150]" in str(err.value)
+
+
+@pytest.mark.parametrize(("name", "ds", "kwargs", "what"), [
+    ("resnet-small", "cifar10", {"width": True}, "width"),
+    ("resnet-small", "cifar10", {"width": 2.5}, "width"),
+    ("resnet-small", "cifar10", {"width": 0}, "width"),
+    ("resnet-small", "cifar10", {"depth": True}, "depth"),
+    ("resnet-small", "cifar10", {"depth": 8.0}, "depth"),
+    ("lrl", "digits", {"hidden": True}, "hidden"),
+    ("linear-2l", "digits", {"hidden": False}, "hidden"),
+])
+def test_bools_and_floats_are_refused_where_ints_are_expected(name, ds, kwargs, what) -> None:
+    with pytest.raises(ValueError, match=what) as err:
+        models.create(name, ds, **kwargs)
+    assert repr(kwargs[what]) in str(err.value)
+
+
+@pytest.mark.parametrize("classes", [1, 0, -3, 2.5, True])
+def test_a_classifier_needs_at_least_two_classes(classes) -> None:
+    with pytest.raises(ValueError, match="num_classes") as err:
+        models.create("mlp", "digits", num_classes=classes)
+    assert ">= 2" in str(err.value) and repr(classes) in str(err.value)
+
+
+def test_two_classes_is_enough() -> None:
+    model = models.create("lrl", None, in_features=2, num_classes=2)
+    assert model(torch.randn(3, 2)).shape == (3, 2)

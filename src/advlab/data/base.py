@@ -24,6 +24,23 @@ class DataError(ValueError):
     """
 
 
+class DataReadError(DataError):
+    """A data file or directory that exists but cannot be read (permissions, I/O error).
+
+    Unlike other data errors the file itself may be sound: the remedy is to make it
+    readable, not to remove it.
+    """
+
+
+def read_error(path: object, err: OSError) -> DataReadError:
+    """``DataReadError("cannot read <path>: <cause>")`` for an ``OSError`` raised reading ``path``.
+
+    The cause is the system's description in lower case ("permission denied").
+    """
+    cause = err.strerror.lower() if err.strerror else (str(err) or type(err).__name__)
+    return DataReadError(f"cannot read {path}: {cause}")
+
+
 class DatasetNotFoundError(FileNotFoundError):
     """No copy of a data set was found; the message lists every place looked at."""
 

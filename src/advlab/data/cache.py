@@ -5,7 +5,8 @@ keyed by the source's resolved path, size and modification time: a changed sourc
 A cached array is used only if its dtype and shape equal those in the source's IDX header (read
 from the first bytes of the gzip stream); anything else, including an unreadable entry, is
 decoded again and rewritten. Entries are written to a temporary file and renamed into place.
-Failing to write the cache (read-only home, full disk) only logs a warning.
+Failing to write the cache (read-only home, full disk) only logs a warning; a source that
+cannot be read raises ``DataReadError`` naming it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from advlab.data.base import read_error
 from advlab.data.idx import IDX_DTYPES, UBYTE, read_idx
 from advlab.data.sources import cache_dir
 
@@ -28,8 +30,11 @@ _unwritable: set[Path] = set()  # cache directories that failed a write (warned 
 
 
 def _is_gzip(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(2) == b"\x1f\x8b"
+    try:
+        with open(path, "rb") as f:
+            return f.read(2) == b"\x1f\x8b"
+    except OSError as err:
+        raise read_error(path, err) from err
 
 
 def _header_shape(path: Path, ndim: int) -> tuple[int, ...] | None:
@@ -53,6 +58,15 @@ def entry_path(source: Path) -> Path:
     return cache_dir() / "decoded" / f"{source.name.removesuffix('.gz')}-{digest}.npy"
 
 
+def _cached(entry: Path) -> bool:
+    """Whether ``entry`` exists; an unreadable cache directory counts as a miss."""
+    try:
+        return entry.is_file()
+    except OSError as err:
+        log.warning("ignoring unreadable cache entry %s (%s)", entry, err)
+        return False
+
+
 def _save_atomic(path: Path, array: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
@@ -74,8 +88,11 @@ def read_idx_cached(path: str | os.PathLike, *, ndim: int, dtype_code: int = UBY
     path = Path(path)
     if not _is_gzip(path):
         return read_idx(path, dtype_code=dtype_code, ndim=ndim)
-    entry = entry_path(path)
-    if entry.is_file():
+    try:
+        entry = entry_path(path)
+    except OSError as err:
+        raise read_error(path, err) from err
+    if _cached(entry):
         expected = _header_shape(path, ndim)
         try:
             cached = np.load(entry, allow_pickle=False)

@@ -18,14 +18,22 @@ import numpy as np
 import torch
 
 from advlab.data.archive import safe_extract
-from advlab.data.base import DataError, DatasetInfo, DatasetNotFoundError, TensorSet, info
+from advlab.data.base import (
+    DataError,
+    DataReadError,
+    DatasetInfo,
+    DatasetNotFoundError,
+    TensorSet,
+    info,
+    read_error,
+)
 from advlab.data.cache import read_idx_cached
 from advlab.data.cifar import read_split
 from advlab.data.digits import load_digits
 from advlab.data.fetch import fetch, md5sum
 from advlab.data.idx import read_idx
 from advlab.data.resources import CIFAR_DIR, CIFAR_SPLITS, DOWNLOADS, IDX_SPLITS
-from advlab.data.sources import LAYOUTS, download_root, locate, locate_in
+from advlab.data.sources import LAYOUTS, check_root, download_root, locate, locate_in
 from advlab.data.toy import TOY_NAMES, load_toy
 from advlab.registry import Registry
 
@@ -44,14 +52,18 @@ def load(name: str, split: str = "train", root: str | os.PathLike | None = None,
     """Load the ``split`` ("train" or "test") of the data set ``name`` as a ``TensorSet``.
 
     ``root``: a directory to search instead of the data directory and cache (see ``sources``).
-    ``download``: fetch the files if they are not found (only then is the network used).
-    ``n``: number of points for the generated sets (ring8, grid25); other sets do not take it
-    (use ``data.subset``).
-    Raises ``DatasetNotFoundError`` (listing where it looked) or ``DataError`` (bad files).
+    ``download``: fetch the files if they are not found (only then is the network used); a bool.
+    ``n``: number of points for the generated sets (ring8, grid25), at most
+    ``toy.MAX_POINTS``; other sets do not take it (use ``data.subset``).
+    Raises ``DatasetNotFoundError`` (listing where it looked), ``DataError`` (bad or unreadable
+    files, a root that is not a directory) or ``ValueError`` (bad arguments).
     """
     info(name)  # unknown names: ValueError listing the valid ones
     if split not in SPLITS:
         raise ValueError(f"expected split 'train' or 'test', got {split!r}")
+    check_root(root)
+    if not isinstance(download, bool):
+        raise ValueError(f"expected download as a bool (True or False), got {download!r}")
     return LOADERS.get(name)(split=split, root=root, download=download, n=n)
 
 
@@ -64,6 +76,7 @@ def prepare(name: str, root: str | os.PathLike | None = None) -> Path | None:
     the directory, or None for sets that need no download (digits, ring8, grid25).
     """
     meta = info(name)
+    check_root(root)
     if not meta.needs_download:
         log.info("%s needs no download", name)
         return None
@@ -96,6 +109,8 @@ def _complete_copy(name: str, target_root: Path) -> Path | None:
                     read_split(target_root / rel, CIFAR_SPLITS[split])
                 else:
                     read_idx_split(found, split, info(name))
+        except DataReadError:
+            raise  # the file may be sound: it needs reading rights, not removing
         except DataError as err:
             raise DataError(f"{err}; remove it and run prepare again") from err
         return target_root / rel
@@ -176,6 +191,8 @@ def _prepare_idx(name: str):
                     read_idx(found[stem], ndim=3 if "images" in stem else 1)
                     log.info("%s is present and valid", found[stem])
                     continue
+                except DataReadError:
+                    raise
                 except DataError as err:
                     raise DataError(f"{err}; remove it and run prepare again") from err
             path = fetch(resource, target)
@@ -207,7 +224,11 @@ def _prepare_cifar(target_root: Path) -> Path:
                         "prepare again")
     resource = DOWNLOADS["cifar10"]["cifar-10-python.tar.gz"]
     archive = target / resource.filename
-    if not (archive.is_file() and md5sum(archive) == resource.md5):
+    try:
+        present = archive.is_file() and md5sum(archive) == resource.md5
+    except OSError as err:
+        raise read_error(archive, err) from err
+    if not present:
         archive = fetch(resource, target)
     staging = Path(tempfile.mkdtemp(dir=target, prefix=".extract-"))
     try:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from advlab.data.base import CIFAR10_CLASSES, DataError
+from advlab.data.base import CIFAR10_CLASSES, DataError, read_error
 from advlab.data.resources import CIFAR_META, CIFAR_ROWS_PER_BATCH
 
 try:  # numpy >= 2
@@ -65,6 +65,8 @@ def restricted_load(path: str | os.PathLike) -> Any:
     except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as err:
         raise DataError(f"{path}: not a readable CIFAR-10 pickle ({type(err).__name__}: {err})"
                         ) from err
+    except OSError as err:  # permissions, I/O error, a directory where the file should be
+        raise read_error(path, err) from err
 
 
 def _field(batch: dict, key: str, path: Path) -> Any:
@@ -129,7 +131,11 @@ def read_split(directory: str | os.PathLike, batches: tuple[str, ...]
     """
     directory = Path(directory)
     meta = directory / CIFAR_META
-    rows = read_meta(meta) if meta.is_file() else CIFAR_ROWS_PER_BATCH
+    try:
+        has_meta = meta.is_file()
+    except OSError as err:
+        raise read_error(meta, err) from err
+    rows = read_meta(meta) if has_meta else CIFAR_ROWS_PER_BATCH
     parts = [read_batch(directory / b, rows) for b in batches]
     return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
 

@@ -3,8 +3,10 @@
 An IDX file is a 4-byte magic number ``00 00 <dtype code> <ndim>``, then ``ndim`` big-endian
 uint32 sizes, then the values in row-major order. The readers accept exactly that: a wrong
 magic, an unexpected dtype code or rank, fewer bytes than the header announces (truncated)
-or more (trailing garbage) raise ``DataError`` naming the file. Compression is detected from
-the content (gzip magic ``1f 8b``), so ``x-ubyte.gz`` and ``x-ubyte`` are both read.
+or more (trailing garbage) raise ``DataError`` naming the file, and so does a file that
+cannot be read (``DataReadError``: "cannot read <path>: permission denied"). Compression is
+detected from the content (gzip magic ``1f 8b``), so ``x-ubyte.gz`` and ``x-ubyte`` are both
+read.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from advlab.data.base import DataError
+from advlab.data.base import DataError, read_error
 
 # IDX dtype codes -> big-endian numpy dtypes.
 IDX_DTYPES: dict[int, np.dtype] = {
@@ -32,9 +34,16 @@ _GZIP_MAGIC = b"\x1f\x8b"
 
 
 def read_bytes(path: str | os.PathLike) -> bytes:
-    """The content of ``path``, gunzipped if it is gzip data (detected by its magic bytes)."""
+    """The content of ``path``, gunzipped if it is gzip data (detected by its magic bytes).
+
+    A file that cannot be read (permissions, I/O error) raises ``DataReadError`` naming it.
+    """
     path = Path(path)
-    raw = path.read_bytes()
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as err:
+        raise read_error(path, err) from err
     if raw[:2] != _GZIP_MAGIC:
         return raw
     try:

@@ -10,15 +10,21 @@ Roots, in order:
 Under a root, advlab's layout is ``<root>/<name>/<official file names>``; torchvision's layouts
 (``<root>/MNIST/raw/``, ``<root>/FashionMNIST/raw/``, ``<root>/cifar-10-batches-py/``) are found
 too. Nothing here writes into a data root.
+
+A root given as ``root``, ``--data-dir`` or ``ADVLAB_DATA`` that exists but is not a directory
+is an error naming it (``DataError``); one that does not exist is named in the not-found
+message. A file or directory that cannot be inspected (permissions) is a ``DataReadError``.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from advlab.data.base import DatasetNotFoundError, info
+from advlab.data.base import DataError, DatasetNotFoundError, info, read_error
 from advlab.data.resources import CIFAR_DIR
 
 ENV_VAR = "ADVLAB_DATA"
@@ -26,9 +32,20 @@ ENV_VAR = "ADVLAB_DATA"
 _data_dir: Path | None = None  # set by set_data_dir (the CLI's --data-dir); wins over ADVLAB_DATA
 
 
+def check_root(root: object, what: str = "root") -> None:
+    """Refuse a data root that is not ``None``, a ``str`` or an ``os.PathLike``."""
+    if root is not None and not isinstance(root, str | os.PathLike):
+        raise ValueError(f"expected {what} as a directory path (str or os.PathLike) or None, "
+                         f"got {root!r}")
+
+
 def set_data_dir(path: str | os.PathLike | None) -> None:
-    """Use ``path`` as the data directory (over ``ADVLAB_DATA``); ``None`` clears the setting."""
+    """Use ``path`` as the data directory (over ``ADVLAB_DATA``); ``None`` clears the setting.
+
+    The path is checked when data is looked for (``search_roots``, ``download_root``), not here.
+    """
     global _data_dir
+    check_root(path, "the data directory")
     _data_dir = None if path is None else Path(path).expanduser()
 
 
@@ -47,25 +64,70 @@ def cache_dir() -> Path:
     return base / "advlab"
 
 
-def search_roots(root: str | os.PathLike | None = None) -> list[tuple[Path, str]]:
-    """The roots to search, in order, each with where it came from (for error messages)."""
-    if root is not None:
-        return [(_absolute(root), "root argument")]
-    roots: list[tuple[Path, str]] = []
+ROOT_ORIGIN = "root argument"
+CACHE_ORIGIN = "default cache dir"
+
+
+def _configured() -> tuple[Path, str] | None:
     configured = data_dir()
+    if configured is None:
+        return None
+    origin = "set_data_dir / --data-dir" if _data_dir is not None else f"${ENV_VAR}"
+    return _checked(configured, origin), origin
+
+
+def search_roots(root: str | os.PathLike | None = None) -> list[tuple[Path, str]]:
+    """The roots to search, in order, each with where it came from (for error messages).
+
+    Raises ``ValueError`` for a ``root`` that is not a path, ``DataError`` for a given root
+    (``root``, the data directory) that exists but is not a directory.
+    """
+    check_root(root)
+    if root is not None:
+        return [(_checked(root, ROOT_ORIGIN), ROOT_ORIGIN)]
+    roots: list[tuple[Path, str]] = []
+    configured = _configured()
     if configured is not None:
-        origin = "set_data_dir / --data-dir" if _data_dir is not None else f"${ENV_VAR}"
-        roots.append((_absolute(configured), origin))
-    roots.append((_absolute(cache_dir()), "default cache dir"))
+        roots.append(configured)
+    roots.append((_absolute(cache_dir()), CACHE_ORIGIN))
     return roots
 
 
 def download_root(root: str | os.PathLike | None = None) -> Path:
-    """Where downloads go: ``root`` if given, else the data directory if set, else the cache."""
+    """Where downloads go: ``root`` if given, else the data directory if set, else the cache.
+
+    Checked as in ``search_roots`` (a missing root is fine: it is created by the download).
+    """
+    check_root(root)
     if root is not None:
-        return _absolute(root)
-    configured = data_dir()
-    return _absolute(configured if configured is not None else cache_dir())
+        return _checked(root, ROOT_ORIGIN)
+    configured = _configured()
+    return configured[0] if configured is not None else _absolute(cache_dir())
+
+
+def _checked(root: str | os.PathLike, origin: str) -> Path:
+    """``root`` made absolute; ``DataError`` if it exists and is not a directory."""
+    path = _absolute(root)
+    kind = path_kind(path)
+    if kind not in (None, "directory"):
+        raise DataError(f"{origin}: {path} is {kind}, expected a directory")
+    return path
+
+
+def path_kind(path: Path) -> str | None:
+    """What ``path`` is: "directory", "a file", "not a directory" (any other kind), or None if
+    it does not exist. Raises ``DataReadError`` if it cannot be inspected (permissions)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as err:
+        if err.errno in (errno.ENOENT, errno.ENOTDIR):
+            return None
+        raise read_error(path, err) from err
+    except ValueError:  # e.g. an embedded NUL byte: no such file can exist
+        return None
+    if stat.S_ISDIR(mode):
+        return "directory"
+    return "a file" if stat.S_ISREG(mode) else "not a directory"
 
 
 def _absolute(path: str | os.PathLike) -> Path:
@@ -98,13 +160,17 @@ def _variants(name: str, gz: bool) -> tuple[str, ...]:
 
 def locate_in(name: str, files: tuple[str, ...], directory: Path, *,
               gz: bool) -> tuple[dict[str, Path] | None, str]:
-    """The ``files`` in ``directory`` (with ``.gz`` variants if ``gz``), or None and why not."""
-    if not directory.is_dir():
+    """The ``files`` in ``directory`` (with ``.gz`` variants if ``gz``), or None and why not.
+
+    Raises ``DataReadError`` if the directory or a file in it cannot be inspected.
+    """
+    if path_kind(directory) != "directory":
         return None, "no such directory"
     found: dict[str, Path] = {}
     missing: list[str] = []
     for f in files:
-        path = next((directory / v for v in _variants(f, gz) if (directory / v).is_file()), None)
+        path = next((directory / v for v in _variants(f, gz)
+                     if path_kind(directory / v) == "a file"), None)
         if path is None:
             missing.append(f + ("[.gz]" if gz else ""))
         else:
@@ -122,6 +188,7 @@ def locate(name: str, split: str, files: tuple[str, ...], root: str | os.PathLik
     """
     info(name)  # unknown names: ValueError listing the valid ones
     looked: list[str] = []
+    notes: list[str] = []
     for base, origin in search_roots(root):
         for rel, layout in LAYOUTS[name]:
             directory = base / rel
@@ -129,8 +196,11 @@ def locate(name: str, split: str, files: tuple[str, ...], root: str | os.PathLik
             if found is not None:
                 return Located(directory, layout, found)
             looked.append(f"  {directory}  ({layout} layout, from {origin}): {why}")
+        if origin != CACHE_ORIGIN and path_kind(base) is None:  # a root given by the user
+            notes.append(f"Note: the data root {base} (from {origin}) does not exist.\n")
     raise DatasetNotFoundError(
         f"dataset {name!r} (split {split!r}) not found. Looked in:\n" + "\n".join(looked) +
-        f"\nFetch it with `advlab data prepare {name}` or data.load({name!r}, download=True), "
+        "\n" + "".join(notes) +
+        f"Fetch it with `advlab data prepare {name}` or data.load({name!r}, download=True), "
         f"or point root=, --data-dir or ${ENV_VAR} at a directory that holds it."
     )

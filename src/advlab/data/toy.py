@@ -32,6 +32,8 @@ RING_MODES, RING_RADIUS, RING_SIGMA = 8, 1.0, 0.01
 GRID_SIDE, GRID_SPACING, GRID_SIGMA = 5, 2.0, 0.05
 SEEDS = {"train": 0, "test": 1}
 DEFAULT_SIZES = {"train": 100_000, "test": 10_000}
+# The most points a generated set may have (x float32 + y int64: 160 MB); a larger n is a typo.
+MAX_POINTS = 10**7
 TOY_NAMES = ("ring8", "grid25")
 
 
@@ -50,9 +52,13 @@ def toy_modes(name: str) -> tuple[torch.Tensor, float]:
 
 
 def sample_toy(name: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` points of the mixture: x (n, 2) float32 and the mode index y (n,) int64."""
-    if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
-        raise ValueError(f"expected a positive number of points n, got {n!r}")
+    """``n`` points of the mixture: x (n, 2) float32 and the mode index y (n,) int64.
+
+    ``n`` is an int in 1..``MAX_POINTS``.
+    """
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_POINTS:
+        raise ValueError(f"expected n as a positive number of points (an int) of at most "
+                         f"{MAX_POINTS:,}, the cap on generated data sets; got {n!r}")
     centers, sigma = toy_modes(name)
     g = torch.Generator().manual_seed(seed)
     y = torch.randint(len(centers), (n,), generator=g)

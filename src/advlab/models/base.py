@@ -12,6 +12,8 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import math
+import numbers
 from typing import Any
 
 import torch
@@ -132,9 +134,33 @@ def _resolve_shape(
         isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape
     ):
         raise ValueError(f"expected in_shape as (C, H, W) or (D,) of positive ints, got {shape}")
-    if not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
-        raise ValueError(f"expected num_classes as a positive int, got {classes!r}")
+    if not isinstance(classes, int) or isinstance(classes, bool) or classes < 2:
+        raise ValueError(f"expected num_classes as an int >= 2 (a classifier needs at least "
+                         f"two classes), got {classes!r}")
     return shape, classes
+
+
+def _statistics(value: Any, what: str) -> tuple[float, ...]:
+    """``mean`` or ``std`` as a non-empty tuple of finite floats (``std``: all > 0).
+
+    A list or tuple of numbers, or one number (one value for every channel).
+    """
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        value = (value,)
+    if not isinstance(value, list | tuple) or not all(
+        isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value
+    ):
+        raise ValueError(f"expected {what} as a list of numbers (one per channel, or one for "
+                         f"all channels), got {value!r}")
+    if not value:
+        raise ValueError(f"expected {what} as a non-empty list of numbers, got {value!r}")
+    floats = tuple(float(v) for v in value)
+    if what == "std":
+        if not all(math.isfinite(v) and v > 0 for v in floats):
+            raise ValueError(f"expected std as finite numbers > 0, got {list(floats)}")
+    elif not all(math.isfinite(v) for v in floats):
+        raise ValueError(f"expected {what} as finite numbers, got {list(floats)}")
+    return floats
 
 
 def _resolve_normalize(
@@ -157,10 +183,11 @@ def _resolve_normalize(
                 f"{dataset!r} (defaults exist for {', '.join(NORMALIZATION_STATS)})"
             )
         mean, std = NORMALIZATION_STATS[dataset]
-    mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
-    if len(mean) not in (1, shape[0]):
+    mean, std = _statistics(mean, "mean"), _statistics(std, "std")
+    if len(mean) != len(std) or len(mean) not in (1, shape[0]):
         raise ValueError(
-            f"expected mean/std of length 1 or {shape[0]} (channels of {shape}), got {len(mean)}"
+            f"expected mean and std of equal length, 1 or {shape[0]} (channels of {shape}), "
+            f"got lengths {len(mean)} and {len(std)}"
         )
     return True, mean, std
 
@@ -169,10 +196,12 @@ def create(name: str, dataset: str | None = "mnist", **kwargs: Any) -> Classifie
     """Build the registered model ``name`` for ``dataset``'s input shape and classes.
 
     Keywords valid for every model: ``in_shape=(C, H, W)`` or ``(D,)`` / ``in_features=D``
-    and ``num_classes`` override the data set's; ``normalize`` (default: on for cifar10),
-    ``mean``, ``std`` (default: the data set's statistics). Other keywords are the
-    architecture's own (see each factory). Keywords set to ``None`` are ignored.
-    Raises ``ValueError`` for an unknown name or keyword, or a data set the model cannot take.
+    and ``num_classes`` (an int >= 2) override the data set's; ``normalize`` (a bool, default:
+    on for cifar10), ``mean``, ``std`` (default: the data set's statistics; lists of finite
+    numbers, one per channel or one for all, std > 0). Other keywords are the architecture's
+    own (see each factory). Keywords set to ``None`` are ignored.
+    Raises ``ValueError`` for an unknown name or keyword, an invalid value, or a data set the
+    model cannot take.
     """
     factory = MODELS.get(name)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}

@@ -29,8 +29,10 @@ class Normalize(nn.Module):
                 f"expected mean and std as equal-length non-empty sequences, got "
                 f"{list(mean)} and {list(std)}"
             )
-        if not bool((std_t > 0).all()):
-            raise ValueError(f"expected std > 0, got {list(std)}")
+        if not bool(torch.isfinite(mean_t).all()):
+            raise ValueError(f"expected finite mean, got {list(mean)}")
+        if not bool((torch.isfinite(std_t) & (std_t > 0)).all()):
+            raise ValueError(f"expected finite std > 0, got {list(std)}")
         self.register_buffer("mean", mean_t)  # (C,)
         self.register_buffer("std", std_t)  # (C,)
 
@@ -41,6 +43,14 @@ class Normalize(nn.Module):
 
     def extra_repr(self) -> str:
         return f"mean={self.mean.tolist()}, std={self.std.tolist()}"
+
+
+def check_positive_int(value: object, what: str) -> int:
+    """``value`` if it is an int >= 1; bools (``True`` is an int in Python) and floats are
+    refused with a ``ValueError`` naming ``what``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"expected {what} as a positive int, got {value!r}")
+    return value
 
 
 def conv_out(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:

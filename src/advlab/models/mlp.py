@@ -13,13 +13,25 @@ from collections.abc import Sequence
 from torch import nn
 
 from advlab.models.base import MODELS
+from advlab.models.layers import check_positive_int
 
 
-def _widths(widths: Sequence[int], what: str) -> tuple[int, ...]:
-    widths = tuple(widths)
-    if not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths):
-        raise ValueError(f"expected {what} as positive ints, got {widths}")
-    return widths
+def _widths(widths: Sequence[int] | int, what: str) -> tuple[int, ...]:
+    """Hidden widths as a tuple: a list or tuple of positive ints, or one int (one layer).
+
+    A string is refused (``"500,150"`` is not split), and so are bools and floats.
+    """
+    if isinstance(widths, str | bytes):
+        raise ValueError(f"expected {what} as a list of positive ints (e.g. [500, 150]), "
+                         f"not a string; got {widths!r}")
+    if isinstance(widths, int) and not isinstance(widths, bool):
+        widths = (widths,)
+    if not isinstance(widths, list | tuple) or not all(
+        isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths
+    ):
+        raise ValueError(f"expected {what} as a list of positive ints or one positive int, "
+                         f"got {widths!r}")
+    return tuple(widths)
 
 
 def fully_connected(
@@ -44,9 +56,14 @@ def fully_connected(
 
 @MODELS.register("mlp")
 def mlp(
-    in_shape: tuple[int, ...], num_classes: int, *, widths: Sequence[int] = (100,)
+    in_shape: tuple[int, ...], num_classes: int, *, widths: Sequence[int] | int = (100,)
 ) -> nn.Module:
-    """Multilayer perceptron with ReLU; ``widths`` are the hidden layer widths."""
+    """Multilayer perceptron with ReLU; ``widths`` are the hidden layer widths.
+
+    ``widths``: a list of positive ints, one per hidden layer (``[]``: no hidden layer), or a
+    single int for one hidden layer (``widths=5`` is ``widths=[5]``; the spec keeps the value
+    as given). Strings such as ``"500,150"`` are refused.
+    """
     return fully_connected(in_shape, num_classes, _widths(widths, "widths"))
 
 
@@ -71,10 +88,11 @@ def linear_1l(in_shape: tuple[int, ...], num_classes: int) -> nn.Module:
 @MODELS.register("linear-2l")
 def linear_2l(in_shape: tuple[int, ...], num_classes: int, *, hidden: int = 100) -> nn.Module:
     """Two stacked linear layers without nonlinearity (a factored linear map of rank <= hidden)."""
-    return fully_connected(in_shape, num_classes, _widths((hidden,), "hidden"), relu=False)
+    hidden = check_positive_int(hidden, "hidden")
+    return fully_connected(in_shape, num_classes, (hidden,), relu=False)
 
 
 @MODELS.register("lrl")
 def lrl(in_shape: tuple[int, ...], num_classes: int, *, hidden: int = 100) -> nn.Module:
     """Linear - ReLU - linear."""
-    return fully_connected(in_shape, num_classes, _widths((hidden,), "hidden"))
+    return fully_connected(in_shape, num_classes, (check_positive_int(hidden, "hidden"),))

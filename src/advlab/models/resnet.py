@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from advlab.models.base import MODELS
-from advlab.models.layers import check_image
+from advlab.models.layers import check_image, check_positive_int
 
 
 class BasicBlock(nn.Module):
@@ -51,10 +51,10 @@ def resnet_small(
     ``depth=20`` is the classic ResNet-20.
     """
     c, _, _ = check_image(in_shape, "resnet-small")
-    if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6 != 0:
+    if (not isinstance(depth, int) or isinstance(depth, bool) or depth < 8
+            or (depth - 2) % 6 != 0):
         raise ValueError(f"expected depth = 6n+2 with n >= 1 (8, 14, 20, ...), got {depth!r}")
-    if not isinstance(width, int) or width < 1:
-        raise ValueError(f"expected width as a positive int, got {width!r}")
+    check_positive_int(width, "width")
     n = (depth - 2) // 6
     layers: list[nn.Module] = [
         nn.Conv2d(c, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
