@@ -105,3 +105,13 @@ def test_check_resume_compares_the_command_first(tmp_path):
     with pytest.raises(ValueError, match=r"differs .*\(n: 5 in the run, 6 given\)"):
         check_resume(run, {"command": "eval", "n": 6})
     check_resume(run, {"command": "eval", "n": 5})
+
+
+def test_resume_of_a_directory_that_does_not_exist_is_refused(tmp_path):
+    from advlab.runs import check_out
+
+    with pytest.raises(ValueError, match="--resume: no run directory at .*missing"):
+        new_run_dir("train", tmp_path / "missing", exist_ok=True, resumable=True)
+    assert not (tmp_path / "missing").exists()
+    (tmp_path / "started").mkdir()  # killed before anything was written: resumable
+    check_out(tmp_path / "started", exist_ok=True, resumable=True)

@@ -119,12 +119,16 @@ def check_out(out: str | Path | None, *, exist_ok: bool = False,
               resumable: bool = False) -> None:
     """Raise ``ValueError`` if ``out`` cannot become a new run directory (``exist_ok=False``:
     it is a file or a non-empty directory); cheap, for a command to call before its work.
-    ``resumable``: the command has ``--resume`` (the message then offers it)."""
+    ``resumable``: the command has ``--resume`` (the message then offers it); with
+    ``exist_ok`` (a resume) ``out`` must then exist."""
     if out is None:
         return
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise ValueError(f"--out {path}: exists and is not a directory")
+    if exist_ok and resumable and not path.exists():  # --resume of a run that is not there
+        raise ValueError(f"--resume: no run directory at {path} to continue (a typo?); drop "
+                         f"--resume to start a new run there")
     if path.is_dir() and any(path.iterdir()) and not exist_ok:
         hint = " (or pass --resume to continue the run in it)" if resumable else ""
         raise ValueError(f"--out {path}: directory is not empty; choose a new one{hint}")
