@@ -106,6 +106,7 @@ def test_model_mode_is_restored_after_an_error():
     ("fgsm", {"targeted": 1}, "targeted to be True or False"),
     ("pgd", {"norm": "l3"}, "norm in 'linf', 'l2', got 'l3'"),
     ("pgd", {"steps": 0}, "steps to be an integer >= 1, got 0"),
+    ("pgd", {"eps": 0.1, "alpha": 0}, r"expected alpha > 0 with eps=0.1 > 0"),
     ("pgd", {"steps": 2.5}, "steps to be an integer >= 1, got 2.5"),
     ("pgd", {"steps": True}, "steps to be an integer >= 1"),
     ("pgd", {"restarts": 0}, "restarts to be an integer >= 1"),

@@ -158,6 +158,22 @@ def test_eot_averages_passes_and_calms_a_randomized_model():
     assert r.eot == 4 and r.to_dict()["eot"] == 4
 
 
+def test_eot_on_a_deterministic_model_is_pointed_out(caplog):
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    x, y = torch.rand(8, 1, 4, 4), torch.zeros(8, dtype=torch.long)
+    kw = dict(threat=ThreatModel("linf", 0.1), steps=2, restarts=1, minimal=None,
+              with_rho2=False, with_eps_ref=False, n_checks=8)
+    with caplog.at_level("WARNING", logger="advlab"):
+        standard_evaluation(net, x, y, **kw)
+        assert "deterministic model" not in caplog.text
+        standard_evaluation(net, x, y, eot=3, **kw)
+    assert "eot=3 on a deterministic model" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="advlab"):
+        standard_evaluation(_Noisy().eval(), x, y, eot=3, **kw)
+    assert "deterministic model" not in caplog.text
+
+
 def test_robust_accuracy_of_pgd_margin_with_mask_is_cumulative(runs, points):
     x, y = points
     model = load_model(runs["model"])

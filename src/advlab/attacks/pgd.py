@@ -125,6 +125,9 @@ class PGD(Attack):
         if self.alpha is None:
             object.__setattr__(self, "alpha", 2.5 * self.eps / self.steps)
         check_nonneg("alpha", self.alpha)
+        if self.alpha == 0 and self.eps > 0:
+            raise ValueError(f"expected alpha > 0 with eps={self.eps:g} > 0 (a step size of 0 "
+                             f"never moves from the start), got 0")
         for flag in ("random_start", "targeted", "early_stop"):
             check_bool(flag, getattr(self, flag))
 

@@ -38,7 +38,13 @@ from torch import Tensor
 
 from advlab.attacks import EOT, create
 from advlab.attacks.threat import ThreatModel
-from advlab.eval.checks import CheckResult, check_n_checks, reliable, soundness_checks
+from advlab.eval.checks import (
+    CheckResult,
+    check_deterministic,
+    check_n_checks,
+    reliable,
+    soundness_checks,
+)
 from advlab.eval.robust import (
     AccuracyCurve,
     EpsRef,
@@ -153,6 +159,9 @@ def standard_evaluation(model: Model, x: Tensor, y: Tensor, *, threat: ThreatMod
     start = time.perf_counter()
     dev = model_device(model, x, device)
     attacked_model = EOT(model, samples=eot) if eot > 1 else model
+    if eot > 1 and check_deterministic(model, x[:64], device=dev).passed:
+        log.warning("eot=%d on a deterministic model: every pass gives the same logits, so the "
+                    "average changes nothing and costs %d times the forward passes", eot, eot)
     kw: dict[str, Any] = {"batch_size": batch_size, "device": dev, "progress": progress}
     clean_logits = predict(attacked_model, x, batch_size, dev)
     y_dev = y.to(x.device)
