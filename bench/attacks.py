@@ -58,11 +58,14 @@ CASES = {
 
 # --- the worker: one library, one case, one timed call ---------------------------------------
 
-def _model_run() -> Path:
-    for p in MODEL_RUNS:
+def _model_run(quick: bool = False) -> Path:
+    """A trained madry-cnn run; with ``quick`` the smoke run's one-epoch model will do."""
+    candidates = MODEL_RUNS + ([OUT / "quick" / MODEL_RUNS[0].name] if quick else [])
+    for p in candidates:
         if (p / "metrics.json").is_file():
             return p
-    sys.exit("no trained madry-cnn: run `python -m bench.run --only classifiers` first")
+    sys.exit("no trained madry-cnn: run `python -m bench.run --only classifiers"
+             + (" --quick" if quick else "") + "` first")
 
 
 def _fb_model(model):
@@ -243,7 +246,7 @@ def _fmt_mb(kb: float) -> str:
 
 def main(quick: bool = False) -> None:
     require_data()
-    run = _model_run()
+    run = _model_run(quick)
     n = 100 if quick else 1000
     reps = 1 if quick else 3
     # the slowest cases on fewer images and one repetition, to fit the run in ~30 minutes:
