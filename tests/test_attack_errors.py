@@ -23,6 +23,8 @@ Y = torch.tensor([0, 1, 2, 0])
 @pytest.mark.parametrize("x, message", [
     ([[0.5]], "expected x to be a torch.Tensor"),
     (torch.ones(4, 1, 4, 4, dtype=torch.uint8), "floating-point"),
+    (X.half(), r"expected x in float32 or float64, got torch.float16.*x.float\(\)"),
+    (X.bfloat16(), "got torch.bfloat16"),
     (torch.rand(4), "batch dimension"),
     (X * 2, r"inside \[0, 1\]"),
     (X - 0.5, r"inside \[0, 1\]"),

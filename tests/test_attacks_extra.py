@@ -13,7 +13,7 @@ from scipy import ndimage
 from torch import nn
 
 from advlab import attacks
-from advlab.attacks import PGD, DeepFool, Optim, Spatial, Transfer, Universal
+from advlab.attacks import CW, PGD, DeepFool, Optim, Spatial, Transfer, Universal
 from advlab.attacks.spatial import rotate_translate
 from attack_fixtures import SmallCNN, correct_subset, digits, trained_digits
 
@@ -378,3 +378,20 @@ def test_transfer_restores_the_source_and_validates_its_settings():
         Transfer(attack="transfer")
     with pytest.raises(ValueError, match="unknown parameter"):
         Transfer(attack="fgsm", attack_params={"steps": 3})
+
+
+def test_cw_more_search_steps_never_give_a_larger_perturbation():
+    """Each search step's best is shrunk before it is compared (comparing before the shrink
+    could keep a candidate that shrinks less); info['c'] is the c of each sample's best."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(),
+                                torch.nn.Linear(32, 10)).eval()
+    x = torch.rand(200, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    y = model(x).argmax(1)
+    one = CW(c=1.0, steps=50, binary_search_steps=1)(model, x, y)
+    two = CW(c=1.0, steps=50, binary_search_steps=2)(model, x, y)
+    both = one.success & two.success
+    assert both.sum() > 50
+    assert (two.l2[both] <= one.l2[both] + 1e-6).all()
+    c = two.info["c"]
+    assert torch.isnan(c[~two.success]).all() and (c[two.success] > 0).all()

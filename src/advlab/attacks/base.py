@@ -213,6 +213,10 @@ def _check_inputs(x: object) -> None:
     if not isinstance(x, Tensor):
         raise ValueError(f"expected x to be a torch.Tensor, got {type(x).__name__}")
     check_floating(x)
+    if x.dtype in (torch.float16, torch.bfloat16):
+        raise ValueError(f"expected x in float32 or float64, got {x.dtype}: rounding the result "
+                         f"to half precision would move it off the eps-ball and the reported "
+                         f"predictions; pass x.float()")
     if x.dim() < 2:
         raise ValueError(f"expected x of shape (B, ...) with a batch dimension, "
                          f"got {tuple(x.shape)}")

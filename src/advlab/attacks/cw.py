@@ -62,9 +62,10 @@ class CW(Attack):
     has slope 1 inward. Its w is kept on the inward half-line (w >= 0 at 0, w <= 0 at 1) after
     each Adam step, so it never enters the flat side and can always move back in.
 
-    Finally each successful perturbation is shrunk along its own direction by a 10-step
-    bisection (10 forward passes): Adam's first steps can jump well past a boundary very close
-    to x, and the smallest perturbation is the point of this attack.
+    At the end of each search step, its smallest success is shrunk along its own direction by a
+    10-step bisection (10 forward passes) before it is compared with the other steps' (so more
+    search steps never give a larger perturbation): Adam's first steps can jump well past a
+    boundary very close to x, and the smallest perturbation is the point of this attack.
 
     Arguments:
         c (float): weight of the classification term (the initial c with a search). (Default: 1)
@@ -107,6 +108,7 @@ class CW(Attack):
         c = torch.full((batch,), float(self.c), device=dev)
         lower, upper = torch.zeros_like(c), torch.full_like(c, torch.inf)
         best_l2, best_adv = torch.full_like(c, torch.inf), x.clone()
+        best_c = torch.full_like(c, torch.nan)  # the c of each sample's best (NaN: never fooled)
         # slope of adv(w) on each side of w = 0; a pixel at 1 only ever goes down (w <= 0), so
         # its "up" slope is replaced by 1 to make the slope at w = 0 nonzero there too
         up, down = torch.where(x == 1, 1.0, 1 - x), x
@@ -118,6 +120,7 @@ class CW(Attack):
             w = torch.zeros_like(x, requires_grad=True)
             m, v = torch.zeros_like(x), torch.zeros_like(x)  # Adam moments, elementwise
             fooled = torch.zeros(batch, dtype=torch.bool, device=dev)
+            step_l2, step_adv = torch.full_like(c, torch.inf), x.clone()  # this c's smallest
             for t in range(1, self.steps + 1):
                 delta = torch.where(w >= 0, up, down) * torch.tanh(w)  # adv inside [0, 1]
                 adv = x + delta  # (B, ...)
@@ -130,19 +133,26 @@ class CW(Attack):
                 with torch.no_grad():  # track the smallest success (at the pre-step iterate)
                     ok = is_adversarial(logits, label, self.targeted) & (gap <= -self.kappa)
                     l2 = l2sq.sqrt()
-                    better = ok & (l2 < best_l2)
-                    best_l2 = torch.where(better, l2, best_l2)
-                    best_adv = torch.where(better.view(view), adv, best_adv)
+                    better = ok & (l2 < step_l2)
+                    step_l2 = torch.where(better, l2, step_l2)
+                    step_adv = torch.where(better.view(view), adv, step_adv)
                     fooled |= ok
                     m.mul_(b1).add_(grad, alpha=1 - b1)
                     v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
                     denom = (v / (1 - b2**t)).sqrt_().add_(1e-8)
                     w.addcdiv_(m, denom, value=-self.lr / (1 - b1**t))
                     w.clamp_(w_min, w_max)
+            # this c's best, shrunk along its ray, then compared with the other c's (shrunk
+            # too): comparing before the shrink could keep a candidate that shrinks less
+            shrunk = shrink_along_ray(model, x, step_adv, label, self.targeted, self.kappa)
+            l2 = (shrunk - x).flatten(1).norm(dim=1)
+            better = fooled & (l2 < best_l2)
+            best_l2 = torch.where(better, l2, best_l2)
+            best_adv = torch.where(better.view(view), shrunk, best_adv)
+            best_c = torch.where(better, c, best_c)
             # per-sample bisection of c (Carlini & Wagner): lower after a success, else raise
             upper = torch.where(fooled, upper.minimum(c), upper)
             lower = torch.where(fooled, lower, lower.maximum(c))
             c = torch.where(upper.isfinite(), (lower + upper) / 2, c * 10)
-        best_adv = shrink_along_ray(model, x, best_adv, label, self.targeted, self.kappa)
         iterations = self.steps * self.binary_search_steps
-        return RunOutput(best_adv, iterations, info={"c_final": c})
+        return RunOutput(best_adv, iterations, info={"c": best_c})
