@@ -88,11 +88,13 @@ def check_resume(run: RunDir, config: dict[str, Any], free: tuple[str, ...] = ("
         raise ValueError(f"cannot resume {run.path}: it is a {theirs!r} run, not a {ours!r} "
                          f"one; choose another --out")
     saved, given = (_flat(resumable_view(c, free)) for c in (saved_config, config))
-    missing = object()
-    diffs = [f"{k}: {saved.get(k, missing)!r} in the run, {given.get(k, missing)!r} given"
-             .replace(repr(missing), "absent")
+
+    def show(values: dict[str, Any], key: str) -> str:
+        return repr(values[key]) if key in values else "absent"
+
+    diffs = [f"{k}: {show(saved, k)} in the run, {show(given, k)} given"
              for k in sorted(set(saved) | set(given), key=str)
-             if saved.get(k, missing) != given.get(k, missing)]
+             if k not in saved or k not in given or saved[k] != given[k]]
     if diffs:
         raise ValueError(f"cannot resume {run.path}: its config.yaml differs from the options "
                          f"given ({'; '.join(diffs)}); only {may_change} may change")

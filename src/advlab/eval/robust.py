@@ -17,6 +17,7 @@ The attack runs on ``device`` (default: the model's parameters' device, else ``x
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -453,8 +454,7 @@ def robust_accuracy_curve(model: Model, x: Tensor, y: Tensor, attack_name: str,
         probe = build(**params)
     start = time.perf_counter()
     dev = model_device(model, x, device)
-    clean_logits = predict(model, x, batch_size, dev)
-    check_labels_fit(y, clean_logits)
+    clean_logits = predict(model, x, batch_size, dev)  # robust_accuracy checks y against it
     if minimal:
         ev = robust_accuracy(model, x, y, probe, batch_size=batch_size, progress=progress,
                              device=dev, clean_logits=clean_logits)
@@ -522,8 +522,6 @@ def eps_ref(model: Model, x: Tensor, y: Tensor, *, level: float = 0.5, eps_max: 
     are adjacent floats (nothing lies between them); ``grid`` an integer in [1, 10000] (each
     grid point costs one FGSM evaluation).
     """
-    import numbers
-
     grid_max = 10_000
 
     def number(v: object) -> bool:
