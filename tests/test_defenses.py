@@ -382,10 +382,66 @@ def test_deepfool_finetune_refreshed_per_epoch_trains_on_the_epochs_deepfool_set
     assert out.loss.item() == pytest.approx(
         F.cross_entropy(trained_mlp(expected[:10]), sub.y[:10]).item(), rel=1e-6)
     assert defenses.create_objective("deepfool-finetune").epoch_inputs is None
-    with pytest.raises(ValueError, match="refresh: expected 'batch' or 'epoch'"):
+    with pytest.raises(ValueError, match="refresh: expected one of .batch., .epoch., .once."):
         defenses.create_objective("deepfool-finetune", refresh="step")
     with pytest.raises(ValueError, match="clean_weight=0"):
         defenses.create_objective("deepfool-finetune", refresh="epoch", clean_weight=0.5)
+
+
+def test_deepfool_finetune_once_trains_on_the_starting_models_deepfool_set(trained_mlp,
+                                                                          digits, tmp_path):
+    """refresh="once": the training set is perturbed once, by the weights fine-tuning starts
+    from; every epoch trains on that set; a resumed run recomputes it from the same starting
+    weights (and ends with the weights of an uninterrupted run), and refuses other ones."""
+    import copy
+
+    train, _ = digits
+    sub = train.subset(torch.arange(200))
+    obj = defenses.create_objective("deepfool-finetune", steps=20, refresh="once",
+                                    batch_size=64)
+    assert obj.epoch_inputs is None and obj.start_inputs is not None
+    expected = attacks.DeepFool(steps=20, overshoot=0.02)(trained_mlp, sub.x, sub.y).adv
+    assert not torch.equal(expected, sub.x)
+    calls, batches = [], []
+
+    class Spy:
+        name = "spy"
+
+        def start_inputs(self, m, x, y):
+            adv = obj.start_inputs(m, x, y)
+            calls.append(adv.clone())
+            return adv
+
+        def __call__(self, m, x, y):
+            batches.append(x.clone())
+            return obj(m, x, y)
+
+    cfg = dict(batch_size=50, lr=1e-3, device="cpu")
+    model = copy.deepcopy(trained_mlp)
+    fit(model, sub, TrainConfig(epochs=3, **cfg), objective=Spy(), progress=False,
+        checkpoint=tmp_path / "full.pt")
+    assert len(calls) == 1  # once, not per epoch
+    assert torch.allclose(calls[0], expected, atol=1e-5)
+    assert len(batches) == 12  # 3 epochs x 4 batches, each made of rows of the one set
+    pool = calls[0].flatten(1)
+    assert all((b.flatten(1)[:, None] == pool[None]).all(-1).any(1).all() for b in batches)
+    assert not torch.equal(next(model.parameters()), next(trained_mlp.parameters()))
+
+    part = copy.deepcopy(trained_mlp)  # killed after epoch 1, then resumed
+    fit(part, sub, TrainConfig(epochs=1, **cfg), objective=obj, progress=False,
+        checkpoint=tmp_path / "part.pt")
+    resumed = copy.deepcopy(trained_mlp)
+    fit(resumed, sub, TrainConfig(epochs=3, **cfg), objective=obj, progress=False,
+        checkpoint=tmp_path / "part.pt", resume=True)
+    for (k, a), b in zip(model.state_dict().items(), resumed.state_dict().values(),
+                         strict=True):
+        assert torch.equal(a, b), k
+
+    with pytest.raises(ValueError, match="does not hold those weights"):
+        fit(copy.deepcopy(part), sub, TrainConfig(epochs=4, **cfg), objective=obj,
+            progress=False, checkpoint=tmp_path / "part.pt", resume=True)
+    with pytest.raises(ValueError, match="clean_weight=0"):
+        defenses.create_objective("deepfool-finetune", refresh="once", clean_weight=0.5)
 
 
 def test_deepfool_finetune_with_the_reports_deepfool(trained_mlp, digits):

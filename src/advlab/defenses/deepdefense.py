@@ -191,6 +191,9 @@ class DeepDefense:
                                    "rho2_train": rho_correct})
 
 
+REFRESH = ("batch", "epoch", "once")  # when DeepFoolFinetune recomputes its examples
+
+
 @dataclass(frozen=True)
 class DeepFoolFinetune:
     """Cross-entropy on DeepFool adversarial examples of the current weights (report baseline)."""
@@ -202,9 +205,11 @@ class DeepFoolFinetune:
     clean_weight: float = 0.0  # weight of the clean loss; 0 = perturbed examples only
     # "batch": DeepFool examples of the current weights for every batch (online); "epoch":
     # the whole training set perturbed once per epoch, as Moosavi-Dezfooli et al. §4.3 ("for
-    # each epoch, a new set of perturbed examples is generated"), then trained on as data
+    # each epoch, a new set of perturbed examples is generated"), then trained on as data;
+    # "once": the training set perturbed once, by the weights fine-tuning starts from (the
+    # trained model's own DeepFool examples), and trained on for every epoch
     refresh: str = "batch"
-    batch_size: int = 1000  # DeepFool batch of the "epoch" refresh
+    batch_size: int = 1000  # DeepFool batch of the "epoch" and "once" refreshes
     # "clipped": advlab's DeepFool attack (every iterate clipped to [0, 1], valid images);
     # "report": the report's DeepFool that Deep Defense differentiates through and rho2
     # measures with (unclipped, at most ``steps`` steps; set steps=5 for the report's)
@@ -215,11 +220,12 @@ class DeepFoolFinetune:
         check_number("overshoot", self.overshoot)
         check_int("num_classes", self.num_classes, low=2)
         check_fraction("clean_weight", self.clean_weight)
-        if self.refresh not in ("batch", "epoch"):
-            raise ValueError(f"refresh: expected 'batch' or 'epoch', got {self.refresh!r}")
-        if self.refresh == "epoch" and self.clean_weight > 0:
-            raise ValueError("refresh='epoch' trains on the perturbed set only: expected "
-                             f"clean_weight=0, got {self.clean_weight}")
+        if self.refresh not in REFRESH:
+            raise ValueError(f"refresh: expected one of {', '.join(map(repr, REFRESH))}, got "
+                             f"{self.refresh!r}")
+        if self.refresh != "batch" and self.clean_weight > 0:
+            raise ValueError(f"refresh={self.refresh!r} trains on the perturbed set only: "
+                             f"expected clean_weight=0, got {self.clean_weight}")
         check_int("batch_size", self.batch_size)
         if self.deepfool not in ("clipped", "report"):
             raise ValueError(f"deepfool: expected 'clipped' or 'report', got {self.deepfool!r}")
@@ -228,6 +234,11 @@ class DeepFoolFinetune:
     def epoch_inputs(self):
         """With ``refresh="epoch"``, the hook ``fit`` calls at the start of every epoch."""
         return self._perturb_all if self.refresh == "epoch" else None
+
+    @property
+    def start_inputs(self):
+        """With ``refresh="once"``, the hook ``fit`` calls once, with the starting weights."""
+        return self._perturb_all if self.refresh == "once" else None
 
     def _adversarial(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         """DeepFool examples of ``x`` (no graph); misclassified points stay as they are."""
@@ -246,7 +257,7 @@ class DeepFoolFinetune:
                           zip(x.split(self.batch_size), y.split(self.batch_size), strict=True)])
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> StepOutput:
-        if self.refresh == "epoch":  # x is already this epoch's DeepFool example
+        if self.refresh != "batch":  # x is already a DeepFool example (of this epoch or start)
             logits = model(x)
             loss = F.cross_entropy(logits, y)
             return StepOutput(loss=loss, logits=logits.detach(),

@@ -9,6 +9,7 @@ uninterrupted one.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -121,11 +122,25 @@ def fit(
     bad_epochs = 0
     start_epoch = 1
     torch.manual_seed(config.seed)
+    # an objective may train on inputs computed once from the weights training starts from
+    # (e.g. DeepFool examples of the model being fine-tuned); on resume they are recomputed
+    # from the same starting weights, which the fingerprint in the checkpoint vouches for
+    start_inputs = getattr(objective, "start_inputs", None)
+    start_fingerprint = weights_fingerprint(model) if start_inputs is not None else None
     if resume:
         if checkpoint is None or not Path(checkpoint).is_file():
             raise FileNotFoundError(f"cannot resume: no checkpoint at {checkpoint}")
         state = load_state(checkpoint)
         _check_resumable(state, config)
+        if start_fingerprint is not None:
+            _check_start(state, start_fingerprint, checkpoint)
+    x_fixed = None
+    if start_inputs is not None:  # before a resumed state replaces the starting weights
+        x_fixed = start_inputs(model, x_train, y_train)
+        if x_fixed.shape != x_train.shape:
+            raise ValueError(f"start_inputs returned shape {tuple(x_fixed.shape)}, expected "
+                             f"the training inputs' {tuple(x_train.shape)}")
+    if resume:
         _load_model_state(model, state["model"], state.get("spec"), checkpoint)
         opt.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler") is not None:
@@ -149,7 +164,12 @@ def fit(
             # an objective may supply this epoch's inputs (e.g. adversarial examples of the
             # whole training set, computed once per epoch from the current weights)
             epoch_inputs = getattr(objective, "epoch_inputs", None)
-            x_epoch = x_train if epoch_inputs is None else epoch_inputs(model, x_train, y_train)
+            if x_fixed is not None:
+                x_epoch = x_fixed
+            elif epoch_inputs is not None:
+                x_epoch = epoch_inputs(model, x_train, y_train)
+            else:
+                x_epoch = x_train
             model.train()
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device, dtype=torch.long)
@@ -223,6 +243,7 @@ def fit(
                     "bad_epochs": bad_epochs,
                     "spec": getattr(model, "spec", None),
                     "metadata": metadata or {},
+                    "start_fingerprint": start_fingerprint,
                 })
             if on_epoch is not None:
                 on_epoch(row)
@@ -249,6 +270,28 @@ def _check_resumable(state: dict[str, Any], config: TrainConfig) -> None:
     if diff:
         pairs = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {now[k]!r}" for k in diff)
         raise ValueError(f"cannot resume with a different configuration ({pairs})")
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """SHA-256 of the model's state (names, shapes, dtypes, values): which weights a run
+    started from."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _check_start(state: dict[str, Any], fingerprint: str, checkpoint: str | Path) -> None:
+    """Refuse to resume a run whose objective's fixed inputs came from other weights."""
+    saved = state.get("start_fingerprint")
+    if saved != fingerprint:
+        raise ValueError(
+            f"cannot resume from {checkpoint}: the objective trains on inputs computed from "
+            "the weights training started from, and the model given now does not hold those "
+            "weights (start it from the same initial weights, e.g. the same --init run)"
+            + ("" if saved else "; the checkpoint records no starting weights"))
 
 
 def _load_model_state(model: nn.Module, weights: dict[str, torch.Tensor],
