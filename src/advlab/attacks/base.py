@@ -1,9 +1,10 @@
 """What an attack is: a frozen dataclass of settings, called on ``(model, x, y, target)``.
 
 ``Attack.__call__`` is final and does the shared work once: input checks, eval mode (restored
-after, also on error), a seeded generator on ``x``'s device, float32 on ``x``'s device, then the
-subclass's ``run()``, then one forward pass on the adversarial batch to report predictions,
-success and perturbation norms in an ``AttackResult``. See README-dev.md to add an attack.
+after, also on error), per-point random numbers keyed by the seed and each point's index
+(``rng.py``), float32 on ``x``'s device, then the subclass's ``run()``, then one forward pass
+on the adversarial batch to report predictions, success and perturbation norms in an
+``AttackResult``. See README-dev.md to add an attack.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from advlab.attacks.rng import SampleRNG
 from advlab.attacks.threat import ThreatModel, clip_box, lp_norm
 
 log = logging.getLogger(__name__)
@@ -182,6 +184,24 @@ def _check_labels(name: str, lab: object, batch: int, device: torch.device) -> T
     return lab.long()
 
 
+def _check_index(index: object, batch: int, device: torch.device) -> Tensor:
+    """The points' positions in the data set (B,) int64 on ``device``; ``arange(B)`` if None."""
+    if index is None:
+        return torch.arange(batch, device=device)
+    if not isinstance(index, Tensor):
+        raise ValueError(f"expected index to be a torch.Tensor of positions, got "
+                         f"{type(index).__name__}")
+    if index.dtype == torch.bool or index.is_floating_point() or index.is_complex():
+        raise ValueError(f"expected index to be an integer tensor, got dtype {index.dtype}")
+    if index.shape != (batch,):
+        raise ValueError(f"expected index of shape ({batch},) to match the batch of x, got "
+                         f"{tuple(index.shape)}")
+    if index.numel() and int(index.min()) < 0:
+        raise ValueError(f"expected index >= 0 (positions in the data set), got "
+                         f"{int(index.min())}")
+    return index.to(device=device, dtype=torch.int64)
+
+
 # --- input checks, shared with the generative models (``GenerativeModel.check_data``) -------
 
 def check_floating(x: Tensor, what: str = "x", *, box: bool = True,
@@ -264,16 +284,23 @@ class Attack(ABC):
 
     @abstractmethod
     def run(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
-            generator: torch.Generator) -> RunOutput:
+            rng: SampleRNG) -> RunOutput:
         """Craft adversarial examples for the float32 batch ``x`` (B, ...) in [0, 1].
 
         ``model`` is in eval mode and validates its first output; ``y`` (B,) int64 labels;
-        ``target`` (B,) int64 when ``self.targeted``, else None; ``generator`` is seeded.
+        ``target`` (B,) int64 when ``self.targeted``, else None; ``rng`` draws per-point
+        random numbers keyed by the attack's seed and the points' indices
+        (``rng.rand(shape, key)``; ``rng.generator`` is a plain seeded ``torch.Generator``).
         """
 
     def __call__(self, model: nn.Module | Model, x: Tensor, y: Tensor,
-                 target: Tensor | None = None) -> AttackResult:
-        """Attack ``model`` on ``x`` (B, ...) in [0, 1] with labels ``y`` (B,)."""
+                 target: Tensor | None = None, *, index: Tensor | None = None) -> AttackResult:
+        """Attack ``model`` on ``x`` (B, ...) in [0, 1] with labels ``y`` (B,).
+
+        ``index`` (B,): the points' positions in the data set being evaluated (default
+        ``arange(B)``); random draws are keyed by them, so a point's random start does not
+        depend on the batch it is attacked in.
+        """
         if not callable(model):
             raise ValueError(f"expected the model to be an nn.Module or a callable x -> logits, "
                              f"got {type(model).__name__} (the call is attack(model, x, y))")
@@ -290,6 +317,7 @@ class Attack(ABC):
         elif target is not None:
             raise ValueError(f"got a target for the untargeted attack {self.name!r}: "
                              "create it with targeted=True, or pass target=None")
+        index = _check_index(index, batch, x.device)
         modules = list(model.modules()) if isinstance(model, nn.Module) else []
         flags = [m.training for m in modules]
         checked = _CheckedModel(model, labels)
@@ -302,10 +330,9 @@ class Attack(ABC):
                 y = y.clone()
                 target = None if target is None else target.clone()
                 checked.labels = [(n, lab.clone()) for n, lab in labels]
-                generator = torch.Generator(device=x.device)
-                generator.manual_seed(self.seed)
+                rng = SampleRNG(self.seed, index)
                 if batch:
-                    out = self.run(checked, x32, y, target, generator)
+                    out = self.run(checked, x32, y, target, rng)
                 else:  # nothing to attack; the forward below still checks the model
                     out = RunOutput(x32, 0)
                 adv = clip_box(out.adv.detach().to(torch.float32))

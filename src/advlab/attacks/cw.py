@@ -21,6 +21,7 @@ from advlab.attacks.base import (
     margin,
 )
 from advlab.attacks.registry import register
+from advlab.attacks.rng import SampleRNG
 
 
 def shrink_along_ray(model: Model, x: Tensor, adv: Tensor, label: Tensor, targeted: bool,
@@ -102,7 +103,7 @@ class CW(Attack):
         check_bool("targeted", self.targeted)
 
     def run(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
-            generator: torch.Generator) -> RunOutput:
+            rng: SampleRNG) -> RunOutput:
         label = target if self.targeted else y
         batch, dev = x.shape[0], x.device
         c = torch.full((batch,), float(self.c), device=dev)

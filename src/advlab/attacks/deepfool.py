@@ -18,6 +18,7 @@ from advlab.attacks.base import (
     expand_as,
 )
 from advlab.attacks.registry import register
+from advlab.attacks.rng import SampleRNG
 from advlab.attacks.threat import check_norm, clip_box, lp_norm
 
 
@@ -75,7 +76,7 @@ class DeepFool(Attack):
         check_norm(self.norm)
 
     def run(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
-            generator: torch.Generator) -> RunOutput:
+            rng: SampleRNG) -> RunOutput:
         batch = x.shape[0]
         adv, r_tot = x.clone(), torch.zeros_like(x)  # (B, ...)
         iters = torch.zeros(batch, dtype=torch.int64, device=x.device)

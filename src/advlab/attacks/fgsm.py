@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 from advlab.attacks.base import Attack, Model, RunOutput, check_bool, check_nonneg
 from advlab.attacks.pgd import pgd_loop
 from advlab.attacks.registry import register
+from advlab.attacks.rng import SampleRNG
 from advlab.attacks.threat import ThreatModel
 
 
@@ -50,7 +50,7 @@ class FGSM(Attack):
         return ThreatModel("linf", float(self.eps))
 
     def run(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
-            generator: torch.Generator) -> RunOutput:
+            rng: SampleRNG) -> RunOutput:
         label = target if self.targeted else y
         adv, iters = pgd_loop(model, x, label, self.targeted, self.threat, alpha=float(self.eps),
                               steps=1, start=x, early_stop=False)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 from advlab.attacks.base import Attack, Model, RunOutput, check_nonneg
 from advlab.attacks.registry import register
+from advlab.attacks.rng import SampleRNG
 from advlab.attacks.threat import ThreatModel
 
 
@@ -21,7 +21,8 @@ class Noise(Attack):
     Distance measure: Linf.
 
     ``adv = clip(x + u, 0, 1)`` with ``u ~ U[-eps, eps]`` i.i.d. per pixel, drawn from the
-    attack's seeded generator. The model is not queried except to report the result.
+    attack's seed and each point's index (the same noise for a point in
+    any batch). The model is not queried except to report the result.
 
     Arguments:
         eps (float): half-width of the noise, the Linf budget. (Default: 8/255)
@@ -46,5 +47,5 @@ class Noise(Attack):
         return ThreatModel("linf", float(self.eps))
 
     def run(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
-            generator: torch.Generator) -> RunOutput:
-        return RunOutput(self.threat.random_start(x, generator), iterations=0)
+            rng: SampleRNG) -> RunOutput:
+        return RunOutput(self.threat.random_start(x, rng), iterations=0)

@@ -20,6 +20,7 @@ from advlab.attacks.base import (
     input_grad,
 )
 from advlab.attacks.registry import register
+from advlab.attacks.rng import SampleRNG
 from advlab.attacks.threat import clip_box, lp_norm
 
 _TINY = 1e-12  # floor of ‖x − x̄‖₂ in its gradient: at x = x̄ the penalty's subgradient 0 is used
@@ -83,7 +84,7 @@ class Optim(Attack):
         return True
 
     def run(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
-            generator: torch.Generator) -> RunOutput:
+            rng: SampleRNG) -> RunOutput:
         if target is None:  # Attack.__call__ already refuses this; kept for type narrowing
             raise ValueError(f"expected a target (B,) for {self.name!r}, got None")
         batch = x.shape[0]

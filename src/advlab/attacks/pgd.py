@@ -22,6 +22,7 @@ from advlab.attacks.base import (
     margin,
 )
 from advlab.attacks.registry import register
+from advlab.attacks.rng import SampleRNG
 from advlab.attacks.threat import ThreatModel, check_norm
 
 DEFAULT_EPS = {"linf": 8 / 255, "l2": 1.0}
@@ -136,23 +137,27 @@ class PGD(Attack):
         return ThreatModel(self.norm, float(self.eps))
 
     def run(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
-            generator: torch.Generator) -> RunOutput:
+            rng: SampleRNG) -> RunOutput:
         label = target if self.targeted else y
         threat = self.threat
 
-        def attempt(x0: Tensor, lab: Tensor) -> tuple[Tensor, Tensor]:
-            start = threat.random_start(x0, generator) if self.random_start else x0
+        def attempt(rows: Tensor | None, restart: int) -> tuple[Tensor, Tensor]:
+            x0, lab = (x, label) if rows is None else (x[rows], label[rows])
+            start = x0
+            if self.random_start:  # restart r's start of a point: keyed by (seed, index, r)
+                start = threat.random_start(x0, rng if rows is None else rng.take(rows),
+                                            key=restart)
             return pgd_loop(model, x0, lab, self.targeted, threat, float(self.alpha),
                             self.steps, start, self.early_stop, self.loss)
 
         if self.restarts == 1:
-            adv, iters = attempt(x, label)
+            adv, iters = attempt(None, 0)
             return RunOutput(adv, iters)
         adv, iters = x.clone(), torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
         best_loss = torch.full((x.shape[0],), -torch.inf, device=x.device)
         todo = torch.arange(x.shape[0], device=x.device)  # samples not fooled yet
-        for _ in range(self.restarts):
-            cand, used = attempt(x[todo], label[todo])
+        for restart in range(self.restarts):
+            cand, used = attempt(todo, restart)
             with torch.no_grad():
                 logits = model(cand)  # (T, K)
             loss = attack_loss(logits, label[todo], self.targeted, self.loss)

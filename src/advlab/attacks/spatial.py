@@ -21,6 +21,7 @@ from advlab.attacks.base import (
     is_adversarial,
 )
 from advlab.attacks.registry import register
+from advlab.attacks.rng import SampleRNG
 
 
 def rotate_translate(x: Tensor, angle: Tensor, shift: Tensor) -> Tensor:
@@ -111,7 +112,7 @@ class Spatial(Attack):
         check_int("max_batch", self.max_batch)
 
     def candidates(self, batch: int, device: torch.device,
-                   generator: torch.Generator) -> tuple[Tensor, Tensor]:
+                   rng: SampleRNG) -> tuple[Tensor, Tensor]:
         """(angle (B, G), shift (B, G, 2)): the G transformations tried for each sample."""
         if self.random_samples is None:
             def values(top: float, n: int) -> Tensor:  # distinct values, sorted
@@ -131,7 +132,7 @@ class Spatial(Attack):
             shift = shift[order][None].expand(batch, -1, -1)  # (B, G, 2)
         else:
             k = self.random_samples
-            u = torch.rand(batch, k, 3, generator=generator, device=device) * 2 - 1
+            u = rng.rand((batch, k, 3)).to(device) * 2 - 1  # keyed per point
             angle, shift = u[..., 0] * self.max_angle, u[..., 1:] * self.max_shift
         zero = torch.zeros(batch, 1, device=device)
         angle = torch.cat([zero, angle], dim=1)  # the identity first
@@ -139,13 +140,13 @@ class Spatial(Attack):
         return angle, shift
 
     def run(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
-            generator: torch.Generator) -> RunOutput:
+            rng: SampleRNG) -> RunOutput:
         if x.dim() != 4:
             raise ValueError(f"expected images x of shape (B, C, H, W) for the spatial attack, "
                              f"got {tuple(x.shape)}")
         label = target if self.targeted else y
         batch, dev = x.shape[0], x.device
-        angles, shifts = self.candidates(batch, dev, generator)  # (B, G), (B, G, 2)
+        angles, shifts = self.candidates(batch, dev, rng)  # (B, G), (B, G, 2)
         n_cand = angles.shape[1]
         best = torch.zeros(batch, dtype=torch.int64, device=dev)  # chosen candidate per sample
         best_loss = torch.full((batch,), -torch.inf, device=dev)

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from advlab.attacks.rng import SampleRNG
+
 NORMS = ("linf", "l2")
 BOX = (0.0, 1.0)  # the pixel box every attack stays inside
 _TINY = 1e-12  # floor for norms we divide by (a zero gradient stays zero)
@@ -95,15 +97,31 @@ class ThreatModel:
         """One projected steepest-ascent step of size ``alpha`` from ``x`` along ``grad``."""
         return self.project(x0, x + alpha * normalize_grad(grad, self.norm))
 
-    def random_start(self, x0: Tensor, generator: torch.Generator) -> Tensor:
-        """A point drawn uniformly from the ball around ``x0``, then clipped to the box."""
+    def random_start(self, x0: Tensor, rng: SampleRNG | torch.Generator, key: int = 0) -> Tensor:
+        """A point drawn uniformly from the ball around ``x0``, then clipped to the box.
+
+        With a ``SampleRNG`` each point's draw depends on (seed, its index, ``key``) only; a
+        ``torch.Generator`` draws the batch from its stream (``key`` unused).
+        """
+        if isinstance(rng, SampleRNG):
+            def rand(shape, k):
+                return rng.rand(shape, 2 * key + k, dtype=x0.dtype)
+
+            def randn(shape, k):
+                return rng.randn(shape, 2 * key + k, dtype=x0.dtype)
+        else:
+            def rand(shape, k):
+                return torch.rand(shape, generator=rng, device=x0.device, dtype=x0.dtype)
+
+            def randn(shape, k):
+                return torch.randn(shape, generator=rng, device=x0.device, dtype=x0.dtype)
         if self.norm == "linf":
-            u = torch.rand(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+            u = rand(x0.shape, 0)
             delta = (2 * u - 1) * self.eps
         else:  # uniform in the l2 ball: uniform direction, radius eps * U^(1/D)
-            g = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+            g = randn(x0.shape, 0)
             d = g[0].numel()
-            r = torch.rand(x0.shape[0], generator=generator, device=x0.device, dtype=x0.dtype)
+            r = rand((x0.shape[0],), 1)
             radius = self.eps * r.pow(1.0 / max(d, 1))
             delta = normalize_grad(g, "l2") * _expand(radius, g)
         return clip_box(x0 + delta)

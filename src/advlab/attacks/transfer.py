@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from advlab.attacks.base import Attack, Model, RunOutput
 from advlab.attacks.registry import create, register
+from advlab.attacks.rng import SampleRNG
 from advlab.attacks.threat import ThreatModel
 
 
@@ -102,9 +102,9 @@ class Transfer(Attack):
                 "source": source}
 
     def run(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
-            generator: torch.Generator) -> RunOutput:
+            rng: SampleRNG) -> RunOutput:
         source = model if self.source is None else self.source
-        crafted = self.inner(source, x, y, target)  # checks, eval mode and restore on source
+        crafted = self.inner(source, x, y, target, index=rng.index)  # checks, eval mode
         info = {"source_success": crafted.success, "source_pred": crafted.pred,
                 "inner": crafted.info}
         return RunOutput(crafted.adv, crafted.iterations, info)

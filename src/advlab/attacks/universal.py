@@ -18,6 +18,7 @@ from advlab.attacks.base import (
 )
 from advlab.attacks.deepfool import DeepFool
 from advlab.attacks.registry import register
+from advlab.attacks.rng import SampleRNG
 from advlab.attacks.threat import ThreatModel, check_norm, clip_box, lp_norm, project_ball
 
 DEFAULT_EPS = {"linf": 10 / 255, "l2": 1.0}  # linf: the paper's ξ = 10 on 0–255 pixels
@@ -148,13 +149,13 @@ class Universal(Attack):
         return v.detach().to(device=x.device, dtype=x.dtype)
 
     def run(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
-            generator: torch.Generator) -> RunOutput:
+            rng: SampleRNG) -> RunOutput:
         if self.perturbation is not None:
             v = self._fitted(x)
             return RunOutput(x + v, 0, {"perturbation": v.clone()})
-        return self._craft(model, x, generator)
+        return self._craft(model, x, rng)
 
-    def _craft(self, model: Model, x: Tensor, generator: torch.Generator) -> RunOutput:
+    def _craft(self, model: Model, x: Tensor, rng: SampleRNG) -> RunOutput:
         batch = x.shape[0]
         with torch.no_grad():
             clean = model(x).argmax(dim=1)  # (B,) the labels to move away from
@@ -176,7 +177,7 @@ class Universal(Attack):
             if i == self.max_passes or rate >= self.target_fooling_rate:
                 break
             todo = (~fooled).nonzero().squeeze(1)  # (A,) points not fooled yet
-            out = deepfool.run(model, xv[todo], clean[todo], None, generator)
+            out = deepfool.run(model, xv[todo], clean[todo], None, rng.take(todo))
             dv = clip_box(out.adv.detach()) - xv[todo]  # (A, ...) each point's minimal step
             iters[todo] += out.iterations
             v = project_ball((v + dv.sum(dim=0))[None], float(self.eps), self.norm)[0]

@@ -132,7 +132,7 @@ def perturbation_needed(model: Model, x: Tensor, y: Tensor, target: Tensor, *,
     for lam in lams:
         attack = attacks.create("optim", lam=lam, lr=lr, steps=steps, confidence=confidence)
         idx = todo.to(x.device)
-        result = attack(model, x[idx], y[idx], target[idx])
+        result = attack(model, x[idx], y[idx], target[idx], index=idx)
         adv[idx] = result.adv.to(adv.dtype)
         ok = result.info["reached"].cpu()
         reached[todo[ok]] = True

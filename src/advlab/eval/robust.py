@@ -282,7 +282,9 @@ def robust_accuracy(model: Model, x: Tensor, y: Tensor, attack: Attack, *,
     batch_size = attack_batch_size(batch_size, model, x, dev, idx.numel())
     with progress_bar(progress, idx.numel(), f"{getattr(attack, 'name', 'attack')}") as advance:
         for chunk in idx.split(batch_size) if idx.numel() else ():  # split of [] gives [[]]
-            r = attack(model, x[chunk].to(dev), y[chunk].to(dev))
+            # the points' positions in x key their random draws: results do not depend on
+            # the batch size
+            r = attack(model, x[chunk].to(dev), y[chunk].to(dev), index=chunk)
             parts.append(r)
             advance(chunk.numel())
     result = _assemble(x, y, clean_logits, idx, parts)
