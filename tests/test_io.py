@@ -3,7 +3,7 @@ import os
 import pytest
 import torch
 
-from advlab.io import atomic_path, load_state, save_state, write_json
+from advlab.io import TensorRef, atomic_path, load_state, load_state_meta, save_state, write_json
 
 
 def test_state_roundtrip_keeps_nested_structure_and_int_keys(tmp_path):
@@ -35,13 +35,41 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     assert os.listdir(tmp_path) == ["out.json"]  # no temporary file left
 
 
-def test_load_state_rejects_garbage(tmp_path):
+@pytest.mark.parametrize("load", [load_state, load_state_meta])
+def test_load_state_rejects_garbage(tmp_path, load):
     p = tmp_path / "bad.safetensors"
-    p.write_bytes(b"\x00" * 20)
-    with pytest.raises(ValueError, match="bad.safetensors"):
-        load_state(p)
+    for raw in (b"\x00" * 20, b"\x05", (10**9).to_bytes(8, "little") + b"{}",
+                (2).to_bytes(8, "little") + b"[]", (4).to_bytes(8, "little") + b"\xff\xfe{}"):
+        p.write_bytes(raw)
+        with pytest.raises(ValueError, match="bad.safetensors"):
+            load(p)
     with pytest.raises(FileNotFoundError):
-        load_state(tmp_path / "missing.safetensors")
+        load(tmp_path / "missing.safetensors")
+
+
+def test_load_state_meta_reads_the_structure_from_the_header_only(tmp_path, monkeypatch):
+    model = torch.nn.Linear(3, 2)
+    state = {"model": model.state_dict(), "epoch": 4, "history": [{"loss": 0.5}],
+             "steps": {1: torch.zeros(5, dtype=torch.int64)}}
+    path = tmp_path / "s.safetensors"
+    save_state(path, state)
+    import advlab.io
+
+    def no_values(*args, **kwargs):
+        raise AssertionError("the tensor values were read")
+
+    monkeypatch.setattr(advlab.io, "load_file", no_values)
+    meta = load_state_meta(path)
+    assert meta["epoch"] == 4 and meta["history"] == [{"loss": 0.5}]
+    assert meta["model"]["weight"] == TensorRef("model.weight", (2, 3), "F32")
+    assert meta["model"]["bias"].shape == (2,)
+    assert meta["steps"][1] == TensorRef("steps.1", (5,), "I64")
+    # a file cut short: the header still parses, but the data it points at is gone
+    raw = path.read_bytes()
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(raw[:-4])
+    with pytest.raises(ValueError, match="cut.safetensors.*truncated file"):
+        load_state_meta(cut)
 
 
 # --- malformed advlab metadata, model files and run directories ---------------------------
@@ -67,9 +95,10 @@ def _raw_file(path, meta: str | None, tensors=None):
 ])
 def test_load_state_rejects_malformed_metadata(tmp_path, meta, message):
     p = _raw_file(tmp_path / "bad.safetensors", meta)
-    with pytest.raises(ValueError, match="bad.safetensors") as err:
-        load_state(p)
-    assert message in str(err.value)
+    for load in (load_state, load_state_meta):
+        with pytest.raises(ValueError, match="bad.safetensors") as err:
+            load(p)
+        assert message in str(err.value)
 
 
 def _tiny(name: str = "mlp-100"):
@@ -228,3 +257,23 @@ def test_generative_runs_get_the_same_file_checks(tmp_path):
         load_generative(bad)
     with pytest.raises(ValueError, match="unknown device 'gpu'"):
         load_generative(other, device="gpu")
+
+
+def test_model_metadata_and_a_runs_epoch_count_are_read_without_the_weights(tmp_path,
+                                                                             monkeypatch):
+    import advlab.io
+    from advlab.runs import check_epochs, new_run_dir
+    from advlab.weights import read_model_meta, save_model
+
+    save_model(tmp_path / "run", _tiny(), {"dataset": "ring8"})
+    run = new_run_dir("train", tmp_path / "ckpt")
+    save_state(run.path / "checkpoint.safetensors", {"epoch": 5, "w": torch.zeros(3)})
+
+    def no_values(*args, **kwargs):
+        raise AssertionError("the tensor values were read")
+
+    monkeypatch.setattr(advlab.io, "load_file", no_values)
+    assert read_model_meta(tmp_path / "run")["dataset"] == "ring8"
+    check_epochs(run, run.path / "checkpoint.safetensors", 5)
+    with pytest.raises(ValueError, match="completed 5 epochs, more than --epochs 3"):
+        check_epochs(run, run.path / "checkpoint.safetensors", 3)

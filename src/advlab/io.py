@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +78,17 @@ def _split(obj: Any, tensors: dict[str, torch.Tensor], prefix: str) -> Any:
     return obj
 
 
-def _join(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+@dataclass(frozen=True)
+class TensorRef:
+    """A tensor of a state file read with :func:`load_state_meta`: its name, shape and dtype
+    (as safetensors spells it, e.g. ``"F32"``), without its values."""
+
+    key: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+def _join(obj: Any, tensors: Mapping[str, Any]) -> Any:
     """Inverse of :func:`_split`; raises ValueError when the skeleton is not one it wrote."""
     if isinstance(obj, dict):
         if _TENSOR in obj:
@@ -111,16 +122,57 @@ def save_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
 
 def load_state(path: str | os.PathLike) -> dict[str, Any]:
     """Read a file written by :func:`save_state` (no code is executed)."""
-    path = Path(path)
+    return _load(Path(path), values=True)
+
+
+def load_state_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The structure of a file written by :func:`save_state` read from its header only: the
+    JSON values as they are, every tensor as a :class:`TensorRef` (name, shape, dtype). For
+    reading an epoch count or a model's metadata without loading the weights."""
+    return _load(Path(path), values=False)
+
+
+def _header(path: Path) -> tuple[dict[str, TensorRef], dict[str, str]]:
+    """The tensors (as ``TensorRef``) and the metadata of a safetensors file's header."""
+    with path.open("rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ValueError("shorter than a safetensors header")
+        n = int.from_bytes(head, "little")
+        size = path.stat().st_size
+        if n > size - 8 or n > 100_000_000:
+            raise ValueError(f"header length {n} does not fit the file of {size} bytes")
+        header = json.loads(f.read(n))
+    if not isinstance(header, dict):
+        raise ValueError("the header is not a JSON object")
+    meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict):
+        raise ValueError("the header's __metadata__ is not a JSON object")
+    refs, data = {}, size - 8 - n
+    for key, info in header.items():
+        if not isinstance(info, dict) or not {"shape", "dtype", "data_offsets"} <= set(info):
+            raise ValueError(f"malformed header entry for tensor {key!r}")
+        start, end = (int(o) for o in info["data_offsets"])
+        if not 0 <= start <= end <= data:
+            raise ValueError(f"tensor {key!r} lies at bytes {start}-{end} of a data section of "
+                             f"{data} bytes (truncated file?)")
+        refs[key] = TensorRef(key, tuple(int(d) for d in info["shape"]), str(info["dtype"]))
+    return refs, meta
+
+
+def _load(path: Path, values: bool) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"no state file at {path}")
     try:
-        tensors = load_file(str(path))
-        from safetensors import safe_open
+        if values:
+            tensors: Mapping[str, Any] = load_file(str(path))
+            from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as e:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+        else:
+            tensors, meta = _header(path)
+    except (SafetensorError, OSError, ValueError, TypeError) as e:
         raise ValueError(f"{path}: not a readable safetensors file ({e})") from e
     if _META_KEY not in meta:
         raise ValueError(f"{path}: safetensors file without advlab metadata")

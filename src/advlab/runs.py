@@ -106,9 +106,9 @@ def check_epochs(run: RunDir, checkpoint: Path, epochs: int) -> None:
     would then claim fewer epochs than its weights have)."""
     if not checkpoint.is_file():
         return
-    from advlab.io import load_state
+    from advlab.io import load_state_meta
 
-    done = load_state(checkpoint).get("epoch")
+    done = load_state_meta(checkpoint).get("epoch")  # the header only, not the weights
     if isinstance(done, int) and done > epochs:
         raise ValueError(f"cannot resume {run.path}: it has completed {done} epochs, more than "
                          f"--epochs {epochs}; pass --epochs {done} or more")

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from advlab.device import resolve_device
-from advlab.io import load_state, save_state, write_json
+from advlab.io import TensorRef, load_state, load_state_meta, save_state, write_json
 
 WEIGHTS_FILE = "model.safetensors"
 KIND = "advlab-model"
@@ -151,9 +151,11 @@ def _check_sidecar(path: Path, spec: dict[str, Any]) -> None:
                          f"the matching {side.name}")
 
 
-def read_checked(path: Path, kinds: tuple[str, ...]) -> dict[str, Any]:
-    """The state of the model file ``path``, its kind, meta and spec checked (ValueError)."""
-    state = load_state(path)
+def read_checked(path: Path, kinds: tuple[str, ...], *, values: bool = True) -> dict[str, Any]:
+    """The state of the model file ``path``, its kind, meta and spec checked (ValueError).
+    ``values=False`` reads the header only: the weights are then ``TensorRef``s."""
+    state = load_state(path) if values else load_state_meta(path)
+    tensor_type = torch.Tensor if values else TensorRef
     kind = state.get("kind")
     if kind not in kinds:
         raise ValueError(f"{path}: not an advlab model file (expected kind "
@@ -169,7 +171,7 @@ def read_checked(path: Path, kinds: tuple[str, ...]) -> dict[str, Any]:
         raise ValueError(f"{path}: {problem}")
     weights = state.get("model")
     if not isinstance(weights, dict) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()
+        isinstance(k, str) and isinstance(v, tensor_type) for k, v in weights.items()
     ):
         raise ValueError(f"{path}: expected 'model' to be a mapping of tensor names to tensors, "
                          f"got {_describe(weights)}")
@@ -181,7 +183,7 @@ def read_model_meta(path: str | Path) -> dict[str, Any]:
     """The metadata (spec, data set, config, versions) of a classifier or generative model."""
     from advlab.generative.weights import KIND as GENERATIVE_KIND
 
-    return read_checked(_weights_path(path), (KIND, GENERATIVE_KIND))["meta"]
+    return read_checked(_weights_path(path), (KIND, GENERATIVE_KIND), values=False)["meta"]
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:

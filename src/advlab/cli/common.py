@@ -111,12 +111,11 @@ def load_companion(path: Path, option: str, dataset: str, device):
     of the same input shape, would give meaningless transfer numbers)."""
     from advlab.weights import load_model, read_model_meta
 
-    model = load_model(path, device)
-    theirs = read_model_meta(path).get("dataset")
+    theirs = read_model_meta(path).get("dataset")  # the header only: fails before loading
     if theirs != dataset:
         raise ValueError(f"{option} {path}: a model of {theirs!r}, expected one of the attacked "
                          f"run's data set {dataset!r}")
-    return model
+    return load_model(path, device)
 
 
 def load_classifier_run(run: Path, split: str, n: int | None, seed: int, device: str):
