@@ -267,6 +267,16 @@ def test_cli_bad_names(tmp_path):
     res = CliRunner().invoke(app, ["train", "generative", "--model", "dcgan", "--d-norm",
                                    "layer", "--out", str(tmp_path / "z")])
     assert res.exit_code == 2 and "d_norm in ('batch', 'spectral', 'none')" in res.output
+    # a model-specific setting given explicitly is refused even at its default value
+    res = CliRunner().invoke(app, ["train", "generative", "--model", "gan", "--dataset", "ring8",
+                                   "--gp-weight", "10", "--out", str(tmp_path / "g")])
+    assert res.exit_code == 2, res.output
+    assert "gp_weight applies to wgan-gp only; got gp_weight=10.0 for 'gan' (do not set it)" \
+        in " ".join(res.output.split())
+    assert not (tmp_path / "g").exists()
+    res = CliRunner().invoke(app, ["train", "generative", "--model", "vae", "--d-steps", "1",
+                                   "--out", str(tmp_path / "d")])
+    assert res.exit_code == 2 and "d_steps applies to the adversarial models" in res.output
 
 
 @pytest.mark.slow

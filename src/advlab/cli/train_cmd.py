@@ -250,7 +250,8 @@ def generative(
                             n_train=n_train, n_eval=n_eval, classifier=scorer,
                             n_epoch_quality=2000 if n_epoch_quality is None else n_epoch_quality,
                             train=config)
-        run, metrics = train_generative(job, out, resume=resume, progress=progress)
+        given = {k for k, v in train_opts.items() if v is not None}
+        run, metrics = train_generative(job, out, resume=resume, progress=progress, given=given)
     except training_errors() as e:
         fail(str(e))
     table = Table("metric", "value")

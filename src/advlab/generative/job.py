@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,11 +103,14 @@ def load_splits(job: GenerativeJob) -> tuple[data.TensorSet, data.TensorSet]:
 
 
 def train_generative(job: GenerativeJob, out: str | Path | None = None, *, resume: bool = False,
-                     progress: bool = True) -> tuple[RunDir, dict[str, Any]]:
+                     progress: bool = True,
+                     given: Iterable[str] = ()) -> tuple[RunDir, dict[str, Any]]:
     """Train ``job`` into a run directory and return it with the final metrics.
 
     With ``resume=True`` the run in ``out`` continues from its last completed epoch; the saved
-    configuration must match ``job`` (more epochs are allowed).
+    configuration must match ``job`` (more epochs are allowed). ``given``: the training
+    settings the user set explicitly (a model-specific one is refused for another model even
+    at its default value).
     """
     if resume and out is None:
         raise ValueError("--resume needs --out DIR naming the run to continue")
@@ -116,7 +120,7 @@ def train_generative(job: GenerativeJob, out: str | Path | None = None, *, resum
     train, test = load_splits(job)
     torch.manual_seed(job.train.seed)
     model = create(job.model, dataset=job.dataset, **job.model_kwargs)
-    check_objective(model, job.train)  # the loss, ema and model-specific settings
+    check_objective(model, job.train, given)  # the loss, ema and model-specific settings
     resolve_device(job.train.device)  # an unknown or unavailable device
     run = new_run_dir("generative", out, exist_ok=resume, resumable=True)
     with training_run(run):

@@ -21,7 +21,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -211,11 +211,14 @@ ONLY_FOR: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
-def check_objective(model: GenerativeModel, config: GenerativeTrainConfig) -> None:
+def check_objective(model: GenerativeModel, config: GenerativeTrainConfig,
+                    given: Iterable[str] = ()) -> None:
     """Refuse a configuration ``model`` cannot train with as asked: the generator loss must
     match the model (wasserstein for wgan-gp, a GAN loss otherwise), the moving average of
     weights (``ema``) is for the adversarial models, and the settings of ``ONLY_FOR`` must keep
-    their defaults for the models that ignore them."""
+    their defaults for the models that ignore them. ``given``: the settings the user set
+    explicitly (e.g. on the command line), refused for those models even at the default
+    value."""
     objective = model.objective if isinstance(model, AdversarialModel) else None
     if objective is None and config.ema:
         raise ValueError("ema: a moving average of weights is for the adversarial models' "
@@ -229,9 +232,11 @@ def check_objective(model: GenerativeModel, config: GenerativeTrainConfig) -> No
     name = model.spec.get("name") or type(model).__name__
     for key, (models, objectives) in ONLY_FOR.items():
         value = getattr(config, key)
-        if objective not in objectives and value != defaults[key]:
+        if objective not in objectives and (value != defaults[key] or key in given):
+            hint = ("do not set it" if key in given and value == defaults[key]
+                    else f"leave it at {defaults[key]!r}")
             raise ValueError(f"{key} applies to {models} only; got {key}={value!r} for "
-                             f"{name!r} (leave it at {defaults[key]!r})")
+                             f"{name!r} ({hint})")
 
 
 def fit_generative(
