@@ -60,7 +60,7 @@ def attack_command(
     seed: int = typer.Option(0, help="Seed of the subset and of the attack."),
     batch_size: int | None = typer.Option(
         None, help="Points per attack call (default: the fastest for this machine and model, "
-        "measured once and cached)."),
+        "measured once and cached); speed only, results do not depend on it."),
     surrogate: Path = typer.Option(None, help="Another classifier run: adds the white-box vs "
                                    "transfer soundness check."),
     transfer_from: Path = typer.Option(None, help="Craft the attack on this classifier run "

@@ -85,7 +85,8 @@ def robust(
     split: str = typer.Option("test", help="train | test"),
     seed: int = typer.Option(0, help="Seed of the subset and of the random starts."),
     batch_size: int | None = typer.Option(None, help="Points per attack call (default: "
-                                          "measured for this machine, cached)."),
+                                          "measured for this machine, cached); speed only, "
+                                          "results do not depend on it."),
     progress: bool = typer.Option(True, help="Show progress bars."),
     out: Path = OutOption,
     device: str = DeviceOption,
