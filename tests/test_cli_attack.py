@@ -214,3 +214,46 @@ def test_negative_eps_is_refused(run_dir, tmp_path, spec):
     res = invoke(str(run_dir), "--attack", "fgsm", "--eps", spec, "--out", str(tmp_path / "x"))
     assert res.exit_code == 2 and "--eps" in res.output and ">= 0" in res.output
     assert not (tmp_path / "x").exists()
+
+
+def test_universal_is_crafted_once_on_training_points_and_applied_to_every_point(run_dir,
+                                                                                  tmp_path):
+    """`-a universal`: one perturbation per ε, fitted on --fit-n training points, added to
+    every evaluated point; the numbers do not depend on the batch size."""
+    outs = {}
+    for bs in ("7", "60"):
+        out = tmp_path / f"uni{bs}"
+        res = invoke(str(run_dir), "-a", "universal", "--eps", "0.2", "--n", "60",
+                     "--fit-n", "150", "--batch-size", bs, "--no-checks", "--out", str(out))
+        assert res.exit_code == 0, res.output
+        outs[bs] = read_json(out / "metrics.json")
+    a, b = outs["7"], outs["60"]
+    assert a["fit_n"] == 150 and a["robust_accuracy"] == b["robust_accuracy"]
+    assert 0 < a["n_fooled"]  # the perturbation does something at eps 0.2
+    assert yaml.safe_load((tmp_path / "uni7" / "config.yaml").read_text())["fit_n"] == 150
+
+    # the same numbers from the API: fit on the same 150 training points, apply to the 60
+    model = load_model(run_dir)
+    test = data.subset(data.load("digits", "test"), 60, seed=0)
+    train = data.subset(data.load("digits", "train"), 150, seed=0)
+    fitted = create("universal", eps=0.2).fit(model, train.x, train.y)
+    with torch.no_grad():
+        correct = model(test.x).argmax(1) == test.y
+        robust = correct & (model(fitted.apply(test.x)).argmax(1) == test.y)
+    assert a["robust_accuracy"] == pytest.approx(robust.float().mean().item())
+    v = a["per_eps"][-1]["attack"]["perturbation"]
+    assert v["linf"] <= 0.2 + 1e-6 and v["shape"] == list(test.x.shape[1:])
+
+
+def test_universal_needs_a_fit_set_in_the_api_and_others_refuse_one():
+    from advlab.eval import robust_accuracy_curve
+
+    test = data.subset(data.load("digits", "test"), 20, seed=0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    with pytest.raises(ValueError, match="pass fit_on=\\(x_fit, y_fit\\)"):
+        robust_accuracy_curve(model, test.x, test.y, "universal", [0.1])
+    with pytest.raises(ValueError, match="fit_on is for attacks crafted once on a set"):
+        robust_accuracy_curve(model, test.x, test.y, "pgd", [0.1], fit_on=(test.x, test.y))
+    with pytest.raises(ValueError, match="fit_on inputs of shape"):
+        robust_accuracy_curve(model, test.x, test.y, "universal", [0.1],
+                              fit_on=(test.x.flatten(1), test.y))

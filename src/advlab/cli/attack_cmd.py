@@ -65,6 +65,9 @@ def attack_command(
                                    "transfer soundness check."),
     transfer_from: Path = typer.Option(None, help="Craft the attack on this classifier run "
                                        "and evaluate RUN on its examples (black-box transfer)."),
+    fit_n: int = typer.Option(1000, min=1, help="universal: training points its one "
+                              "perturbation is crafted on (a seeded subset of the training "
+                              "split), then applied to every evaluated point."),
     checks: bool = typer.Option(True, help="Run the soundness checks (gradient masking)."),
     n_checks: int = typer.Option(200, min=1, help="Points used by the soundness checks."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
@@ -101,9 +104,22 @@ def attack_command(
             sur = load_companion(surrogate, "--surrogate", dataset, dev)
         if transfer_from is not None:
             source = load_companion(transfer_from, "--transfer-from", dataset, dev)
+        fit_on = None
+        if callable(getattr(cls, "fit", None)):  # crafted once on training points
+            from advlab import data
+
+            train = data.load(dataset, "train")
+            if fit_n < len(train):
+                train = data.subset(train, fit_n, seed=seed)
+            fit_on = (train.x, train.y)
+            if split == "train":
+                console.print(f"[yellow]warning:[/] --split train: the points evaluated and "
+                              f"the {len(train)} the universal perturbation is crafted on "
+                              "both come from the training split and may overlap")
         report = new_run_dir("attack", out)
         config = {"command": "attack", "source_run": str(run), "dataset": dataset,
                   "split": split, "n": len(ds), "seed": seed, "attack": attack,
+                  "fit_n": None if fit_on is None else len(fit_on[0]),
                   "params": params, "eps": eps_list, "batch_size": batch_size,
                   "surrogate": str(surrogate) if surrogate else None,
                   "transfer_from": str(transfer_from) if transfer_from else None}
@@ -112,7 +128,8 @@ def attack_command(
             metrics = attack_report(model, ds.x, ds.y, ds.classes, attack, eps_list, params,
                                     report.figures, batch_size=batch_size, device=dev,
                                     progress=progress, checks=checks, surrogate=sur,
-                                    n_checks=n_checks, seed=seed, source=source)
+                                    n_checks=n_checks, seed=seed, source=source,
+                                    fit_on=fit_on)
         metrics.update({"source_run": str(run), "dataset": dataset, "split": split,
                         "transfer_from": str(transfer_from) if transfer_from else None,
                         "versions": library_versions()})

@@ -419,7 +419,9 @@ def robust_accuracy_curve(model: Model, x: Tensor, y: Tensor, attack_name: str,
                           eps_list: Sequence[float], *, cumulative: bool = True,
                           batch_size: int | None = None, progress: bool = False,
                           device: torch.device | str | None = None,
-                          source: Model | None = None, **params: Any) -> AccuracyCurve:
+                          source: Model | None = None,
+                          fit_on: tuple[Tensor, Tensor] | None = None,
+                          **params: Any) -> AccuracyCurve:
     """Accuracy of ``model`` under attack ``attack_name`` at every ε of ``eps_list`` (sorted).
 
     Minimal-perturbation attacks (``attack.minimal``: deepfool, cw) run once; accuracy(ε) is
@@ -439,23 +441,48 @@ def robust_accuracy_curve(model: Model, x: Tensor, y: Tensor, attack_name: str,
     With a ``source`` model every attack is crafted on it and evaluated on ``model`` (a
     ``Transfer`` of the attack: the black-box setting); the cumulative argument still holds,
     as a transferred example that fools ``model`` at ε₁ lies in every larger ball.
+
+    An attack crafted once on a set and applied to others (one with a ``fit`` method:
+    ``universal``) needs ``fit_on = (x_fit, y_fit)``: at every ε one perturbation is fitted on
+    that set (on ``source`` when given) and added to every point of ``x``, so the result does
+    not depend on how ``x`` is batched.
     """
     check_data(x, y)
     eps = _check_eps_list(eps_list)
     if params.get("eps") is not None:
         raise ValueError("expected the budgets in eps_list, got eps in the attack parameters too")
     params = {k: v for k, v in params.items() if v is not None and k != "eps"}
-    def build(**kw: Any) -> Attack:
-        attack = create(attack_name, **kw)
-        return attack if source is None else create("transfer", attack=attack, source=source)
-
     probe = create(attack_name, **params)  # unknown names and parameters fail here, at once
-    minimal = bool(getattr(type(probe), "minimal", False))
-    norm_of_probe = getattr(probe, "norm", "l2")
-    if source is not None:
-        probe = build(**params)
+    fits = callable(getattr(probe, "fit", None))
+    if fits and fit_on is None:
+        raise ValueError(f"attack {attack_name!r} crafts one perturbation on a set and applies "
+                         "it to others: pass fit_on=(x_fit, y_fit), e.g. training points "
+                         "(CLI: --fit-n points of the training split)")
+    if fit_on is not None and not fits:
+        raise ValueError(f"fit_on is for attacks crafted once on a set (universal), not "
+                         f"{attack_name!r}")
     start = time.perf_counter()
     dev = model_device(model, x, device)
+    if fit_on is not None:
+        if not isinstance(fit_on, tuple) or len(fit_on) != 2:
+            raise ValueError("expected fit_on to be a tuple (x_fit, y_fit)")
+        check_data(*fit_on)
+        if tuple(fit_on[0].shape[1:]) != tuple(x.shape[1:]):
+            dims = ", ".join(map(str, x.shape[1:]))
+            raise ValueError(f"expected fit_on inputs of shape (N, {dims}) like x, got "
+                             f"{tuple(fit_on[0].shape)}")
+        x_fit, y_fit = fit_on[0].to(dev), fit_on[1].to(dev)
+
+    def build(**kw: Any) -> Attack:
+        attack = create(attack_name, **kw)
+        if fit_on is not None:  # the fitted perturbation is fixed: nothing to transfer
+            return attack.fit(model if source is None else source, x_fit, y_fit)
+        return attack if source is None else create("transfer", attack=attack, source=source)
+
+    minimal = bool(getattr(type(probe), "minimal", False))
+    norm_of_probe = getattr(probe, "norm", "l2")
+    if source is not None and fit_on is None:
+        probe = build(**params)
     clean_logits = predict(model, x, batch_size, dev)  # robust_accuracy checks y against it
     if minimal:
         ev = robust_accuracy(model, x, y, probe, batch_size=batch_size, progress=progress,

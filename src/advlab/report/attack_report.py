@@ -71,8 +71,8 @@ def attack_report(model: Model, x: Tensor, y: Tensor, classes: Sequence[str], at
                   eps: Sequence[float] | None, params: dict[str, Any], figures_dir: Path, *,
                   batch_size: int = 500, device: torch.device | str | None = None,
                   progress: bool = False, checks: bool = True, surrogate: Model | None = None,
-                  n_checks: int = 200, seed: int = 0, source: Model | None = None
-                  ) -> dict[str, Any]:
+                  n_checks: int = 200, seed: int = 0, source: Model | None = None,
+                  fit_on: tuple[Tensor, Tensor] | None = None) -> dict[str, Any]:
     """Evaluate ``attack`` (a registered name) with ``params`` on ``(x, y)``; draw figures.
 
     - Fixed-budget attacks (fgsm, pgd, noise) run at every ε of ``eps`` (default: the attack's
@@ -85,6 +85,8 @@ def attack_report(model: Model, x: Tensor, y: Tensor, classes: Sequence[str], at
 
     - With a ``source`` model the attack is crafted on it and evaluated on ``model`` (a
       ``Transfer``: the black-box setting); the soundness checks still attack ``model`` itself.
+    - An attack crafted once on a set (``universal``) is fitted on ``fit_on`` = (x_fit, y_fit)
+      at every ε and applied to every point of ``x``.
 
     Returns the metrics dict (JSON-ready); figures go to ``figures_dir``.
     """
@@ -107,7 +109,7 @@ def attack_report(model: Model, x: Tensor, y: Tensor, classes: Sequence[str], at
         eps = sorted({0.0, *map(float, eps or [probe.threat.eps])})  # ε = 0 is free
         curve = robust_accuracy_curve(model, x, y, attack, eps, batch_size=batch_size,
                                       progress=progress, device=device, source=source,
-                                      **params)
+                                      fit_on=fit_on, **params)
         ev, norm = worst_case(curve.evaluations), curve.norm  # strongest ε per point
         per_eps = [{"eps": e, **c.to_dict()} for e, c in zip(curve.eps, curve.evaluations,
                                                             strict=True)]
@@ -153,6 +155,7 @@ def attack_report(model: Model, x: Tensor, y: Tensor, classes: Sequence[str], at
     return {
         "attack": attack, "params": params, "minimal": minimal, "norm": norm,
         "transfer": source is not None,
+        "fit_n": None if fit_on is None else int(fit_on[0].shape[0]),
         "eps": top_eps, "n": ev.n,
         **{k: v for k, v in ev.to_dict().items() if k not in ("attack", "n")},
         "per_eps": per_eps,
