@@ -245,6 +245,13 @@ def test_universal_is_crafted_once_on_training_points_and_applied_to_every_point
     assert v["linf"] <= 0.2 + 1e-6 and v["shape"] == list(test.x.shape[1:])
 
 
+def test_fit_n_is_refused_for_attacks_that_are_not_fitted(run_dir, tmp_path):
+    res = invoke(str(run_dir), "-a", "pgd", "--eps", "0.1", "--fit-n", "100", "--out",
+                 str(tmp_path / "p"))
+    assert res.exit_code == 2 and "--fit-n is for attacks crafted once" in res.output
+    assert not (tmp_path / "p").exists()
+
+
 def test_universal_needs_a_fit_set_in_the_api_and_others_refuse_one():
     from advlab.eval import robust_accuracy_curve
 

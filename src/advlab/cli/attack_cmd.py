@@ -65,9 +65,9 @@ def attack_command(
                                    "transfer soundness check."),
     transfer_from: Path = typer.Option(None, help="Craft the attack on this classifier run "
                                        "and evaluate RUN on its examples (black-box transfer)."),
-    fit_n: int = typer.Option(1000, min=1, help="universal: training points its one "
+    fit_n: int = typer.Option(None, min=1, help="universal: training points its one "
                               "perturbation is crafted on (a seeded subset of the training "
-                              "split), then applied to every evaluated point."),
+                              "split), then applied to every evaluated point [1000]."),
     checks: bool = typer.Option(True, help="Run the soundness checks (gradient masking)."),
     n_checks: int = typer.Option(200, min=1, help="Points used by the soundness checks."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
@@ -105,9 +105,14 @@ def attack_command(
         if transfer_from is not None:
             source = load_companion(transfer_from, "--transfer-from", dataset, dev)
         fit_on = None
-        if callable(getattr(cls, "fit", None)):  # crafted once on training points
+        fits = callable(getattr(cls, "fit", None))
+        if fit_n is not None and not fits:
+            raise ValueError(f"--fit-n is for attacks crafted once on training points "
+                             f"(universal), not {attack!r}")
+        if fits:  # crafted once on training points
             from advlab import data
 
+            fit_n = 1000 if fit_n is None else fit_n
             train = data.load(dataset, "train")
             if fit_n < len(train):
                 train = data.subset(train, fit_n, seed=seed)
