@@ -277,3 +277,22 @@ def test_model_metadata_and_a_runs_epoch_count_are_read_without_the_weights(tmp_
     check_epochs(run, run.path / "checkpoint.safetensors", 5)
     with pytest.raises(ValueError, match="completed 5 epochs, more than --epochs 3"):
         check_epochs(run, run.path / "checkpoint.safetensors", 3)
+
+
+def test_write_json_writes_standard_json_with_null_for_non_finite_numbers(tmp_path):
+    import json
+
+    import numpy as np
+
+    path = tmp_path / "m.json"
+    write_json(path, {"a": float("nan"), "b": [1.0, float("inf"), {"c": -float("inf")}],
+                      "t": torch.tensor([0.5, float("nan")]), "n": np.float32("nan"),
+                      "arr": np.array([1.0, np.nan]), "ok": 2, "s": "NaN", "flag": True,
+                      "tup": (float("nan"), 3)})
+
+    def reject(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    back = json.loads(path.read_text(), parse_constant=reject)
+    assert back == {"a": None, "b": [1.0, None, {"c": None}], "t": [0.5, None], "n": None,
+                    "arr": [1.0, None], "ok": 2, "s": "NaN", "flag": True, "tup": [None, 3]}

@@ -9,6 +9,7 @@ loaded without unpickling anything.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -46,7 +47,23 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    """Write ``obj`` as standard JSON, atomically: NaN and ±inf (which ``json`` would write as
+    the non-standard ``NaN``/``Infinity`` that strict parsers reject) become null."""
+    text = json.dumps(_strict(obj), indent=2, sort_keys=False, default=_json_default)
+    write_text(path, text + "\n")
+
+
+def _strict(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by None (tensors and arrays as lists)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict(v) for v in obj]
+    if isinstance(obj, torch.Tensor) or (hasattr(obj, "tolist") and hasattr(obj, "dtype")):
+        return _strict(obj.tolist())
+    return obj
 
 
 def _json_default(obj: Any) -> Any:
