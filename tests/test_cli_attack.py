@@ -226,6 +226,7 @@ def test_universal_is_crafted_once_on_training_points_and_applied_to_every_point
         res = invoke(str(run_dir), "-a", "universal", "--eps", "0.2", "--n", "60",
                      "--fit-n", "150", "--batch-size", bs, "--no-checks", "--out", str(out))
         assert res.exit_code == 0, res.output
+        assert "fitted on 150 training points" in " ".join(res.output.split())
         outs[bs] = read_json(out / "metrics.json")
     a, b = outs["7"], outs["60"]
     assert a["fit_n"] == 150 and a["robust_accuracy"] == b["robust_accuracy"]

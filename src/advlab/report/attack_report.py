@@ -184,6 +184,8 @@ def summary_table(m: dict[str, Any], title: str | None = None) -> Table:
         head = f"{m['attack']} (no eps budget)"
     if m.get("transfer"):
         head += ", crafted on the source model (transfer)"
+    if m.get("fit_n"):
+        head += f", one perturbation fitted on {m['fit_n']} training points"
     t = Table("metric", "value", title=title or head)
     t.add_row("points", str(m["n"]))
     t.add_row("clean accuracy", _pct(m["clean_accuracy"]))
