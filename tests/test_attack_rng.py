@@ -149,3 +149,18 @@ def test_l2_random_start_is_uniform_in_the_ball():
         assert abs((radius <= r).float().mean().item() - r ** d) < 0.015
     direction = (start - x0) / (start - x0).norm(dim=1, keepdim=True)
     assert direction.mean(0).abs().max() < 0.03  # no preferred direction
+
+
+def test_content_keys_depend_on_each_inputs_pixels_only():
+    from advlab.attacks.rng import content_keys
+
+    x = torch.rand(50, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    keys = content_keys(x)
+    assert keys.shape == (50,) and keys.dtype == torch.int64
+    assert int(keys.min()) >= 0 and int(keys.max()) < 2 ** 32
+    assert len(set(keys.tolist())) == 50
+    assert torch.equal(content_keys(x[[7, 3]]), keys[[7, 3]])
+    swapped = x.clone()
+    swapped[0, 0, 0, :2] = x[0, 0, 0, :2].flip(0)  # the same pixels in another order
+    assert content_keys(swapped)[0] != keys[0]
+    assert torch.equal(content_keys(x.double()), keys)  # keyed by the float32 value

@@ -57,8 +57,7 @@ def test_projection_codes_are_deterministic_and_bpda_gives_the_encoder_gradient(
                                     config=TrainConfig(epochs=3, lr=1e-2, device="cpu"))
     x, y = test.x[:16], test.y[:16]
     assert torch.equal(model(x), model(x))
-    z_proj = ae.project(x, steps=20, restarts=2,
-                        generator=torch.Generator().manual_seed(0)).z
+    z_proj = ae.project(x, steps=20, restarts=2, z_init=model.start_codes(x)).z
     assert torch.allclose(model.codes(x), z_proj, atol=1e-6)
     xr = x.clone().requires_grad_(True)
     (g,) = torch.autograd.grad(F.cross_entropy(model(xr), y), xr)
@@ -79,7 +78,7 @@ def test_defense_gan_classifies_the_projection_with_straight_through_gradient(
     _, test = digits
     x, y = test.x[:16], test.y[:16]
     model = DefenseGAN(ae, image_classifier, steps=20, restarts=3)
-    x_hat = ae.project(x, steps=20, restarts=3, generator=torch.Generator().manual_seed(0)).x_hat
+    x_hat = ae.project(x, steps=20, restarts=3, z_init=model.start_codes(x)).x_hat
     assert torch.allclose(model(x), image_classifier(x_hat), atol=1e-6)
     xr = x.clone().requires_grad_(True)
     (g,) = torch.autograd.grad(F.cross_entropy(model(xr), y), xr)
@@ -126,3 +125,40 @@ def test_precomputed_codes_give_the_same_head_and_are_checked(ae, digits):
     with pytest.raises(ValueError, match=r"codes of shape \(\d+, 8\)"):
         train_latent_classifier(ae, train, code="project", steps=10, config=cfg,
                                 codes=codes[:10])
+
+
+@pytest.mark.parametrize("kind", ["project", "defense-gan"])
+def test_a_points_projection_and_prediction_do_not_depend_on_its_batch(kind, ae,
+                                                                      image_classifier, digits):
+    """The random restarts are keyed by each input's pixels: a point projected alone, first or
+    last in a batch gets the same starts, codes and logits (an attack's sub-batches and the
+    clean pass see one model)."""
+    _, test = digits
+    x = test.x[:12]
+    if kind == "defense-gan":
+        model = DefenseGAN(ae, image_classifier, steps=15, restarts=3)
+    else:
+        model = LatentClassifier(ae, models.create("linear-1l", dataset="digits",
+                                                   in_features=ae.latent_dim),
+                                 code="project", steps=15, restarts=3)
+    starts = model.start_codes(x)
+    assert starts.shape == (3, 12, ae.latent_dim)
+    assert len({tuple(s.tolist()) for s in starts.reshape(-1, ae.latent_dim)}) == 36
+    for i in (0, 5, 11):
+        assert torch.equal(model.start_codes(x[i:i + 1]), starts[:, i:i + 1])
+    reordered = torch.cat([x[7:], x[:7]])
+    assert torch.equal(model.start_codes(reordered)[:, 5:], starts[:, :7])
+    with torch.no_grad():
+        full = model(x)
+        alone = torch.cat([model(x[i:i + 1]) for i in range(12)])
+    assert torch.allclose(full, alone, atol=1e-5)
+    # another seed: other starts; a changed pixel: other starts for that point only
+    other = type(model)(ae, image_classifier, steps=15, restarts=3, seed=1) \
+        if kind == "defense-gan" else None
+    if other is not None:
+        assert not torch.equal(other.start_codes(x), starts)
+    bumped = x.clone()
+    bumped[3, 0, 0, 0] += 1e-3
+    moved = model.start_codes(bumped)
+    assert not torch.equal(moved[:, 3], starts[:, 3])
+    assert torch.equal(moved[:, 4], starts[:, 4])

@@ -123,3 +123,14 @@ class SampleRNG:
         u1, u2 = u[:, :per_point], u[:, per_point:]
         z = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)
         return z.reshape(shape).to(dtype)
+
+
+def content_keys(x: Tensor) -> Tensor:
+    """(B,) int64 keys in [0, 2**32) from the float32 bits of each row of ``x`` (B, ...): the
+    same input gives the same key in any batch, so a randomized computation keyed by it (a
+    projection's random restarts) is a deterministic function of each input."""
+    bits = x.detach().to(torch.float32).contiguous().reshape(x.shape[0], -1)
+    bits = bits.view(torch.int32).to(torch.int64) & _M32  # (B, D)
+    j = torch.arange(bits.shape[1], dtype=torch.int64, device=x.device)
+    h = _mix(bits ^ _mix(j ^ 0x27D4EB2F)[None])  # (B, D): each pixel hashed with its position
+    return _mix(h.sum(dim=1) & _M32)

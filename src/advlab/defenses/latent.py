@@ -16,8 +16,9 @@ projection's, the backward pass is that of a differentiable surrogate — the en
 (z ≈ encode(x)), the identity for Defense-GAN (G(z*) ≈ x). Attacks with plain gradients then
 see a useful gradient instead of none; without ``bpda`` the input gradient of a projected model
 is zero and any gradient attack would report a false robustness. The projection's random
-restarts come from a generator seeded with ``seed`` at every call, so the model is deterministic
-for a given batch.
+restarts are keyed by ``seed`` and a hash of each input's pixels (``attacks.rng``), so the model
+is a deterministic function of each input: a point gets the same projection alone or in any
+batch (the clean pass and an attack's final pass agree).
 
 Both are ordinary ``advlab`` models: built as a transform of the head (resp. image classifier)
 recorded in ``spec["transforms"]`` with the generative model's spec, and saved with all weights
@@ -35,6 +36,7 @@ from torch import Tensor, nn
 
 from advlab import generative as gen
 from advlab import models
+from advlab.attacks.rng import SampleRNG, content_keys
 from advlab.data.base import TensorSet
 from advlab.defenses.common import check_bool, check_choice, check_int, check_number
 from advlab.models import TRANSFORMS
@@ -72,14 +74,24 @@ class _Projecting(nn.Module):
         self.generative.eval()  # frozen: batch norm keeps its running statistics
         return self
 
+    def start_codes(self, x: Tensor) -> Tensor:
+        """The projection's random starts for ``x`` (B, ...): (restarts, B, latent_dim) prior
+        codes keyed by (seed, a hash of each input's pixels), so a point's starts, projection
+        and prediction do not depend on the batch it comes in."""
+        self.generative.check_data(x)
+        b, d, r = x.shape[0], self.generative.latent_dim, self.restarts
+        eps = SampleRNG(self.seed, content_keys(x)).randn((b, r * d))
+        eps = eps.reshape(b, r, d).transpose(0, 1).reshape(r * b, d)
+        with torch.no_grad():
+            return self.generative.prior_from_normal(eps.to(x.device)).reshape(r, b, d)
+
     def project(self, x: Tensor) -> gen.Projection:
-        g = torch.Generator(device=x.device)
-        g.manual_seed(self.seed)
+        z_init = self.start_codes(x)
         # enable_grad: the projection differentiates w.r.t. z even when the caller does not
         # (generative.projection sums its objective outside its own enable_grad block).
         with torch.enable_grad():
             out = self.generative.project(x.detach(), steps=self.steps, lr=self.lr,
-                                          restarts=self.restarts, generator=g)
+                                          restarts=self.restarts, z_init=z_init)
         return gen.Projection(out.z.detach(), out.x_hat.detach())
 
     def _entry(self, name: str, **extra: Any) -> dict[str, Any]:

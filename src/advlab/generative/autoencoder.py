@@ -117,8 +117,7 @@ class AE(Autoencoder):
         self.prior_loc.copy_(mean.float())
         self.prior_scale_tril.copy_(torch.linalg.cholesky(cov).float())
 
-    def prior_sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        eps = super().prior_sample(n, generator)
+    def prior_from_normal(self, eps: torch.Tensor) -> torch.Tensor:
         return self.prior_loc + eps @ self.prior_scale_tril.T
 
 

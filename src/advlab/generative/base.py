@@ -88,9 +88,14 @@ class GenerativeModel(nn.Module):
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"expected a positive number of samples n, got {n!r}")
         if generator is None:
-            return torch.randn(n, self.latent_dim, device=self.device)
+            return self.prior_from_normal(torch.randn(n, self.latent_dim, device=self.device))
         z = torch.randn(n, self.latent_dim, generator=generator, device=generator.device)
-        return z.to(self.device)
+        return self.prior_from_normal(z.to(self.device))
+
+    def prior_from_normal(self, eps: torch.Tensor) -> torch.Tensor:
+        """Prior codes from standard normal draws ``eps`` (n, latent_dim): the map that
+        ``prior_sample`` applies (the identity for the N(0, I) prior)."""
+        return eps
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Codes (B, latent_dim) -> data (B, *data_shape), differentiable."""
