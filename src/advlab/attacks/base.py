@@ -255,7 +255,7 @@ class Attack(ABC):
     name: ClassVar[str] = ""  # set by ``@register``
     minimal: ClassVar[bool] = False  # True: searches the smallest perturbation (no ε budget)
 
-    seed: int = 0  # seeds the attack's own torch.Generator (random starts, noise)
+    seed: int = 0  # keys the per-point random draws (random starts, noise): rng.py
 
     def __post_init__(self) -> None:
         check_int("seed", self.seed, low=0)
