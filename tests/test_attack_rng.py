@@ -73,6 +73,11 @@ def test_bad_shapes_keys_and_seeds_are_refused():
         rng.rand((3, 2), key=-1)
     with pytest.raises(ValueError, match="integer seed"):
         SampleRNG(0.5, torch.arange(3))
+    with pytest.raises(ValueError, match="integer seed >= 0"):
+        SampleRNG(-1, torch.arange(3))
+    # every word of a large seed counts
+    assert not torch.equal(SampleRNG(2 ** 32, torch.arange(3)).rand((3, 4)),
+                           SampleRNG(0, torch.arange(3)).rand((3, 4)))
 
 
 # --- attacks: the same draws for a point in any batch ---------------------------------------

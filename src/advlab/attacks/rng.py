@@ -56,8 +56,8 @@ class SampleRNG:
     """
 
     def __init__(self, seed: int, index: Tensor) -> None:
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"expected an integer seed, got {seed!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"expected an integer seed >= 0, got {seed!r}")
         if not isinstance(index, Tensor) or index.dim() != 1 or index.is_floating_point() \
                 or index.is_complex() or index.dtype == torch.bool:
             what = (f"{index.dtype} {tuple(index.shape)}" if isinstance(index, Tensor)
@@ -69,8 +69,14 @@ class SampleRNG:
         self.seed = seed
         self.index = index.to(torch.int64)
         self._generator: torch.Generator | None = None
-        seed_t = torch.tensor(seed & _M32, dtype=torch.int64, device=self.index.device)
-        self._seed_hash = _mix(seed_t ^ 0x9E3779B9)
+        dev = self.index.device
+        h = torch.tensor(0x9E3779B9, dtype=torch.int64, device=dev)
+        while True:  # every 32-bit word of the seed (seeds >= 2**32 do not collide)
+            h = _mix(h ^ torch.tensor(seed & _M32, dtype=torch.int64, device=dev))
+            seed >>= 32
+            if seed <= 0:
+                break
+        self._seed_hash = h
 
     @property
     def device(self) -> torch.device:
