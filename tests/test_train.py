@@ -216,3 +216,22 @@ def test_learning_rate_schedules(schedule):
         assert lrs[40] == pytest.approx(5e-3 * 40 / 79, rel=1e-3)  # linear ramp (peak at 79)
     if schedule == "step":
         assert lrs[4] == pytest.approx(2.5e-3) and lrs[8] == pytest.approx(1.25e-3)
+
+
+def test_the_time_of_an_objectives_start_inputs_counts_in_the_first_epoch():
+    """Inputs computed once before training (e.g. DeepFool examples of the starting model) are
+    training cost: their time is in the first epoch's train_seconds, not lost."""
+    from advlab.train.objective import CrossEntropy
+
+    class Prepared(CrossEntropy):
+        def start_inputs(self, model, x, y):
+            time.sleep(0.3)
+            return x.clone()
+
+    train = data.load("digits", "train").subset(torch.arange(64))
+    model = models.create("mlp", dataset="digits", widths=[8])
+    result = fit(model, train, TrainConfig(epochs=2, batch_size=64, device="cpu"),
+                 objective=Prepared(), progress=False)
+    first, second = (r["train_seconds"] for r in result.history)
+    assert first >= 0.3 > second
+    assert result.history[0]["epoch_seconds"] >= first

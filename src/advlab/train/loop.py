@@ -134,9 +134,11 @@ def fit(
         _check_resumable(state, config)
         if start_fingerprint is not None:
             _check_start(state, start_fingerprint, checkpoint)
-    x_fixed = None
+    x_fixed, prep_seconds = None, 0.0
     if start_inputs is not None:  # before a resumed state replaces the starting weights
+        t_prep = time.perf_counter()
         x_fixed = start_inputs(model, x_train, y_train)
+        prep_seconds = time.perf_counter() - t_prep  # counted in this call's first epoch
         if x_fixed.shape != x_train.shape:
             raise ValueError(f"start_inputs returned shape {tuple(x_fixed.shape)}, expected "
                              f"the training inputs' {tuple(x_train.shape)}")
@@ -157,7 +159,8 @@ def fit(
     bar = EpochProgress(enabled=progress, total_batches=steps_per_epoch)
     with bar:
         for epoch in range(start_epoch, config.epochs + 1):
-            t0 = time.perf_counter()
+            t0 = time.perf_counter() - prep_seconds
+            prep_seconds = 0.0
             model.train()
             perm = torch.randperm(n, generator=_epoch_generator(config.seed, epoch, device))
             perm = perm.to(device)
