@@ -1035,6 +1035,17 @@ def md_defense_gan(r: dict[str, Any]) -> str:
     failed = [c["message"] for c in r["plain"]["checks"] if not c["passed"]]
     lines += ["", "Plain-gradient result flagged unreliable: "
               + ("**yes** — " + "; ".join(failed) if failed else "**no**") + "."]
+    bpda_failed = [c for c in r["bpda"]["checks"] if not c["passed"]]
+    if bpda_failed:
+        lines += ["", "BPDA result flagged too: " + "; ".join(
+            f"{c['name']}: {c['message']}" for c in bpda_failed) + ". One FGSM step through "
+            "the straight-through gradient is weaker here than the same step crafted on the "
+            "bare classifier; PGD with BPDA passes the same check and is the number to quote "
+            f"for the defended model ({r['bpda'].get('pgd_white', float('nan')):.4f} at this "
+            "ε), not FGSM."
+            if all(c["name"] == "transfer/FGSM" for c in bpda_failed) else
+            "BPDA result flagged too: " + "; ".join(f"{c['name']}: {c['message']}"
+                                                      for c in bpda_failed) + "."]
     return "\n".join(lines)
 
 
