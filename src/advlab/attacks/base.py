@@ -168,37 +168,33 @@ class _CheckedModel:
             raise ValueError("expected finite logits from the model, got NaN or inf")
 
 
-def _check_labels(name: str, lab: object, batch: int, device: torch.device) -> Tensor:
-    if not isinstance(lab, Tensor):
-        raise ValueError(f"expected {name} to be a torch.Tensor of class indices, "
-                         f"got {type(lab).__name__}")
-    if lab.dtype == torch.bool or lab.is_floating_point() or lab.is_complex():
-        raise ValueError(f"expected {name} to be an integer tensor, got dtype {lab.dtype}")
-    if lab.shape != (batch,):
+def _check_int_vector(name: str, t: object, batch: int, meaning: str) -> Tensor:
+    """``t`` checked to be a (batch,) integer tensor of values >= 0 (``meaning`` says what they
+    are, for the messages)."""
+    if not isinstance(t, Tensor):
+        raise ValueError(f"expected {name} to be a torch.Tensor of {meaning}, "
+                         f"got {type(t).__name__}")
+    if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
+        raise ValueError(f"expected {name} to be an integer tensor, got dtype {t.dtype}")
+    if t.shape != (batch,):
         raise ValueError(f"expected {name} of shape ({batch},) to match the batch of x, "
-                         f"got {tuple(lab.shape)}")
-    if lab.device != device:
+                         f"got {tuple(t.shape)}")
+    if t.numel() and int(t.min()) < 0:
+        raise ValueError(f"expected {name} >= 0 ({meaning}), got {int(t.min())}")
+    return t
+
+
+def _check_labels(name: str, lab: object, batch: int, device: torch.device) -> Tensor:
+    if isinstance(lab, Tensor) and lab.device != device:
         raise ValueError(f"expected {name} on x's device {device}, got {lab.device}")
-    if lab.numel() and int(lab.min()) < 0:
-        raise ValueError(f"expected {name} >= 0 (class indices), got {int(lab.min())}")
-    return lab.long()
+    return _check_int_vector(name, lab, batch, "class indices").long()
 
 
 def _check_index(index: object, batch: int, device: torch.device) -> Tensor:
     """The points' positions in the data set (B,) int64 on ``device``; ``arange(B)`` if None."""
     if index is None:
         return torch.arange(batch, device=device)
-    if not isinstance(index, Tensor):
-        raise ValueError(f"expected index to be a torch.Tensor of positions, got "
-                         f"{type(index).__name__}")
-    if index.dtype == torch.bool or index.is_floating_point() or index.is_complex():
-        raise ValueError(f"expected index to be an integer tensor, got dtype {index.dtype}")
-    if index.shape != (batch,):
-        raise ValueError(f"expected index of shape ({batch},) to match the batch of x, got "
-                         f"{tuple(index.shape)}")
-    if index.numel() and int(index.min()) < 0:
-        raise ValueError(f"expected index >= 0 (positions in the data set), got "
-                         f"{int(index.min())}")
+    index = _check_int_vector("index", index, batch, "positions in the data set")
     return index.to(device=device, dtype=torch.int64)
 
 

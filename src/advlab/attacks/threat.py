@@ -103,25 +103,18 @@ class ThreatModel:
         With a ``SampleRNG`` each point's draw depends on (seed, its index, ``key``) only; a
         ``torch.Generator`` draws the batch from its stream (``key`` unused).
         """
-        if isinstance(rng, SampleRNG):
-            def rand(shape, k):
-                return rng.rand(shape, 2 * key + k, dtype=x0.dtype)
+        def draw(fn: str, shape: tuple[int, ...], k: int) -> Tensor:  # fn: "rand" | "randn"
+            if isinstance(rng, SampleRNG):
+                return getattr(rng, fn)(shape, 2 * key + k, dtype=x0.dtype)
+            return getattr(torch, fn)(shape, generator=rng, device=x0.device, dtype=x0.dtype)
 
-            def randn(shape, k):
-                return rng.randn(shape, 2 * key + k, dtype=x0.dtype)
-        else:
-            def rand(shape, k):
-                return torch.rand(shape, generator=rng, device=x0.device, dtype=x0.dtype)
-
-            def randn(shape, k):
-                return torch.randn(shape, generator=rng, device=x0.device, dtype=x0.dtype)
         if self.norm == "linf":
-            u = rand(x0.shape, 0)
+            u = draw("rand", tuple(x0.shape), 0)
             delta = (2 * u - 1) * self.eps
         else:  # uniform in the l2 ball: uniform direction, radius eps * U^(1/D)
-            g = randn(x0.shape, 0)
+            g = draw("randn", tuple(x0.shape), 0)
             d = g[0].numel()
-            r = rand((x0.shape[0],), 1)
+            r = draw("rand", (x0.shape[0],), 1)
             radius = self.eps * r.pow(1.0 / max(d, 1))
             delta = normalize_grad(g, "l2") * _expand(radius, g)
         return clip_box(x0 + delta)
