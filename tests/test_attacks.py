@@ -21,7 +21,10 @@ from attack_fixtures import (
 from strategies import classifiers, epsilons, image_batches
 
 # Small budgets so the whole matrix runs in seconds; attacks not listed use their defaults.
-FAST = {"pgd": {"steps": 5}, "cw": {"steps": 10}, "deepfool": {"steps": 10}}
+FAST = {"pgd": {"steps": 5}, "cw": {"steps": 10}, "deepfool": {"steps": 10},
+        "apgd": {"steps": 10}, "apgd-t": {"steps": 10, "n_target_classes": 2},
+        "fab": {"steps": 10}, "fab-t": {"steps": 10, "n_target_classes": 2},
+        "square": {"queries": 100}, "hopskipjump": {"max_queries": 300}}
 
 
 def make(name: str, **kw) -> attacks.Attack:
