@@ -95,7 +95,7 @@ def test_random_parts_of_a_point_are_the_same_alone_and_in_a_batch(name, params)
     model, x, y = trained_digits()
     x, y = x[:12], y[:12]
     attack = attacks.create(name, **params)
-    whole = attack(model, x, y)
+    whole = attack(model, x, y, index=torch.arange(12))
     for i in (0, 7, 11):
         alone = attack(model, x[i:i + 1], y[i:i + 1], index=torch.tensor([i]))
         assert torch.allclose(alone.adv[0], whole.adv[i], atol=2e-6, rtol=0), i
@@ -126,8 +126,22 @@ def test_pgd_restarts_draw_a_new_start_per_restart_keyed_by_the_restart():
     assert not torch.equal(first, second)
     assert (first - x).abs().max() <= 0.1 + 1e-6 and (second - x).abs().max() <= 0.1 + 1e-6
     # restart 0 of a multi-restart PGD starts where the single-restart PGD starts
-    one = attacks.create("pgd", eps=0.1, steps=1, alpha=1e-6)(model, x, y)
+    one = attacks.create("pgd", eps=0.1, steps=1, alpha=1e-6)(model, x, y, index=torch.arange(20))
     assert torch.allclose(one.adv, first, atol=2e-6, rtol=0)
+
+
+def test_a_direct_call_keys_draws_by_content_not_by_position_in_the_batch():
+    """A user's training loop calls the attack on batch after batch without ``index``: two
+    different batches must not get the same random starts (they did when the default key was
+    the position in the batch), and a point keeps its draws in any batch."""
+    model, x, y = trained_digits()
+    pgd = attacks.create("pgd", eps=0.1, steps=1, alpha=1e-6)  # the adversary is the start
+    a, b = pgd(model, x[:16], y[:16]), pgd(model, x[16:32], y[16:32])
+    assert not torch.allclose(a.adv - x[:16], b.adv - x[16:32], atol=1e-3)
+    alone = pgd(model, x[5:6], y[5:6])
+    assert torch.allclose(alone.adv[0], a.adv[5], atol=2e-6, rtol=0)
+    again = pgd(model, x[:16].flip(0), y[:16].flip(0))  # another order, the same draws
+    assert torch.allclose(again.adv.flip(0), a.adv, atol=2e-6, rtol=0)
 
 
 @pytest.mark.parametrize("index, match", [

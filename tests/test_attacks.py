@@ -330,8 +330,9 @@ def test_pgd_restarts_keep_the_best_per_sample():
 
     x = torch.full((64, 4), 0.5)
     y = torch.zeros(64, dtype=torch.long)
-    one = PGD(eps=0.1, steps=2, seed=3)(Coin(), x, y)
-    four = PGD(eps=0.1, steps=2, restarts=4, seed=3)(Coin(), x, y)
+    idx = torch.arange(64)  # identical inputs: without an index they share their draws
+    one = PGD(eps=0.1, steps=2, seed=3)(Coin(), x, y, index=idx)
+    four = PGD(eps=0.1, steps=2, restarts=4, seed=3)(Coin(), x, y, index=idx)
     assert (four.success | ~one.success).all()  # every restart-1 success is kept
     assert (four.success & ~one.success).any()  # and later restarts add new ones
     assert four.success.float().mean() > 0.8  # about 1 - 1/16; an average over the set: 1/2

@@ -319,8 +319,13 @@ def test_transfer_matrix_diagonal_is_white_box_and_cells_are_exact(case):
 def test_bad_inputs_are_value_errors(case):
     with pytest.raises(ValueError, match="same N"):
         robust_accuracy(case.model, case.x, case.y[:-1], FGSM(eps=0.1))
-    with pytest.raises(ValueError, match="untargeted"):
+    with pytest.raises(ValueError, match="expected target"):
         robust_accuracy(case.model, case.x, case.y, create("fgsm", eps=0.1, targeted=True))
+    with pytest.raises(ValueError, match="untargeted"):
+        robust_accuracy(case.model, case.x, case.y, FGSM(eps=0.1), target=case.y)
+    with pytest.raises(ValueError, match="target == y"):
+        robust_accuracy(case.model, case.x, case.y, create("fgsm", eps=0.1, targeted=True),
+                        target=case.y)
     with pytest.raises(ValueError, match="batch_size"):
         robust_accuracy(case.model, case.x, case.y, FGSM(eps=0.1), batch_size=0)
     with pytest.raises(ValueError, match="mask"):
@@ -440,3 +445,20 @@ def test_a_cuda_torch_device_object_is_checked_like_its_name():
     assert resolve_device(torch.device("cpu")) == torch.device("cpu")
     with pytest.raises(ValueError, match="expected device to be a name"):
         resolve_device(3)
+
+
+def test_targeted_attacks_report_the_targeted_success_rate():
+    from attack_fixtures import trained_digits
+
+    model, x, y = trained_digits()
+    x, y = x[:200], y[:200]
+    target = (y + 1) % 10
+    pgd = create("pgd", eps=0.1, steps=10, targeted=True)
+    ev = robust_accuracy(model, x, y, pgd, target=target, batch_size=37)
+    direct = pgd(model, x[ev.attacked], y[ev.attacked], target[ev.attacked],
+                 index=torch.nonzero(ev.attacked).squeeze(1))
+    reached = direct.pred == target[ev.attacked]
+    assert ev.n_fooled == int(reached.sum()) and 0 < ev.n_fooled < ev.n_attacked
+    assert ev.success_rate == pytest.approx(reached.float().mean().item())
+    assert torch.equal(ev.robust, ev.attacked & ~ev.result.success)
+    assert torch.equal(ev.result.success[ev.attacked], reached)

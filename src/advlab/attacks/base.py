@@ -2,26 +2,29 @@
 
 ``Attack.__call__`` is final and does the shared work once: input checks, eval mode (restored
 after, also on error), per-point random numbers keyed by the seed and each point's index
-(``rng.py``), float32 on ``x``'s device, then the subclass's ``run()``, then one forward pass
-on the adversarial batch to report predictions, success and perturbation norms in an
-``AttackResult``. See README-dev.md to add an attack.
+(``rng.py``), float32 (float64 for a float64 model) on ``x``'s device, then the subclass's
+``run()``, then one forward pass on the adversarial batch to report predictions, success and
+perturbation norms in an ``AttackResult``. See README-dev.md to add an attack.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advlab.attacks.rng import SampleRNG
+from advlab.attacks.rng import SampleRNG, content_keys
 from advlab.attacks.threat import ThreatModel, clip_box, lp_norm
+from advlab.modes import eval_mode
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +63,63 @@ class AttackResult:
                 f"[{self.adv.min().item():.3g}, {self.adv.max().item():.3g}]; "
                 f"non-finite {int((~torch.isfinite(self.adv)).sum())}")
 
+    FIELDS: ClassVar[tuple[str, ...]] = ("adv", "success", "l2", "linf", "pred", "logits",
+                                         "iterations")
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the result to a safetensors file, atomically (``load`` reads it back without
+        executing code). ``info`` is kept where it holds tensors and JSON values."""
+        from advlab.io import save_state
+
+        state = {k: getattr(self, k) for k in self.FIELDS}
+        state["info"] = _storable(self.info)
+        path = Path(path)
+        save_state(path, {"kind": "attack-result", **state})
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> AttackResult:
+        """Read a file written by ``save``; refuses other files with a clear error."""
+        from advlab.io import load_state
+
+        state = load_state(path)
+        if not isinstance(state, dict) or state.get("kind") != "attack-result":
+            raise ValueError(f"expected a file written by AttackResult.save, got {path} "
+                             f"(kind {state.get('kind') if isinstance(state, dict) else None!r})")
+        missing = [k for k in cls.FIELDS if not isinstance(state.get(k), Tensor)]
+        if missing:
+            raise ValueError(f"{path}: expected tensors {', '.join(missing)} in the file")
+        b = state["adv"].shape[0]
+        bad = [k for k in cls.FIELDS if state[k].shape[:1] != (b,)]
+        if bad:
+            raise ValueError(f"{path}: expected every field with {b} rows, got {bad}")
+        info = state.get("info") if isinstance(state.get("info"), dict) else {}
+        return cls(**{k: state[k].to(device) for k in cls.FIELDS}, info=info)
+
     @staticmethod
     def cat(results: list[AttackResult]) -> AttackResult:
         """Concatenate the results of consecutive batches (``info`` is kept per batch)."""
         if not results:
             raise ValueError("expected at least one AttackResult to concatenate, got none")
-        names = ("adv", "success", "l2", "linf", "pred", "logits", "iterations")
-        cols = {n: torch.cat([getattr(r, n) for r in results]) for n in names}
+        cols = {n: torch.cat([getattr(r, n) for r in results]) for n in AttackResult.FIELDS}
         return AttackResult(**cols, info={"batches": [r.info for r in results]})
+
+
+def _storable(obj: Any) -> Any:
+    """The tensors and JSON values of a nested ``info`` (anything else dropped)."""
+    if isinstance(obj, Tensor):
+        return obj.detach()
+    if isinstance(obj, dict):
+        return {str(k): v for k, v in ((k, _storable(v)) for k, v in obj.items())
+                if v is not _DROP}
+    if isinstance(obj, (list, tuple)):
+        return [v for v in map(_storable, obj) if v is not _DROP]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    return _DROP
+
+
+_DROP = object()
 
 
 @dataclass
@@ -137,8 +189,34 @@ def expand_as(v: Tensor, like: Tensor) -> Tensor:
     return v.reshape(-1, *([1] * (like.dim() - 1)))
 
 
+def logits_of(out: object) -> object:
+    """The logits in a model's output: the output itself, or the first element of a tuple or
+    list (``advlab.wrap(model, output=KEY)`` picks a dict's entry). A dict is refused with
+    its keys named."""
+    if isinstance(out, (tuple, list)) and out:
+        return out[0]
+    if isinstance(out, dict):
+        keys = ", ".join(map(repr, list(out)[:10]))
+        raise ValueError(f"expected the model to return logits (B, K), got a dict with keys "
+                         f"{keys}: wrap it with advlab.wrap(model, output=KEY) (the CLI's "
+                         f"--output-key KEY) to name the logits")
+    return out
+
+
+_tuple_said = False
+
+
+def _say_tuple(out: object) -> None:
+    global _tuple_said
+    if isinstance(out, (tuple, list)) and not _tuple_said:
+        _tuple_said = True
+        log.info("the model returns a %s; its first element is taken as the logits",
+                 type(out).__name__)
+
+
 class _CheckedModel:
-    """Calls the model and validates its first output (logits (B, K), labels < K)."""
+    """Calls the model and validates its first output (logits (B, K), labels < K); a tuple's
+    first element is taken as the logits (``logits_of``)."""
 
     def __init__(self, model: Model, labels: list[tuple[str, Tensor]]) -> None:
         self.model = model
@@ -146,8 +224,10 @@ class _CheckedModel:
         self.checked = False
 
     def __call__(self, x: Tensor) -> Tensor:
-        out = self.model(x)
+        raw = self.model(x)
+        out = logits_of(raw)
         if not self.checked:
+            _say_tuple(raw)
             self._check(x, out)
             self.checked = True
         return out
@@ -190,10 +270,16 @@ def _check_labels(name: str, lab: object, batch: int, device: torch.device) -> T
     return _check_int_vector(name, lab, batch, "class indices").long()
 
 
-def _check_index(index: object, batch: int, device: torch.device) -> Tensor:
-    """The points' positions in the data set (B,) int64 on ``device``; ``arange(B)`` if None."""
+def _check_index(index: object, batch: int, device: torch.device,
+                 x: Tensor | None = None) -> Tensor:
+    """The points' keys (B,) int64 on ``device``: their positions in the data set, or when None
+    a hash of each input's pixels (``content_keys``), so that two calls on different batches
+    (a user's training loop) never reuse the same random starts, while a point gets the same
+    draws in any batch. Without ``x``, ``arange(B)``."""
     if index is None:
-        return torch.arange(batch, device=device)
+        if x is None:
+            return torch.arange(batch, device=device)
+        return content_keys(x).to(device)
     index = _check_int_vector("index", index, batch, "positions in the data set")
     return index.to(device=device, dtype=torch.int64)
 
@@ -249,7 +335,11 @@ class Attack(ABC):
     """Base of all attacks. Subclasses are frozen dataclasses that implement ``run``."""
 
     name: ClassVar[str] = ""  # set by ``@register``
-    minimal: ClassVar[bool] = False  # True: searches the smallest perturbation (no ε budget)
+    # The kind of attack, declared by each class (``kind`` combines them); evaluation code and
+    # reports read these, never probe an attack for methods:
+    minimal: ClassVar[bool] = False  # searches the smallest perturbation (no ε budget)
+    fitted: ClassVar[bool] = False  # crafted once on a fit set (``fit``), then applied
+    gradient_free: ClassVar[bool] = False  # uses only the model's outputs (scores or labels)
 
     seed: int = 0  # keys the per-point random draws (random starts, noise): rng.py
 
@@ -274,6 +364,31 @@ class Attack(ABC):
         """The fixed perturbation budget, or None for minimal-perturbation attacks."""
         return None
 
+    @property
+    def kind(self) -> str:
+        """'minimal' (smallest perturbation), 'fitted' (one perturbation fitted on a set),
+        'budget' (fixed ε budget: ``threat``) or 'search' (no budget, e.g. a transformation
+        search)."""
+        if self.minimal:
+            return "minimal"
+        if self.fitted:
+            return "fitted"
+        return "budget" if self.threat is not None else "search"
+
+    @property
+    def distance(self) -> str:
+        """The norm this attack's perturbations are measured in ('linf' or 'l2'): the
+        threat's for a fixed budget, else the attack's ``norm`` setting, else 'l2'."""
+        if self.threat is not None:
+            return self.threat.norm
+        return str(self.__dict__.get("norm", "l2"))
+
+    def fit(self, model: Model, x: Tensor, y: Tensor) -> Attack:
+        """A fitted attack (``fitted = True``) returns a copy holding what it crafted on
+        ``(x, y)``; the other kinds have nothing to fit."""
+        raise ValueError(f"expected a fitted attack (universal) to fit, got {self.name!r}, "
+                         f"which is a {self.kind} attack")
+
     def config(self) -> dict[str, Any]:
         """The name and every setting, e.g. to store with a report."""
         return {"attack": self.name, **asdict(self)}
@@ -293,9 +408,15 @@ class Attack(ABC):
                  target: Tensor | None = None, *, index: Tensor | None = None) -> AttackResult:
         """Attack ``model`` on ``x`` (B, ...) in [0, 1] with labels ``y`` (B,).
 
-        ``index`` (B,): the points' positions in the data set being evaluated (default
-        ``arange(B)``); random draws are keyed by them, so a point's random start does not
-        depend on the batch it is attacked in.
+        ``index`` (B,): the points' positions in the data set being evaluated; random draws
+        are keyed by them, so a point's random start does not depend on the batch it is
+        attacked in. Default: a hash of each input's pixels (``rng.content_keys``), so a direct
+        call in a training loop gets new draws for every new batch, and the same input the same
+        draws in any batch.
+
+        The model may return a tuple (its first element is the logits); for a dict output, or
+        normalised / other-range inputs, wrap it with ``advlab.wrap``. A float64 model is
+        attacked in float64.
         """
         if not callable(model):
             raise ValueError(f"expected the model to be an nn.Module or a callable x -> logits, "
@@ -313,16 +434,13 @@ class Attack(ABC):
         elif target is not None:
             raise ValueError(f"got a target for the untargeted attack {self.name!r}: "
                              "create it with targeted=True, or pass target=None")
-        index = _check_index(index, batch, x.device)
-        modules = list(model.modules()) if isinstance(model, nn.Module) else []
-        flags = [m.training for m in modules]
+        index = _check_index(index, batch, x.device, x)
         checked = _CheckedModel(model, labels)
-        try:
-            if isinstance(model, nn.Module):
-                model.eval()
+        dtype = compute_dtype(model)
+        with eval_mode(model):
             with torch.inference_mode(False), torch.enable_grad():
                 # copies: tensors made under inference_mode cannot enter autograd
-                x32 = x.detach().to(torch.float32).clone()  # (B, ...)
+                x32 = x.detach().to(dtype).clone()  # (B, ...)
                 y = y.clone()
                 target = None if target is None else target.clone()
                 checked.labels = [(n, lab.clone()) for n, lab in labels]
@@ -331,7 +449,7 @@ class Attack(ABC):
                     out = self.run(checked, x32, y, target, rng)
                 else:  # nothing to attack; the forward below still checks the model
                     out = RunOutput(x32, 0)
-                adv = clip_box(out.adv.detach().to(torch.float32))
+                adv = clip_box(out.adv.detach().to(dtype))
                 bad = ~torch.isfinite(adv)
                 if bad.any():
                     log.warning("%s produced %d non-finite values; replaced by the clean pixels",
@@ -339,13 +457,19 @@ class Attack(ABC):
                     adv = torch.where(bad, x32, adv)
                 with torch.no_grad():
                     logits = checked(adv).detach().float()  # (B, K)
-        finally:
-            for m, flag in zip(modules, flags, strict=True):
-                m.training = flag
         result = _make_result(x, adv, logits, y, target, out)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s: %s", self.name, result.summary())
         return result
+
+
+def compute_dtype(model: object) -> torch.dtype:
+    """The dtype an attack computes in: float64 for a float64 model, else float32."""
+    if isinstance(model, nn.Module):
+        p = next((p for p in model.parameters() if p.is_floating_point()), None)
+        if p is not None and p.dtype == torch.float64:
+            return torch.float64
+    return torch.float32
 
 
 def _make_result(x: Tensor, adv: Tensor, logits: Tensor, y: Tensor, target: Tensor | None,

@@ -135,6 +135,8 @@ def content_keys(x: Tensor) -> Tensor:
     """(B,) int64 keys in [0, 2**32) from the float32 bits of each row of ``x`` (B, ...): the
     same input gives the same key in any batch, so a randomized computation keyed by it (a
     projection's random restarts) is a deterministic function of each input."""
+    if x.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.int64, device=x.device)
     bits = x.detach().to(torch.float32).contiguous().reshape(x.shape[0], -1)
     bits = bits.view(torch.int32).to(torch.int64) & _M32  # (B, D)
     j = torch.arange(bits.shape[1], dtype=torch.int64, device=x.device)

@@ -96,6 +96,14 @@ class Transfer(Attack):
     def threat(self) -> ThreatModel | None:
         return self.inner.threat
 
+    @property
+    def kind(self) -> str:
+        return self.inner.kind
+
+    @property
+    def distance(self) -> str:
+        return self.inner.distance
+
     def config(self) -> dict[str, Any]:
         source = None if self.source is None else type(self.source).__name__
         return {"attack": self.name, "seed": self.seed, "inner": self.inner.config(),

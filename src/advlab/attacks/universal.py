@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -80,6 +80,8 @@ class Universal(Attack):
         >>> result = fitted(model, x_test, y_test)  # adv = clip(x_test + v)
         >>> fitted.perturbation.abs().max() <= 0.2
     """
+
+    fitted: ClassVar[bool] = True
 
     eps: float | None = None
     norm: str = "linf"

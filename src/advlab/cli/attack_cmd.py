@@ -105,7 +105,7 @@ def attack_command(
         if transfer_from is not None:
             source = load_companion(transfer_from, "--transfer-from", dataset, dev)
         fit_on = None
-        fits = callable(getattr(cls, "fit", None))
+        fits = cls.fitted
         if fit_n is not None and not fits:
             raise ValueError(f"--fit-n is for attacks crafted once on training points "
                              f"(universal), not {attack!r}")

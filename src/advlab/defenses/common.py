@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
 from torch import nn
 
 from advlab.data.base import info as dataset_info
+from advlab.modes import model_mode
 
 CRAFT_MODES = ("eval", "train")
 
 
-@contextmanager
-def mode(model: nn.Module, training: bool) -> Iterator[None]:
-    """Run the block with every submodule of ``model`` in train (or eval) mode, then put each
-    submodule back in its own previous mode, also on error (a partly frozen model stays so)."""
-    modules = list(model.modules())
-    flags = [m.training for m in modules]
-    model.train(training)
-    try:
-        yield
-    finally:
-        for m, flag in zip(modules, flags, strict=True):
-            m.training = flag
+def mode(model: nn.Module, training: bool):
+    """Every submodule of ``model`` in train (or eval) mode for the block, each put back in its
+    own previous mode after (``advlab.modes.model_mode``)."""
+    return model_mode(model, training)
 
 
 def step_generator(device: torch.device) -> torch.Generator:

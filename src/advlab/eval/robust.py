@@ -189,15 +189,19 @@ class RobustEvaluation:
         return self.attacked & self.result.success
 
     def summary(self) -> str:
-        """AutoAttack's closing line over the attacked points: largest perturbation, NaNs, range."""
+        """Clean and robust accuracy, then AutoAttack's closing line over the attacked points
+        (success, largest perturbation, NaNs, range)."""
+        head = (f"{self.attack.get('attack', 'attack')}: clean accuracy "
+                f"{self.clean_accuracy:.2%}, robust accuracy {self.robust_accuracy:.2%} of "
+                f"{self.n}")
         idx = torch.nonzero(self.attacked).squeeze(1)
         if idx.numel() == 0:
-            return "no point attacked"
+            return f"{head}; no point attacked"
         r = self.result
         sub = AttackResult(adv=r.adv[idx], success=r.success[idx], l2=r.l2[idx],
                            linf=r.linf[idx], pred=r.pred[idx], logits=r.logits[idx],
                            iterations=r.iterations[idx])
-        return sub.summary()
+        return f"{head}; attacked {idx.numel()}: {sub.summary()}"
 
     def to_dict(self) -> dict[str, Any]:
         """The numbers (no tensors), JSON-ready; undefined values are None."""
@@ -224,8 +228,9 @@ def _stats(v: Tensor) -> tuple[float, float]:
 
 
 def _assemble(x: Tensor, y: Tensor, clean_logits: Tensor, idx: Tensor,
-              parts: list[AttackResult]) -> AttackResult:
-    """Full-length (N,) results: the attack's outputs at ``idx``, the clean inputs elsewhere."""
+              parts: list[AttackResult], target: Tensor | None = None) -> AttackResult:
+    """Full-length (N,) results: the attack's outputs at ``idx``, the clean inputs elsewhere.
+    ``success``: misclassified, or classified as ``target`` (N,) for a targeted attack."""
     n = x.shape[0]
     adv, logits = x.clone(), clean_logits.clone()
     l2 = torch.zeros(n, device=x.device)
@@ -240,15 +245,22 @@ def _assemble(x: Tensor, y: Tensor, clean_logits: Tensor, idx: Tensor,
         iters[idx] = r.iterations.to(x.device)
         info = r.info
     pred = logits.argmax(dim=1)
-    return AttackResult(adv=adv, success=pred != y, l2=l2, linf=linf, pred=pred, logits=logits,
+    success = pred != y if target is None else pred == target
+    return AttackResult(adv=adv, success=success, l2=l2, linf=linf, pred=pred, logits=logits,
                         iterations=iters, info=info)
 
 
 def robust_accuracy(model: Model, x: Tensor, y: Tensor, attack: Attack, *,
                     batch_size: int | None = None, mask: Tensor | None = None,
                     progress: bool = False, device: torch.device | str | None = None,
-                    clean_logits: Tensor | None = None) -> RobustEvaluation:
-    """Robust accuracy of ``model`` on ``(x, y)`` under the untargeted ``attack``.
+                    clean_logits: Tensor | None = None,
+                    target: Tensor | None = None) -> RobustEvaluation:
+    """Robust accuracy of ``model`` on ``(x, y)`` under ``attack``.
+
+    A targeted attack (``targeted=True``) needs ``target`` (N,), a class other than ``y`` for
+    every point: its success rate is then the targeted success rate (the fraction of attacked
+    points classified as their target), and a point counts as robust when the attack did not
+    reach its target.
 
     Only points that are correctly classified (and selected by ``mask`` (N,) bool, e.g. the
     points still robust at a smaller ε) are attacked, in batches of ``batch_size``; points
@@ -258,9 +270,21 @@ def robust_accuracy(model: Model, x: Tensor, y: Tensor, attack: Attack, *,
     """
     check_data(x, y)
     check_batch_size(batch_size)
-    if getattr(attack, "targeted", False):
-        raise ValueError("expected an untargeted attack for robust accuracy, got "
-                         f"{getattr(attack, 'name', attack)!r} with targeted=True")
+    if not isinstance(attack, Attack):
+        raise ValueError(f"expected an advlab Attack (attacks.create(name, ...)), got "
+                         f"{type(attack).__name__}")
+    if attack.targeted:
+        if target is None:
+            raise ValueError(f"expected target (N,) for the targeted attack {attack.name!r}, "
+                             f"got None")
+        check_labels("target", target, x.shape[0], target.device)
+        target = target.to(x.device).long()
+        if bool((target == y.to(x.device)).any()):
+            raise ValueError("expected every target to differ from its label y, got "
+                             f"{int((target == y.to(x.device)).sum())} points with target == y")
+    elif target is not None:
+        raise ValueError(f"got a target for the untargeted attack {attack.name!r}: create it "
+                         f"with targeted=True, or pass target=None")
     if mask is not None and (mask.shape != y.shape or mask.dtype != torch.bool):
         raise ValueError(f"expected mask to be a bool tensor of shape {tuple(y.shape)}, got "
                          f"{mask.dtype} {tuple(mask.shape)}")
@@ -275,25 +299,26 @@ def robust_accuracy(model: Model, x: Tensor, y: Tensor, attack: Attack, *,
     clean_correct = clean_logits.argmax(dim=1) == y
     todo = clean_correct if mask is None else clean_correct & mask.to(x.device)
     idx = torch.nonzero(todo).squeeze(1)  # the points still standing
-    threat = getattr(attack, "threat", None)
+    threat = attack.threat
     if threat is not None and threat.eps == 0:  # the threat set is {x}: nothing to call
         idx = idx[:0]
     parts = []
     batch_size = attack_batch_size(batch_size, model, x, dev, idx.numel())
-    with progress_bar(progress, idx.numel(), f"{getattr(attack, 'name', 'attack')}") as advance:
+    with progress_bar(progress, idx.numel(), attack.name or "attack") as advance:
         for chunk in idx.split(batch_size) if idx.numel() else ():  # split of [] gives [[]]
             # the points' positions in x key their random draws: results do not depend on
             # the batch size
-            r = attack(model, x[chunk].to(dev), y[chunk].to(dev), index=chunk)
+            t = None if target is None else target[chunk].to(dev)
+            r = attack(model, x[chunk].to(dev), y[chunk].to(dev), t, index=chunk)
             parts.append(r)
             advance(chunk.numel())
-    result = _assemble(x, y, clean_logits, idx, parts)
+    result = _assemble(x, y, clean_logits, idx, parts, target)
     robust = todo & ~result.success  # outside the mask or misclassified: non-robust
     fooled = todo & result.success
     l2_mean, l2_median = _stats(result.l2[fooled])
     linf_mean, linf_median = _stats(result.linf[fooled])
     n, n_att, n_fool = x.shape[0], int(todo.sum()), int(fooled.sum())
-    config = attack.config() if hasattr(attack, "config") else {"attack": repr(attack)}
+    config = attack.config()
     return RobustEvaluation(
         attack=config, n=n, clean_accuracy=clean_correct.float().mean().item(),
         robust_accuracy=robust.float().mean().item(),
@@ -453,7 +478,7 @@ def robust_accuracy_curve(model: Model, x: Tensor, y: Tensor, attack_name: str,
         raise ValueError("expected the budgets in eps_list, got eps in the attack parameters too")
     params = {k: v for k, v in params.items() if v is not None and k != "eps"}
     probe = create(attack_name, **params)  # unknown names and parameters fail here, at once
-    fits = callable(getattr(probe, "fit", None))
+    fits = probe.fitted
     if fits and fit_on is None:
         raise ValueError(f"attack {attack_name!r} crafts one perturbation on a set and applies "
                          "it to others: pass fit_on=(x_fit, y_fit), e.g. training points "
@@ -479,8 +504,8 @@ def robust_accuracy_curve(model: Model, x: Tensor, y: Tensor, attack_name: str,
             return attack.fit(model if source is None else source, x_fit, y_fit)
         return attack if source is None else create("transfer", attack=attack, source=source)
 
-    minimal = bool(getattr(type(probe), "minimal", False))
-    norm_of_probe = getattr(probe, "norm", "l2")
+    minimal = probe.minimal
+    norm_of_probe = probe.distance
     if source is not None and fit_on is None:
         probe = build(**params)
     clean_logits = predict(model, x, batch_size, dev)  # robust_accuracy checks y against it
@@ -501,7 +526,7 @@ def robust_accuracy_curve(model: Model, x: Tensor, y: Tensor, attack_name: str,
             evaluations.append(ev)
             acc.append(ev.robust_accuracy)
             mask = ev.robust
-        threat = getattr(probe, "threat", None)
+        threat = probe.threat
         norm = threat.norm if threat is not None else "linf"
     clean_acc = (clean_logits.argmax(1) == y.to(x.device)).float().mean().item()
     return AccuracyCurve(attack=attack_name, params=params, norm=norm, eps=eps, accuracy=acc,

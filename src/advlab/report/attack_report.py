@@ -94,12 +94,12 @@ def attack_report(model: Model, x: Tensor, y: Tensor, classes: Sequence[str], at
     if checks:
         check_n_checks(n_checks)
     params = {k: v for k, v in params.items() if v is not None}
-    minimal = bool(getattr(cls, "minimal", False))
+    minimal = cls.minimal
     if minimal and params.get("eps") is not None:
         raise ValueError(f"attack {attack!r} searches the smallest perturbation and takes no "
                          "eps; pass --eps only to choose where its accuracy curve is read")
     probe = create(attack, **params)  # unknown parameters fail before any work
-    budget = not minimal and getattr(probe, "threat", None) is not None
+    budget = probe.kind in ("budget", "fitted")
     if not minimal and not budget and eps:
         raise ValueError(f"attack {attack!r} has no eps budget; run it without --eps")
     clean_logits = predict(model, x, batch_size, device)
@@ -119,7 +119,7 @@ def attack_report(model: Model, x: Tensor, y: Tensor, classes: Sequence[str], at
         run = probe if source is None else create("transfer", attack=probe, source=source)
         ev = robust_accuracy(model, x, y, run, batch_size=batch_size, device=device,
                              progress=progress, clean_logits=clean_logits)
-        norm = getattr(probe, "norm", "l2")
+        norm = probe.distance
         if minimal:
             norms = ev.result.l2 if norm == "l2" else ev.result.linf
             grid = sorted(float(e) for e in eps) if eps else default_eps_grid(norms[ev.fooled])
