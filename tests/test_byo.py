@@ -1,0 +1,280 @@
+"""Bring your own model and data: ``advlab.wrap``, ``load_external_model``, ``load_data_file``
+and the ``--model`` / ``--data`` options of ``attack``, ``eval`` and ``eval robust``.
+
+One small CNN is trained in plain PyTorch on sklearn's digits (about a second), its factory
+written to a temporary ``.py`` file, and saved every way a user might: a state dict (``.pt``),
+safetensors, TorchScript and ``torch.export``; the test points as ``.npz``, ``.pt``,
+``.safetensors`` and an image folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import textwrap
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+import advlab
+from advlab.attacks import create
+from advlab.eval import robust_accuracy
+from advlab.wrapping import WrappedModel
+from attack_fixtures import digits
+
+NETS_PY = '''
+"""Models for the tests: make_net() is the 8x8 digits CNN; the others vary its interface."""
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, output="tensor"):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 4 * 4, 10)
+        self.output = output
+
+    def forward(self, x):  # (B, 1, 8, 8) -> (B, 10)
+        h = nn.functional.max_pool2d(torch.relu(self.conv(x)), 2)
+        logits = self.fc(h.flatten(1))
+        if self.output == "dict":
+            return {"features": h, "logits": logits}
+        if self.output == "tuple":
+            return logits, h
+        return logits
+
+
+class PlusMinusOne(nn.Module):
+    """The same network on inputs in [-1, 1]."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = Net()
+
+    def forward(self, z):
+        return self.net((z + 1) / 2)
+
+
+def make_net():
+    return Net()
+
+
+def make_dict_net():
+    return Net("dict")
+
+
+def make_tuple_net():
+    return Net("tuple")
+
+
+def make_pm1_net():
+    return PlusMinusOne()
+
+
+def broken():
+    raise RuntimeError("cannot build the net")
+
+
+def not_a_module():
+    return 42
+'''
+
+
+@dataclass(frozen=True)
+class Files:
+    root: Path
+    nets: Path  # the factories' .py file
+    net: nn.Module  # the trained CNN, float32, eval mode
+    x: torch.Tensor  # (200, 1, 8, 8) held-out digits in [0, 1]
+    y: torch.Tensor  # (200,)
+
+    def spec(self, factory: str = "make_net") -> str:
+        return f"{self.nets}:{factory}"
+
+    def __getitem__(self, name: str) -> str:
+        return str(self.root / name)
+
+
+def _load_nets(path: Path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("byo_test_nets", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["byo_test_nets"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> Files:
+    root = tmp_path_factory.mktemp("byo")
+    nets_py = root / "my_models.py"
+    nets_py.write_text(textwrap.dedent(NETS_PY))
+    nets = _load_nets(nets_py)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    x, y = digits()
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    tr, te = perm[:1297], perm[1297:1497]
+    net = nets.make_net()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(8):
+        for idx in tr[torch.randperm(len(tr), generator=gen)].split(128):
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(x[idx]), y[idx]).backward()
+            opt.step()
+    torch.set_num_threads(threads)
+    net.eval()
+    state = net.state_dict()
+    torch.save(state, root / "net.pt")
+    save_file(state, str(root / "net.safetensors"))
+    torch.save({"epoch": 8, "state_dict": state}, root / "checkpoint.pt")
+    torch.save({f"net.{k}": v for k, v in state.items()}, root / "pm1.pt")
+    torch.save(net, root / "pickled_module.pt")  # needs code to load: refused
+    x_te, y_te = x[te], y[te]
+    with warnings.catch_warnings():  # torch.jit is deprecated, and still what users have
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.trace(net, x_te[:4]), root / "net.ts")
+    program = torch.export.export(net, (x_te[:4],),
+                                  dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, root / "net.pt2")
+    torch.export.save(torch.export.export(net, (x_te[:4],)), root / "fixed_batch.pt2")
+    np.savez(root / "test.npz", x=x_te.numpy(), y=y_te.numpy())
+    torch.save({"x": x_te, "y": y_te, "classes": [f"digit {i}" for i in range(10)]},
+               root / "test.pt")
+    save_file({"x": x_te, "y": y_te}, str(root / "test.safetensors"))
+    np.savez(root / "pm1.npz", x=(2 * x_te - 1).numpy(), y=y_te.numpy())  # in [-1, 1]
+    np.savez(root / "no_y.npz", x=x_te.numpy(), labels=y_te.numpy())
+    return Files(root, nets_py, net, x_te, y_te)
+
+
+# --- advlab.wrap -----------------------------------------------------------------------------
+
+def logits(model, x):
+    with torch.no_grad():
+        return model(x)
+
+
+def test_wrap_without_options_is_the_model(files):
+    w = advlab.wrap(files.net)
+    assert isinstance(w, WrappedModel) and w.model is files.net
+    assert torch.equal(logits(w, files.x), logits(files.net, files.x))
+    assert "Net" in repr(w) and "WrappedModel" in repr(w)
+
+
+def test_mean_std_gives_the_predictions_of_the_model_on_normalised_data(files):
+    mean, std = 0.3, 0.25
+
+    class OnNormalised(nn.Module):  # a model trained on (x - mean) / std
+        def __init__(self):
+            super().__init__()
+            self.net = files.net
+
+        def forward(self, z):
+            return self.net(z * std + mean)
+
+    model = OnNormalised()
+    z = (files.x - mean) / std
+    w = advlab.wrap(model, mean=[mean], std=(std,))
+    assert torch.allclose(logits(w, files.x), logits(model, z), atol=1e-6)
+    assert torch.equal(logits(w, files.x).argmax(1), logits(model, z).argmax(1))
+    # per channel: channel c is normalised by mean[c], std[c] (axis 1)
+    mean3, std3 = (0.1, 0.5, 0.9), (0.2, 0.3, 0.4)
+    seen = []
+    w3 = advlab.wrap(lambda t: seen.append(t) or t.flatten(1), mean=mean3, std=std3)
+    u = torch.rand(2, 3, 4, 4)
+    w3(u)
+    for c in range(3):
+        assert torch.allclose(seen[0][:, c], (u[:, c] - mean3[c]) / std3[c])
+    with pytest.raises(ValueError, match=r"expected inputs \(B, 3, \.\.\.\)"):
+        w3(torch.rand(2, 1, 4, 4))
+
+
+def test_bounds_map_pixels_to_the_model_range_and_convert_eps(files):
+    nets = sys.modules["byo_test_nets"]
+    pm1 = nets.make_pm1_net()
+    pm1.net.load_state_dict(files.net.state_dict())
+    pm1.eval()
+    w = advlab.wrap(pm1, bounds=(-1, 1))
+    assert torch.equal(logits(w, files.x), logits(files.net, files.x))
+    z = 2 * files.x - 1
+    assert torch.equal(w.to_unit(z), files.x) and torch.equal(w.from_unit(files.x), z)
+    assert w.eps_to_unit(0.2) == pytest.approx(0.1) and w.scale == 2
+    assert advlab.wrap(pm1, bounds=(0, 255)).eps_to_unit(8) == pytest.approx(8 / 255)
+    # an attack in pixel space on the wrapper = the same attack on the pixel model
+    ours = robust_accuracy(w, files.x, files.y, create("fgsm", eps=w.eps_to_unit(0.2)))
+    ref = robust_accuracy(files.net, files.x, files.y, create("fgsm", eps=0.1))
+    assert ours.robust_accuracy == ref.robust_accuracy < ref.clean_accuracy
+
+
+def test_dict_output_needs_its_key(files):
+    nets = sys.modules["byo_test_nets"]
+    model = nets.make_dict_net()
+    model.load_state_dict(files.net.state_dict())
+    model.eval()
+    w = advlab.wrap(model, output="logits")
+    assert torch.equal(logits(w, files.x), logits(files.net, files.x))
+    with pytest.raises(ValueError, match=r"keys 'features', 'logits'.*output=KEY.*--output-key"):
+        logits(advlab.wrap(model), files.x)
+    with pytest.raises(ValueError, match=r"the key 'probs', got keys 'features', 'logits'"):
+        logits(advlab.wrap(model, output="probs"), files.x)
+
+
+def test_tuple_output_takes_the_first_element_said_once(files, caplog):
+    nets = sys.modules["byo_test_nets"]
+    model = nets.make_tuple_net()
+    model.load_state_dict(files.net.state_dict())
+    w = advlab.wrap(model.eval())
+    with caplog.at_level(logging.INFO, logger="advlab.wrapping"):
+        out = [logits(w, files.x[:5]), logits(w, files.x[5:9])]
+    assert torch.equal(torch.cat(out), logits(files.net, files.x[:9]))
+    said = [r for r in caplog.records if "first element" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.INFO
+
+
+def test_a_float64_model_is_fed_its_dtype_and_returns_float32_logits(files):
+    nets = sys.modules["byo_test_nets"]
+    model = nets.make_net()
+    model.load_state_dict(files.net.state_dict())
+    model = model.double().eval()
+    w = advlab.wrap(model, mean=0.5, std=0.5)
+    out = logits(w, files.x)
+    assert out.dtype == torch.float32 and w.mean.dtype == torch.float64
+    assert torch.allclose(out, logits(model, ((files.x.double() - 0.5) / 0.5)).float())
+    r = create("fgsm", eps=0.1)(w, files.x[:20], files.y[:20])
+    assert r.adv.dtype == torch.float32 and float(r.linf.max()) <= 0.1 + 1e-6
+    assert "dtype=torch.float64" in repr(w)
+
+
+def test_eval_train_and_to_reach_the_wrapped_model(files):
+    nets = sys.modules["byo_test_nets"]
+    model = nets.make_net()
+    w = advlab.wrap(model, mean=(0.5,), std=(0.5,))
+    w.train()
+    assert model.training and model.conv.training
+    w.eval()
+    assert not model.training and not model.conv.training
+    w.to(torch.float64)
+    assert model.conv.weight.dtype == torch.float64 and w.std.dtype == torch.float64
+    assert logits(w, files.x[:3]).dtype == torch.float32
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"std": 0.0}, "expected std to be a number or a sequence of finite numbers > 0"),
+    ({"mean": (0.1, 0.2), "std": (0.1, 0.2, 0.3)}, "mean and std of the same length"),
+    ({"bounds": (1, 1)}, "lo < hi"),
+    ({"bounds": (0, 1, 2)}, "a pair"),
+    ({"output": 1.5}, "a dict key"),
+])
+def test_bad_wrap_options_are_value_errors(files, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        advlab.wrap(files.net, **kwargs)
