@@ -24,7 +24,10 @@ from torch import nn
 
 import advlab
 from advlab.attacks import create
+from advlab.data.base import DataError
+from advlab.data.files import load_data_file
 from advlab.eval import robust_accuracy
+from advlab.external import load_external_model
 from advlab.wrapping import WrappedModel
 from attack_fixtures import digits
 
@@ -278,3 +281,156 @@ def test_eval_train_and_to_reach_the_wrapped_model(files):
 def test_bad_wrap_options_are_value_errors(files, kwargs, message):
     with pytest.raises(ValueError, match=message):
         advlab.wrap(files.net, **kwargs)
+
+
+# --- load_external_model ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("weights", ["net.pt", "net.safetensors", "checkpoint.pt"])
+def test_factory_plus_weights_rebuilds_the_trained_net(files, weights):
+    model = load_external_model(files.spec(), files[weights])
+    assert not model.training
+    assert torch.equal(logits(model, files.x), logits(files.net, files.x))
+
+
+@pytest.mark.parametrize("archive", ["net.ts", "net.pt2"])
+def test_archives_load_without_code_whatever_their_suffix(files, archive, tmp_path):
+    odd = tmp_path / "model.bin"  # the kind is read from the contents
+    odd.write_bytes(Path(files[archive]).read_bytes())
+    for path in (files[archive], str(odd)):
+        model = load_external_model(path)
+        assert torch.allclose(logits(advlab.wrap(model), files.x),
+                              logits(files.net, files.x), atol=1e-5)
+    # the wrapper puts an exported program in eval mode without its refusal of .train()
+    w = advlab.wrap(load_external_model(files["net.pt2"]))
+    w.train()
+    w.eval()
+    assert not w.training
+
+
+def test_package_module_factory(files, tmp_path, monkeypatch):
+    pkg = tmp_path / "mypkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "nets.py").write_text(Path(files.nets).read_text())
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = load_external_model("mypkg.nets:make_net", files["net.pt"])
+    assert torch.equal(logits(model, files.x), logits(files.net, files.x))
+    with pytest.raises(ValueError, match=r"module 'mypkg.nets' has no 'make_nett'.*did you "
+                                         r"mean 'make_net'"):
+        load_external_model("mypkg.nets:make_nett")
+    with pytest.raises(ValueError, match=r"cannot import module 'nopkg.nets'.*No module named"):
+        load_external_model("nopkg.nets:make_net")
+
+
+@pytest.mark.parametrize("spec, weights, error, message", [
+    ("{nets}:broken", None, ValueError,
+     r"the model factory .*my_models.py:broken raised RuntimeError: cannot build the net"),
+    ("{nets}:not_a_module", None, ValueError,
+     r"expected the model factory .*:not_a_module to return a torch.nn.Module, got int"),
+    ("{nets}:make_nett", None, ValueError, r"my_models.py has no 'make_nett'.*'make_net'"),
+    ("{root}/missing.py:make_net", None, FileNotFoundError, r"no model file .*missing.py"),
+    ("{nets}", None, ValueError, r"expected --model .*my_models.py:FACTORY"),
+    ("{nets}:make_net", "pm1.pt", ValueError,
+     r"weights .*pm1.pt do not fit the model built by .*:make_net: missing conv.bias, "
+     r"conv.weight, fc.bias, fc.weight; unexpected net.conv.bias"),
+    ("{nets}:make_net", "pickled_module.pt", ValueError,
+     r"pickled_module.pt: loading it would execute code .*weights_only=True"),
+    ("{nets}:make_net", "missing.pt", FileNotFoundError, r"no weights file .*missing.pt"),
+    ("{root}/net.pt", None, ValueError,
+     r"a PyTorch state dict holds weights, not the model: .*--model file.py:factory"),
+    ("{root}/net.ts", "net.pt", ValueError, r"holds its own weights"),
+    ("{root}/fixed_batch.pt2", None, ValueError,
+     r"exported for a fixed batch of 4 .*dynamic_shapes"),
+    ("nodots", None, ValueError, r"expected --model as path/to/file.py:factory"),
+])
+def test_model_errors_are_one_line(files, spec, weights, error, message):
+    spec = spec.format(nets=files.nets, root=files.root)
+    with pytest.raises(error, match=message) as info:
+        load_external_model(spec, files[weights] if weights else None)
+    assert "\n" not in str(info.value)
+
+
+def test_weights_of_another_shape_are_named(files, tmp_path):
+    state = dict(files.net.state_dict())
+    state["fc.weight"] = torch.zeros(12, 128)
+    torch.save(state, tmp_path / "wide.pt")
+    with pytest.raises(ValueError, match=r"shape fc.weight expected \(10, 128\) got \(12, 128\)"):
+        load_external_model(files.spec(), tmp_path / "wide.pt")
+
+
+# --- load_data_file --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["test.npz", "test.pt", "test.safetensors"])
+def test_data_files_give_the_same_points(files, name):
+    ds = load_data_file(files[name])
+    assert torch.equal(ds.x, files.x) and torch.equal(ds.y, files.y)
+    assert ds.x.dtype == torch.float32 and ds.y.dtype == torch.int64
+    assert ds.info.name == name and ds.split == "file" and len(ds.classes) == 10
+    if name == "test.pt":
+        assert ds.classes[3] == "digit 3"
+
+
+def test_bounds_map_float_data_and_uint8_is_divided_by_255(files, tmp_path, caplog):
+    ds = load_data_file(files["pm1.npz"], bounds=(-1, 1))
+    assert torch.allclose(ds.x, files.x, atol=1e-6)
+    with pytest.raises(DataError, match=r"expected x inside \[0, 1\].*got values in \[-1, 1\]"):
+        load_data_file(files["pm1.npz"])
+    with pytest.raises(DataError, match=r"expected x inside \[0, 255\].*--bounds"):
+        load_data_file(files["pm1.npz"], bounds=(0, 255))
+    q = (files.x * 255).round().to(torch.uint8)
+    np.savez(tmp_path / "u8.npz", x=q.numpy(), y=files.y.numpy())
+    with caplog.at_level(logging.INFO, logger="advlab.data.files"):
+        ds = load_data_file(tmp_path / "u8.npz")
+    assert torch.equal(ds.x, q.float() / 255)
+    assert any("divided by 255" in r.getMessage() for r in caplog.records)
+
+
+def test_image_folder_reads_classes_in_name_order(files, tmp_path):
+    from PIL import Image
+
+    q = (files.x[:12] * 255).round().to(torch.uint8)
+    names = ["zero", "one", "two"]
+    for i in range(12):
+        folder = tmp_path / "imgs" / names[i % 3]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(q[i, 0].numpy(), mode="L").save(folder / f"{i:02d}.png")
+    (tmp_path / "imgs" / "zero" / "notes.txt").write_text("not an image")
+    ds = load_data_file(tmp_path / "imgs")
+    assert ds.classes == ("one", "two", "zero")  # sorted by name -> labels 0, 1, 2
+    order = [i for c in (1, 2, 0) for i in range(12) if i % 3 == c]
+    assert torch.equal(ds.x, q[order].float() / 255) and ds.x.shape == (12, 1, 8, 8)
+    assert ds.y.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(tmp_path / "imgs" / "one" / "red.png")
+    rgb = load_data_file(tmp_path / "imgs")
+    assert rgb.x.shape == (13, 3, 8, 8) and rgb.x[4, :, 0, 0].tolist() == [1, 0, 0]
+    assert torch.equal(rgb.x[0, 0], rgb.x[0, 2])  # grayscale images repeated on 3 channels
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"x": np.zeros((3, 4), np.float32), "labels": np.zeros(3, np.int64)},
+     r"missing 'y'; found 'x', 'labels'"),
+    ({"x": np.zeros((3, 4), np.float32), "y": np.zeros(3, np.float32)},
+     r"expected y to be integer class indices, got torch.float32"),
+    ({"x": np.zeros((3, 4), np.float32), "y": np.zeros(2, np.int64)},
+     r"expected y of shape \(3,\)"),
+    ({"x": np.zeros((3, 4), np.int32), "y": np.zeros(3, np.int64)},
+     r"expected x float or uint8"),
+    ({"x": np.full((3, 4), np.nan, np.float32), "y": np.zeros(3, np.int64)},
+     r"expected finite x, got 12 NaN"),
+    ({"x": np.zeros((3, 4), np.float32), "y": -np.ones(3, np.int64)}, r"labels >= 0"),
+])
+def test_bad_data_files_are_clear_errors(tmp_path, arrays, message):
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(DataError, match=message):
+        load_data_file(tmp_path / "bad.npz")
+
+
+def test_missing_or_unknown_data_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no data file"):
+        load_data_file(tmp_path / "none.npz")
+    (tmp_path / "data.csv").write_text("1,2\n")
+    with pytest.raises(DataError, match=r"expected a data file .npz.*got the suffix '.csv'"):
+        load_data_file(tmp_path / "data.csv")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no image"):
+        load_data_file(tmp_path / "empty")
