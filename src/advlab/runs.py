@@ -7,6 +7,7 @@ under the working directory; ``--out DIR`` names it.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -76,28 +77,79 @@ def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def check_resume(run: RunDir, config: dict[str, Any], free: tuple[str, ...] = ("data_dir",),
-                 may_change: str = "--epochs and --device") -> None:
-    """Raise ``ValueError`` naming every key (``train.lr``) whose value in ``config`` differs
-    from the run's saved config.yaml, outside what a resume may change (``resumable_view``)."""
-    if not (run.path / "config.yaml").is_file():
-        return
-    saved_config = run.read_config()
-    theirs, ours = saved_config.get("command"), config.get("command")
-    if theirs != ours:
-        raise ValueError(f"cannot resume {run.path}: it is a {theirs!r} run, not a {ours!r} "
-                         f"one; choose another --out")
-    saved, given = (_flat(resumable_view(c, free)) for c in (saved_config, config))
+def _differences(saved_config: dict[str, Any], config: dict[str, Any], free: tuple[str, ...],
+                 where: str) -> list[str]:
+    """``key: <saved> in <where>, <given> given`` for every key of the resumable views that
+    differs (``resumable_view``)."""
+    # as JSON gives them back: a tuple in the job is the list its recorded config holds
+    saved, given = (_flat(resumable_view(json.loads(json.dumps(c, default=str)), free))
+                    for c in (saved_config, config))
 
     def show(values: dict[str, Any], key: str) -> str:
         return repr(values[key]) if key in values else "absent"
 
-    diffs = [f"{k}: {show(saved, k)} in the run, {show(given, k)} given"
-             for k in sorted(set(saved) | set(given), key=str)
-             if k not in saved or k not in given or saved[k] != given[k]]
-    if diffs:
-        raise ValueError(f"cannot resume {run.path}: its config.yaml differs from the options "
-                         f"given ({'; '.join(diffs)}); only {may_change} may change")
+    return [f"{k}: {show(saved, k)} in {where}, {show(given, k)} given"
+            for k in sorted(set(saved) | set(given), key=str)
+            if k not in saved or k not in given or saved[k] != given[k]]
+
+
+def checkpoint_run_config(checkpoint: str | Path) -> dict[str, Any] | None:
+    """The run configuration a training checkpoint recorded (``metadata.run_config``, read
+    from its header only), or None for a checkpoint that records none (older runs)."""
+    from advlab.io import load_state_meta
+
+    meta = load_state_meta(checkpoint).get("metadata")
+    config = meta.get("run_config") if isinstance(meta, dict) else None
+    return config if isinstance(config, dict) else None
+
+
+def saved_run_config(path: str | Path, checkpoint: str = "checkpoint.safetensors"
+                     ) -> dict[str, Any] | None:
+    """The configuration of the run in ``path``: its config.yaml, else the one its checkpoint
+    recorded (config.yaml lost), else None."""
+    run = RunDir(Path(path))
+    if (run.path / "config.yaml").is_file():
+        return run.read_config()
+    ckpt = run.path / checkpoint
+    return checkpoint_run_config(ckpt) if ckpt.is_file() else None
+
+
+def check_resume(run: RunDir | str | Path, config: dict[str, Any],
+                 free: tuple[str, ...] = ("data_dir",),
+                 may_change: str = "--epochs and --device", *,
+                 checkpoint: str | None = None) -> None:
+    """Raise ``ValueError`` unless a resume of the job ``config`` into ``run`` continues the
+    job the run holds; reads only, so a refused resume leaves the run as it was.
+
+    With ``checkpoint`` (the checkpoint's file name in the run) the run must hold config.yaml
+    or that checkpoint (else there is nothing to resume), and the configuration the checkpoint
+    recorded is the reference: it is compared as config.yaml is, so a lost or edited
+    config.yaml cannot make a run continue another job. Every key (``train.lr``) that differs
+    outside what a resume may change (``resumable_view``) is named.
+    """
+    path = run.path if isinstance(run, RunDir) else Path(run)
+    run = RunDir(path)
+    ckpt = path / checkpoint if checkpoint else None
+    has_yaml = (path / "config.yaml").is_file()
+    if ckpt is not None and not has_yaml and not ckpt.is_file():
+        raise ValueError(f"--resume: {path} holds no run to continue (no config.yaml, no "
+                         f"{checkpoint}): nothing to resume; drop --resume to start a new run")
+    references = []
+    if has_yaml:
+        references.append((run.read_config(), "its config.yaml", "the run"))
+    if ckpt is not None and ckpt.is_file():
+        recorded = checkpoint_run_config(ckpt)
+        if recorded is not None:
+            references.append((recorded, f"its checkpoint {ckpt}", "the checkpoint"))
+    for saved_config, source, where in references:
+        theirs, ours = saved_config.get("command"), config.get("command")
+        if theirs != ours:
+            raise ValueError(f"cannot resume {path}: it is a {theirs!r} run, not a {ours!r} "
+                             f"one ({source} says so); choose another --out")
+        diffs = _differences(saved_config, config, free, where)
+        if diffs:
+            raise ValueError(f"cannot resume {path}: {source} differs from the options given "
+                             f"({'; '.join(diffs)}); only {may_change} may change")
 
 
 def check_epochs(run: RunDir, checkpoint: Path, epochs: int) -> None:

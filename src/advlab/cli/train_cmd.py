@@ -57,9 +57,15 @@ def classifier(
     setup_logging()
     apply_data_dir(data_dir)
     try:
-        if config is None and resume and out is not None and (out / "config.yaml").is_file():
-            config = out / "config.yaml"  # a bare --resume continues the run as configured
-        base = _read_job_config(config) if config else {}
+        if config is not None:
+            base = _read_job_config(config)
+        elif resume and out is not None:  # a bare --resume continues the run as configured
+            from advlab.runs import saved_run_config  # (config.yaml lost: its checkpoint's)
+
+            saved = saved_run_config(out)
+            base = _job_config(saved, out / "config.yaml") if saved is not None else {}
+        else:
+            base = {}
         yaml_defense = base.pop("defense", None)
         yaml_defense_params = dict(base.pop("defense_config", None) or {})
         yaml_defense_params.pop("name", None)
@@ -108,8 +114,15 @@ def _read_job_config(path: Path) -> dict:
         base = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ValueError(f"{path}: not valid YAML ({e})") from None
+    return _job_config(base, path)
+
+
+def _job_config(base: object, path: Path) -> dict:
+    """``base`` (the mapping read from ``path``) checked to configure a ``train classifier``
+    job; a copy without its ``command`` key."""
     if not isinstance(base, dict):
         raise ValueError(f"{path}: expected a YAML mapping, got {type(base).__name__}")
+    base = dict(base)
     command = base.pop("command", "train classifier")
     if command != "train classifier":
         raise ValueError(f"{path}: the configuration of {command!r}, expected one of "
@@ -199,7 +212,7 @@ def generative(
     from advlab.config import from_dict, to_dict
     from advlab.generative.job import GenerativeJob, train_generative
     from advlab.generative.train import GenerativeTrainConfig, default_config
-    from advlab.runs import RunDir
+    from advlab.runs import saved_run_config
 
     setup_logging()
     apply_data_dir(data_dir)
@@ -209,10 +222,11 @@ def generative(
                           real_label=real_label, steps_per_epoch=steps_per_epoch,
                           lr_decay=lr_decay, ema=ema, seed=seed, device=device)
         saved = None
-        if resume and out is not None and (out / "config.yaml").is_file():
-            # a bare --resume continues the run as configured; options given still override
-            # (and a changed one is refused by the resume check, naming it)
-            cfg = RunDir(out).read_config()
+        cfg = saved_run_config(out) if resume and out is not None else None
+        if cfg is not None:
+            # a bare --resume continues the run as configured (config.yaml lost: as its
+            # checkpoint recorded); options given still override (and a changed one is
+            # refused by the resume check, naming it)
             if cfg.get("command") != "train generative":
                 raise ValueError(f"cannot resume {out}: it is a {cfg.get('command')!r} run, "
                                  f"not a 'train generative' one; choose another --out")

@@ -42,6 +42,7 @@ from advlab.runs import (
     training_run,
 )
 from advlab.train import TrainConfig
+from advlab.train.loop import check_checkpoint
 from advlab.weights import library_versions, load_model, read_model_meta, save_model
 
 log = logging.getLogger(__name__)
@@ -102,14 +103,16 @@ def train_latent_run(job: LatentJob, out: str | Path | None = None, *, resume: b
                          f"{job.n_train}")
     if job.n_train is not None and job.n_train < len(train):
         train = data.subset(train, job.n_train, seed=job.train.seed, balanced=True)
+    config = {"command": "defend latent", "dataset": dataset,
+              **{k: v for k, v in asdict(job).items() if k != "train"},
+              "train": asdict(job.train)}
+    if resume:  # checked before anything is written: a refused resume leaves the run as it was
+        check_resume(out, config, checkpoint=CHECKPOINT)
+        if (Path(out) / CHECKPOINT).is_file():
+            check_checkpoint(Path(out) / CHECKPOINT, job.train)
+        check_epochs(RunDir(Path(out)), Path(out) / CHECKPOINT, job.train.epochs)
     run = new_run_dir("latent", out, exist_ok=resume, resumable=True)
     with training_run(run):
-        config = {"command": "defend latent", "dataset": dataset,
-                  **{k: v for k, v in asdict(job).items() if k != "train"},
-                  "train": asdict(job.train)}
-        if resume:
-            check_resume(run, config)
-            check_epochs(run, run.path / CHECKPOINT, job.train.epochs)
         run.write_config(config)
         params = {"steps": job.steps, "restarts": job.restarts}
         codes = None

@@ -28,6 +28,7 @@ from advlab.generative.base import GenerativeModel, create
 from advlab.generative.train import (
     GenerativeFitResult,
     GenerativeTrainConfig,
+    check_checkpoint,
     check_objective,
     fit_generative,
 )
@@ -122,14 +123,16 @@ def train_generative(job: GenerativeJob, out: str | Path | None = None, *, resum
     model = create(job.model, dataset=job.dataset, **job.model_kwargs)
     check_objective(model, job.train, given)  # the loss, ema and model-specific settings
     resolve_device(job.train.device)  # an unknown or unavailable device
+    config = {**job.to_dict(), "model_spec": model.spec}
+    if resume:  # the run's config.yaml and its checkpoint (the reference) must fit the job
+        ckpt = Path(out) / CHECKPOINT
+        check_resume(out, config, _FREE_ON_RESUME, "--epochs, --device and the scoring "
+                     "options --classifier, --n-epoch-quality", checkpoint=CHECKPOINT)
+        if ckpt.is_file():
+            check_checkpoint(ckpt, job.train, model)
+        check_epochs(RunDir(Path(out)), ckpt, job.train.epochs)
     run = new_run_dir("generative", out, exist_ok=resume, resumable=True)
     with training_run(run):
-        config = job.to_dict()
-        if resume:
-            check_resume(run, config, _FREE_ON_RESUME, "--epochs, --device and the scoring "
-                         "options --classifier, --n-epoch-quality")
-            check_epochs(run, run.path / CHECKPOINT, job.train.epochs)
-        config["model_spec"] = model.spec
         run.write_config(config)
         ckpt = run.path / CHECKPOINT
         toy = train.info.kind == "points"
@@ -145,7 +148,7 @@ def train_generative(job: GenerativeJob, out: str | Path | None = None, *, resum
             model, train, job.train, checkpoint=ckpt, resume=resume and ckpt.is_file(),
             progress=progress, epoch_metrics=epoch_metrics,
             on_epoch=lambda row, m: _progress_figures(run, m.family, ckpt, job, test, row),
-            metadata={"dataset": job.dataset})
+            metadata={"dataset": job.dataset, "run_config": config})
         model.cpu().eval()
         metrics = report_generative(run, model, train, test, result, job, classifier)
         save_generative(run.path, model, {"dataset": job.dataset, "config": config,

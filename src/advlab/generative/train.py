@@ -277,7 +277,7 @@ def fit_generative(
         if checkpoint is None or not Path(checkpoint).is_file():
             raise FileNotFoundError(f"cannot resume: no checkpoint at {checkpoint}")
         state = load_state(checkpoint)
-        _check_resumable(state, config, model)
+        _check_resumable(state, config, model, checkpoint)
         load_checked(model, state["model"], checkpoint)
         opt_g.load_state_dict(state["opt_g"])
         if opt_d is not None:
@@ -524,19 +524,40 @@ def _fit_ae_prior(model: AE, x: torch.Tensor, limit: int = 10_000, batch: int = 
 
 
 def _check_resumable(state: dict[str, Any], config: GenerativeTrainConfig,
-                     model: GenerativeModel) -> None:
+                     model: GenerativeModel, checkpoint: str | Path | None = None) -> None:
+    source = f"cannot resume from {checkpoint}" if checkpoint is not None else "cannot resume"
     if state.get("kind") != CHECKPOINT_KIND:
-        raise ValueError(f"cannot resume: the file is not an advlab generative checkpoint "
+        raise ValueError(f"{source}: the file is not an advlab generative checkpoint "
                          f"(kind={state.get('kind')!r})")
     if state.get("spec") != model.spec:
-        raise ValueError(f"cannot resume: the checkpoint holds another model "
+        raise ValueError(f"{source}: the checkpoint holds another model "
                          f"({state.get('spec')} vs now {model.spec})")
-    saved, now = dict(state["config"]), to_dict(config)
+    saved = state.get("config")
+    if not isinstance(saved, dict):
+        raise ValueError(f"{source}: the checkpoint records no training configuration")
+    now = to_dict(config)
     # A resumed run may be extended (more epochs) or moved to another device; nothing else.
     diff = [k for k in now if k not in ("epochs", "device") and saved.get(k) != now[k]]
     if diff:
         pairs = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {now[k]!r}" for k in diff)
-        raise ValueError(f"cannot resume with a different configuration ({pairs})")
+        raise ValueError(f"{source}: it was trained with a different configuration ({pairs}); "
+                         f"only epochs and device may change")
+
+
+def check_checkpoint(checkpoint: str | Path, config: GenerativeTrainConfig,
+                     model: GenerativeModel) -> None:
+    """Raise ``ValueError`` unless ``fit_generative`` would resume ``model`` with ``config``
+    from ``checkpoint``: its kind, model spec, training configuration and tensor shapes, read
+    from the header only (nothing is loaded or written)."""
+    from advlab.io import load_state_meta
+    from advlab.weights import check_state_dict
+
+    state = load_state_meta(checkpoint)
+    _check_resumable(state, config, model, checkpoint)
+    weights = state.get("model")
+    if not isinstance(weights, dict):
+        raise ValueError(f"cannot resume from {checkpoint}: the checkpoint holds no weights")
+    check_state_dict(model, weights, checkpoint)
 
 
 def config_fields() -> list[str]:

@@ -17,7 +17,7 @@ from advlab.eval.classification import confusion_matrix, evaluate, per_class_acc
 from advlab.report import figures
 from advlab.runs import RunDir, check_epochs, check_out, check_resume, new_run_dir, training_run
 from advlab.train.config import TrainConfig
-from advlab.train.loop import fit
+from advlab.train.loop import check_checkpoint, fit
 from advlab.train.objective import Objective
 from advlab.weights import library_versions, load_weights_into, save_model
 
@@ -70,6 +70,10 @@ def train_classifier(job: ClassifierJob, out: str | Path | None = None, *, resum
     """
     if resume and out is None:
         raise ValueError("--resume needs --out DIR naming the run to continue")
+    if job.train.patience and not job.train.val_fraction:
+        raise ValueError(f"--patience {job.train.patience}: early stopping watches the "
+                         f"validation accuracy, and there is no validation split; pass "
+                         f"--val-fraction (e.g. 0.1) or drop --patience")
     check_out(out, exist_ok=resume, resumable=True)
     # Everything that can fail on the user's input fails here, before the run directory exists.
     resolve_device(job.train.device)
@@ -80,18 +84,22 @@ def train_classifier(job: ClassifierJob, out: str | Path | None = None, *, resum
         load_weights_into(model, job.init)
     if hasattr(objective, "prepare_model"):  # a defense that transforms the model
         model = objective.prepare_model(model)
+    config = {**job.to_dict(), **(extra_config or {})}
+    if resume:  # the run's config.yaml and its checkpoint (the reference) must fit the job
+        ckpt = Path(out) / CHECKPOINT
+        check_resume(out, config, checkpoint=CHECKPOINT)
+        if ckpt.is_file():
+            check_checkpoint(ckpt, job.train, model)
+        check_epochs(RunDir(Path(out)), ckpt, job.train.epochs)
     run = new_run_dir("train", out, exist_ok=resume, resumable=True)
     ckpt = run.path / CHECKPOINT
     with training_run(run):
-        config = {**job.to_dict(), **(extra_config or {})}
-        if resume:
-            check_resume(run, config)
-            check_epochs(run, ckpt, job.train.epochs)
         run.write_config(config)
         log.info("training %s on %s (%d examples) into %s", job.model, job.dataset,
                  len(train), run.path)
         result = fit(model, train, job.train, objective=objective, val=val, test=test,
-                     checkpoint=ckpt, resume=resume and ckpt.is_file(), progress=progress)
+                     checkpoint=ckpt, resume=resume and ckpt.is_file(), progress=progress,
+                     metadata={"run_config": config})
         model.cpu()
         metrics = report_classifier(run, model, test, result.history)
         metrics.update({"best_epoch": result.best_epoch, "stopped_early": result.stopped_early,

@@ -108,6 +108,9 @@ def fit(
     checkpoint of everything needed to resume: weights, optimizer and scheduler state, RNG
     state, history. ``resume=True`` continues from that file's last completed epoch.
     """
+    if config.patience and val is None:
+        raise ValueError(f"patience {config.patience}: early stopping watches the validation "
+                         f"accuracy, expected validation data (--val-fraction > 0), got none")
     objective = objective or CrossEntropy()
     device = resolve_device(config.device)
     model.to(device)
@@ -131,7 +134,7 @@ def fit(
         if checkpoint is None or not Path(checkpoint).is_file():
             raise FileNotFoundError(f"cannot resume: no checkpoint at {checkpoint}")
         state = load_state(checkpoint)
-        _check_resumable(state, config)
+        _check_resumable(state, config, checkpoint)
         if start_fingerprint is not None:
             _check_start(state, start_fingerprint, checkpoint)
     x_fixed, prep_seconds = None, 0.0
@@ -263,16 +266,40 @@ def fit(
     return FitResult(history=history, best_epoch=int(best_epoch), stopped_early=stopped_early)
 
 
-def _check_resumable(state: dict[str, Any], config: TrainConfig) -> None:
+def _check_resumable(state: dict[str, Any], config: TrainConfig,
+                     checkpoint: str | Path | None = None) -> None:
+    source = f"cannot resume from {checkpoint}" if checkpoint is not None else "cannot resume"
     if state.get("kind") != "advlab-train-checkpoint":
-        raise ValueError("cannot resume: the file is not an advlab training checkpoint")
-    saved = dict(state["config"])
+        raise ValueError(f"{source}: the file is not an advlab training checkpoint")
+    saved = state.get("config")
+    if not isinstance(saved, dict):
+        raise ValueError(f"{source}: the checkpoint records no training configuration")
     now = to_dict(config)
     # A resumed run may be extended (more epochs) or moved to another device; nothing else.
     diff = [k for k in now if k not in ("epochs", "device") and saved.get(k) != now[k]]
     if diff:
         pairs = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {now[k]!r}" for k in diff)
-        raise ValueError(f"cannot resume with a different configuration ({pairs})")
+        raise ValueError(f"{source}: it was trained with a different configuration ({pairs}); "
+                         f"only epochs and device may change")
+
+
+def check_checkpoint(checkpoint: str | Path, config: TrainConfig,
+                     model: nn.Module | None = None) -> None:
+    """Raise ``ValueError`` unless ``fit(model, ..., config, checkpoint=checkpoint,
+    resume=True)`` would accept the checkpoint: its kind, training configuration and (given
+    ``model``) architecture and tensor shapes, read from the header only (cheap; nothing is
+    loaded or written)."""
+    from advlab.io import load_state_meta
+
+    state = load_state_meta(checkpoint)
+    _check_resumable(state, config, checkpoint)
+    if model is None:
+        return
+    weights = state.get("model")
+    if not isinstance(weights, dict):
+        raise ValueError(f"cannot resume from {checkpoint}: the checkpoint holds no weights")
+    check_spec(model, state.get("spec"), f"cannot resume: {checkpoint}")
+    check_state_dict(model, weights, checkpoint)
 
 
 def weights_fingerprint(model: nn.Module) -> str:
