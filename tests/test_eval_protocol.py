@@ -14,12 +14,14 @@ from advlab import data
 from advlab.attacks import EOT, PGD, ThreatModel, create
 from advlab.cli.main import app
 from advlab.eval import robust_accuracy
-from advlab.eval.protocol import protocol_rows, standard_evaluation
+from advlab.eval.protocol import AutoAttackSettings, protocol_rows, standard_evaluation
 from advlab.train.classifier import ClassifierJob, train_classifier
 from advlab.train.config import TrainConfig
 from advlab.weights import load_model
 
 runner = CliRunner()
+FAST_AA = AutoAttackSettings(steps=10, n_target_classes=3, square_queries=200)
+FAST_AA_CLI = ["--aa-steps", "10", "--aa-targets", "3", "--square-queries", "200"]
 
 
 @pytest.fixture(scope="module")
@@ -46,33 +48,48 @@ def test_worst_case_is_below_every_attack_and_records_everything(runs, points):
     x, y = points
     model, sur = load_model(runs["model"]), load_model(runs["surrogate"])
     r = standard_evaluation(model, x, y, threat=ThreatModel("linf", 0.1), surrogate=sur,
-                            steps=10, restarts=2, n_checks=40)
-    assert set(r.attacks) == {"fgsm", "pgd", "pgd-margin"}
-    for ev in r.attacks.values():
-        assert r.robust_accuracy <= ev.robust_accuracy + 1e-9
+                            steps=10, restarts=2, n_checks=40, autoattack=FAST_AA)
+    assert list(r.attacks) == ["fgsm", "pgd", "pgd-margin", "apgd-ce", "apgd-t", "fab-t",
+                               "deepfool", "square"]
+    assert list(r.step_robust) == [*r.attacks, "transfer"]
+    for name, ev in r.attacks.items():
+        if ev.attack["attack"] not in ("fab-t", "deepfool"):  # minimal: fooled at any size
+            assert r.robust_accuracy <= ev.robust_accuracy + 1e-9
+        assert r.robust_accuracy <= r.step_robust[name].float().mean().item() + 1e-9
+        assert r.masked[name] == (name not in ("fgsm", "pgd", "deepfool"))
+    after = [acc for _, acc in r.cumulative()]
+    assert after == sorted(after, reverse=True) and after[-1] == r.robust_accuracy
     assert r.robust_accuracy <= r.minimal_at_eps() + 1e-9
     assert r.robust_accuracy <= r.transfer_accuracy + 1e-9
     assert r.robust_accuracy <= r.clean_accuracy
     assert 0.1 in r.curve.eps and r.curve.accuracy == sorted(r.curve.accuracy, reverse=True)
     assert r.rho2.value > 0 and r.eps_ref.eps > 0
-    assert {c.name for c in r.checks} >= {"gradients", "unbounded", "more-steps", "transfer"}
+    assert {c.name for c in r.checks} >= {"gradients", "unbounded", "more-steps", "transfer",
+                                          "black-box", "transfer-points"}
     d = json.loads(json.dumps(r.to_dict()))  # JSON-ready
     assert d["robust_accuracy"] == pytest.approx(r.robust_accuracy)
     assert d["minimal"]["accuracy_at_eps"] == pytest.approx(r.minimal_at_eps())
-    labels = [label for label, _ in protocol_rows(r)]
+    labels = [label for label, _, _ in protocol_rows(r)]
     assert any("PGD-10 × 2" in label for label in labels)
     assert any("transfer" in label for label in labels)
+    assert any("APGD-T (3 targets)" in label for label in labels)
+    text = r.report()
+    assert "[" not in text and "worst case over all attacks" in text and "black-box" in text
 
 
 def test_worst_case_equals_the_per_point_and_of_the_attacks(runs, points):
     x, y = points
     model = load_model(runs["model"])
     r = standard_evaluation(model, x, y, threat=ThreatModel("l2", 0.5), steps=5, restarts=1,
-                            minimal="cw", with_rho2=False, n_checks=20)
+                            minimal="cw", with_rho2=False, n_checks=20, autoattack=FAST_AA)
     assert "fgsm" not in r.attacks and r.eps_ref is None and r.rho2 is None
     ev = r.curve.evaluations[0]
     expected = r.attacks["pgd"].robust & r.attacks["pgd-margin"].robust
-    expected &= ~(ev.fooled & (ev.result.l2 <= 0.5))
+    for name in ("apgd-ce", "apgd-t", "square"):
+        expected &= r.attacks[name].robust | ~r.attacks[name].attacked
+    fab = r.attacks["fab-t"]
+    expected &= ~(fab.fooled & (fab.result.l2 <= 0.5 * (1 + 1e-6)))
+    expected &= ~(ev.fooled & (ev.result.l2 <= 0.5 * (1 + 1e-6)))
     assert torch.equal(r.worst_robust, expected)
 
 
@@ -189,14 +206,27 @@ def test_cli_eval_robust(runs, tmp_path):
     res = runner.invoke(app, ["eval", "robust", str(runs["model"]), "--eps", "0.1", "--steps",
                               "5", "--restarts", "2", "--n", "60", "--n-checks", "30",
                               "--surrogate", str(runs["surrogate"]), "--no-progress",
-                              "--device", "cpu", "--out", str(out)])
+                              "--device", "cpu", "--out", str(out), "--save-adv",
+                              *FAST_AA_CLI])
     assert res.exit_code == 0, res.output
-    for text in ("clean accuracy", "FGSM", "PGD-5 × 2", "margin", "deepfool", "ρ₂", "ε_ref",
-                 "transfer", "worst case", "soundness checks", "results in"):
+    for text in ("clean accuracy", "FGSM", "PGD-5 × 2", "margin", "DeepFool", "ρ₂", "ε_ref",
+                 "APGD-CE", "APGD-T", "FAB-T", "Square", "transfer", "worst case",
+                 "soundness checks", "results in"):
         assert text in res.output, text
     m = json.loads((out / "metrics.json").read_text())
     assert m["threat"] == {"norm": "linf", "eps": 0.1} and m["n"] == 60
+    assert m["suite"] == "standard"
     assert m["robust_accuracy"] <= m["attacks"]["pgd"]["robust_accuracy"]
+    assert m["robust_accuracy"] == m["robust_accuracy_after"]["transfer"]
+    from advlab.io import load_state
+
+    pts = load_state(out / "points.safetensors")
+    assert pts["kind"] == "robust-points" and pts["x"].shape[0] == 60
+    assert pts["robust"].float().mean().item() == pytest.approx(m["robust_accuracy"])
+    assert pts["steps"] == list(m["robust_accuracy_after"])
+    broken = pts["first_break"] >= 0
+    assert ((pts["pred"] != pts["y"]) | ~broken).all()  # a broken point's adv is misclassified
+    assert (pts["linf"] <= 0.1 + 1e-6).all()
     assert m["reliable"] == all(c["passed"] for c in m["checks"])
     assert (out / "figures" / "accuracy_vs_eps.png").is_file()
     assert "advlab.eval" in (out / "log.txt").read_text()  # the protocol's log records
@@ -206,3 +236,65 @@ def test_cli_eval_robust(runs, tmp_path):
     bad = runner.invoke(app, ["eval", "robust", str(runs["model"]), "--eps", "-1",
                               "--out", str(tmp_path / "bad2")])
     assert bad.exit_code != 0 and "eps" in bad.output
+
+
+def test_autoattack_and_quick_suites_run_only_autoattacks_attacks(runs, points):
+    x, y = points
+    model = load_model(runs["model"])
+    aa = standard_evaluation(model, x, y, threat=ThreatModel("linf", 0.1), suite="autoattack",
+                             autoattack=FAST_AA)
+    assert list(aa.attacks) == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert all(aa.masked.values()) and [c.name for c in aa.checks] == ["black-box"]
+    assert aa.curve is None and aa.rho2 is None and aa.eps_ref is None
+    pgd = robust_accuracy(model, x, y, create("pgd", eps=0.1, steps=20, restarts=2))
+    assert aa.robust_accuracy <= pgd.robust_accuracy + 1 / len(y)
+    quick = standard_evaluation(model, x, y, threat=ThreatModel("linf", 0.1), suite="quick",
+                                autoattack=FAST_AA)
+    assert list(quick.attacks) == ["apgd-ce", "apgd-t"] and quick.checks == []
+    assert quick.attacks["apgd-t"].attack["n_target_classes"] == 3
+    assert aa.robust_accuracy <= quick.robust_accuracy
+    with pytest.raises(ValueError, match="expected suite in"):
+        standard_evaluation(model, x, y, threat=ThreatModel("linf", 0.1), suite="full")
+
+
+class _Quantized(nn.Module):
+    """A model whose input gradient is zero almost everywhere (rounded inputs): gradient
+    masking that white-box attacks cannot see through, but a score-based attack can."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(torch.round(x * 4) / 4)
+
+
+def test_square_breaking_what_gradients_could_not_is_flagged_as_masking(runs, points):
+    x, y = points
+    model = _Quantized(load_model(runs["model"])).eval()
+    r = standard_evaluation(model, x, y, threat=ThreatModel("linf", 0.2), suite="autoattack",
+                            autoattack=AutoAttackSettings(steps=5, n_target_classes=2,
+                                                          square_queries=300))
+    check = next(c for c in r.checks if c.name == "black-box")
+    assert not check.passed and not r.reliable and "gradient" in check.message
+    assert check.values["drop"] > 0.005
+    assert "UNRELIABLE" in r.report()
+
+
+def test_black_box_and_transfer_point_checks_on_masks():
+    from advlab.eval.checks import check_black_box, check_transfer_points
+
+    white = torch.tensor([True] * 200 + [False] * 100)
+    after = white.clone()
+    assert check_black_box(white, after).passed
+    after[0] = False  # 1 of 300 points: 0.33% <= 0.5%
+    assert check_black_box(white, after).passed
+    after[1] = False  # 0.67%
+    assert not check_black_box(white, after).passed
+    assert check_transfer_points(white, white | True).passed
+    beaten = white.clone()
+    beaten[5] = False
+    res = check_transfer_points(white, beaten)
+    assert not res.passed and res.values["points"] == 1
+    with pytest.raises(ValueError, match="bool tensors"):
+        check_black_box(white, after[:-1])

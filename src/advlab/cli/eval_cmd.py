@@ -9,16 +9,24 @@ import typer
 from rich.table import Table
 
 from advlab.cli.common import (
+    BoundsOption,
     DataDirOption,
+    DataOption,
+    DatasetOption,
     DefaultCommandGroup,
     DeviceOption,
+    MeanOption,
+    ModelOption,
     OutOption,
+    OutputKeyOption,
+    StdOption,
+    WeightsOption,
     apply_data_dir,
     console,
     fail,
-    load_classifier_run,
     load_companion,
     parse_floats,
+    resolve_target,
     setup_logging,
 )
 
@@ -28,29 +36,38 @@ app = typer.Typer(help="Evaluate a trained model: `advlab eval RUN`.", cls=Defau
 
 @app.command()
 def accuracy(
-    run: Path = typer.Argument(..., help="Run directory (or model.safetensors) to evaluate."),
+    run: Path = typer.Argument(None, help="Run directory (or model.safetensors) to evaluate; "
+                               "or your own model with --model."),
     split: str = typer.Option("test", help="train | test"),
     out: Path = OutOption,
     data_dir: Path = DataDirOption,
+    device: str = DeviceOption,
+    model_spec: str = ModelOption,
+    weights: Path = WeightsOption,
+    mean: str = MeanOption,
+    std: str = StdOption,
+    bounds: str = BoundsOption,
+    output_key: str = OutputKeyOption,
+    data_file: Path = DataOption,
+    dataset_name: str = DatasetOption,
 ) -> None:
     """Accuracy, per-class accuracy and confusion matrix on a split of the run's data set."""
-    from advlab import data
     from advlab.runs import log_to_run, new_run_dir
     from advlab.train.classifier import report_classifier
-    from advlab.weights import load_model, read_model_meta
 
     setup_logging()
     apply_data_dir(data_dir)
     try:
-        model = load_model(run)
-        dataset = read_model_meta(run)["dataset"]
-        ds = data.load(dataset, split)
+        target = resolve_target(run, model=model_spec, weights=weights, mean=mean, std=std,
+                                bounds=bounds, output_key=output_key, data_file=data_file,
+                                dataset=dataset_name, split=split, device=device)
+        model, dataset, ds = target.model, target.dataset, target.data
         report = new_run_dir("eval", out)
-        report.write_config({"command": "eval", "source_run": str(run), "dataset": dataset,
-                             "split": split})
+        report.write_config({"command": "eval", **target.record, "dataset": dataset,
+                             "split": ds.split})
         with log_to_run(report):
             metrics = report_classifier(report, model, ds)
-        metrics.update({"source_run": str(run), "split": split})
+        metrics.update({**target.record, "dataset": dataset, "split": ds.split})
         report.write_metrics(metrics)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
@@ -64,9 +81,22 @@ def accuracy(
 
 @app.command()
 def robust(
-    run: Path = typer.Argument(..., help="Classifier run directory (or model.safetensors)."),
+    run: Path = typer.Argument(None, help="Classifier run directory (or model.safetensors); "
+                               "or your own model with --model."),
     norm: str = typer.Option("linf", help="Threat model: linf | l2."),
     eps: float = typer.Option(..., help="Budget ε of the threat model, e.g. 0.3 (MNIST linf)."),
+    suite: str = typer.Option("standard", help="standard (AutoAttack's attacks + FGSM, PGD, "
+                              "minimal curve, ρ₂, ε_ref, transfer, soundness checks) | "
+                              "autoattack (APGD-CE, APGD-T, FAB-T, Square) | quick (APGD-CE, "
+                              "APGD-T with 3 targets)."),
+    save_adv: bool = typer.Option(False, "--save-adv", help="Write points.safetensors: the "
+                                  "worst-case adversarial inputs, predictions, per-attack and "
+                                  "worst-case robust flags, norms, iterations/queries."),
+    aa_steps: int = typer.Option(100, min=1, help="APGD / FAB iterations (AutoAttack: 100)."),
+    aa_targets: int = typer.Option(9, min=1, help="APGD-T / FAB-T target classes "
+                                   "(AutoAttack: 9)."),
+    square_queries: int = typer.Option(5000, min=1, help="Square's query budget per point "
+                                       "(AutoAttack: 5000)."),
     steps: int = typer.Option(50, help="PGD steps."),
     restarts: int = typer.Option(10, help="PGD random restarts (the best per point kept)."),
     minimal: str = typer.Option("deepfool", help="Minimal-perturbation attack for the curve "
@@ -80,7 +110,8 @@ def robust(
     rho: bool = typer.Option(True, "--rho2/--no-rho2", help="Measure ρ₂ (DeepFool ℓ2)."),
     eps_ref_: bool = typer.Option(True, "--eps-ref/--no-eps-ref",
                                   help="Measure ε_ref (FGSM bisection; linf)."),
-    n: int = typer.Option(1000, help="Evaluate a seeded random subset of n test points."),
+    n: int = typer.Option(None, help="Evaluate a seeded random subset of n test points "
+                          "[1000; with --data: every point]."),
     n_checks: int = typer.Option(200, min=1, help="Points used by the soundness checks."),
     split: str = typer.Option("test", help="train | test"),
     seed: int = typer.Option(0, help="Seed of the subset and of the random starts."),
@@ -91,10 +122,24 @@ def robust(
     out: Path = OutOption,
     device: str = DeviceOption,
     data_dir: Path = DataDirOption,
+    model_spec: str = ModelOption,
+    weights: Path = WeightsOption,
+    mean: str = MeanOption,
+    std: str = StdOption,
+    bounds: str = BoundsOption,
+    output_key: str = OutputKeyOption,
+    data_file: Path = DataOption,
+    dataset_name: str = DatasetOption,
 ) -> None:
-    """The standard protocol: clean, FGSM, PGD×restarts, DeepFool/CW, ρ₂, ε_ref, transfer."""
+    """Robust accuracy under a suite of attacks: AutoAttack's (APGD-CE, APGD-T, FAB-T, Square)
+    and, in the standard suite, FGSM, PGD×restarts, DeepFool/CW, ρ₂, ε_ref, transfer, checks."""
     from advlab.attacks import ThreatModel
-    from advlab.eval.protocol import check_protocol, protocol_rows, standard_evaluation
+    from advlab.eval.protocol import (
+        AutoAttackSettings,
+        check_protocol,
+        protocol_rows,
+        standard_evaluation,
+    )
     from advlab.report.attack_figures import accuracy_curves
     from advlab.report.attack_report import checks_table
     from advlab.runs import log_to_run, new_run_dir
@@ -107,28 +152,43 @@ def robust(
         if minimal not in ("deepfool", "cw", "none"):
             raise ValueError(f"expected --minimal deepfool, cw or none, got {minimal!r}")
         check_protocol(threat, steps=steps, restarts=restarts, eot=eot, n_checks=n_checks,
-                       minimal=None if minimal == "none" else minimal, batch_size=batch_size)
+                       minimal=None if minimal == "none" else minimal, batch_size=batch_size,
+                       suite=suite)
         grid = parse_floats(eps_list, "--eps-list", low=0.0) if eps_list else None
-        model, dataset, ds, dev = load_classifier_run(run, split, n, seed, device)
+        aa = AutoAttackSettings(steps=aa_steps, n_target_classes=aa_targets,
+                                square_queries=square_queries)
+        target = resolve_target(run, model=model_spec, weights=weights, mean=mean, std=std,
+                                bounds=bounds, output_key=output_key, data_file=data_file,
+                                dataset=dataset_name, split=split, n=n, default_n=1000,
+                                seed=seed, device=device)
+        model, dataset, ds, dev = target.model, target.dataset, target.data, target.device
+        threat = ThreatModel(norm, target.to_pixels(eps))  # --bounds: eps in model units
+        grid = target.to_pixels(grid)
         sur = load_companion(surrogate, "--surrogate", dataset, dev) if surrogate else None
         report = new_run_dir("eval-robust", out)
-        report.write_config({"command": "eval robust", "source_run": str(run),
-                             "dataset": dataset, "split": split, "n": len(ds), "seed": seed,
-                             "norm": norm, "eps": eps, "steps": steps, "restarts": restarts,
+        report.write_config({"command": "eval robust", **target.record,
+                             "dataset": dataset, "split": ds.split, "n": len(ds), "seed": seed,
+                             "norm": norm, "eps": eps, **target.eps_record(eps),
+                             "suite": suite, "steps": steps,
+                             "restarts": restarts, "save_adv": save_adv,
+                             "aa_steps": aa_steps, "aa_targets": aa_targets,
+                             "square_queries": square_queries,
                              "minimal": minimal, "eps_list": grid, "eot": eot,
                              "surrogate": str(surrogate) if surrogate else None,
                              "batch_size": batch_size})
         with log_to_run(report):
             result = standard_evaluation(
-                model, ds.x, ds.y, threat=threat, surrogate=sur, steps=steps,
+                model, ds.x, ds.y, threat=threat, suite=suite, surrogate=sur, steps=steps,
                 restarts=restarts, minimal=None if minimal == "none" else minimal,
                 eps_list=grid, with_rho2=rho, with_eps_ref=eps_ref_, eot=eot,
                 n_checks=n_checks, seed=seed, batch_size=batch_size, device=dev,
-                progress=progress)
+                progress=progress, autoattack=aa)
         metrics = result.to_dict()
-        metrics.update({"source_run": str(run), "dataset": dataset, "split": split,
-                        "versions": library_versions()})
+        metrics.update({**target.record, **target.eps_record(eps), "dataset": dataset,
+                        "split": ds.split, "versions": library_versions()})
         report.write_metrics(metrics)
+        if save_adv:
+            result.save_points(report.path / "points.safetensors", ds.x, ds.y)
         if result.curve is not None:
             accuracy_curves({f"{result.curve.attack} ({norm})": (result.curve.eps,
                                                                  result.curve.accuracy)},
@@ -136,11 +196,14 @@ def robust(
                             title=f"{dataset}: accuracy under {result.curve.attack}")
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
-    table = Table("measure", "value", title=f"{dataset}, {len(ds)} points, {norm} ε = {eps:g}")
-    for label, value in protocol_rows(result):
-        table.add_row(label, value)
+    table = Table("measure", "value", title=f"{dataset}, {len(ds)} points, {norm} ε = {eps:g}, "
+                  f"{suite} suite")
+    for label, value, headline in protocol_rows(result):
+        table.add_row(*(f"[bold]{v}" if headline else v for v in (label, value)))
     console.print(table)
     console.print(checks_table(metrics["checks"]))
+    if target.eps_note(eps):
+        console.print(target.eps_note(eps), highlight=False)
     if not result.reliable:
         console.print("[bold red]unreliable:[/] a soundness check failed; the robust accuracy "
                       "above is an overestimate until the failure is explained.")

@@ -9,6 +9,8 @@
 - ``needed``: the relative ℓ2 perturbation needed for a confident targeted misclassification
   (``perturbation_needed``, the latent-classifier report's robustness).
 - ``checks``: soundness checks that flag gradient masking (``soundness_checks``, ``reliable``).
+- ``protocol``: the evaluation suites (``standard_evaluation`` with ``suite="standard"``,
+  ``"autoattack"`` or ``"quick"``; ``ProtocolResult.report()``, ``save_points``).
 - ``generative``: scores of generative models.
 
 >>> from advlab import attacks, eval as ev  # doctest: +SKIP
@@ -18,6 +20,12 @@
 
 from advlab.eval.checks import CheckResult, reliable, soundness_checks
 from advlab.eval.needed import PerturbationNeeded, perturbation_needed
+from advlab.eval.protocol import (
+    SUITES,
+    AutoAttackSettings,
+    ProtocolResult,
+    standard_evaluation,
+)
 from advlab.eval.robust import (
     AccuracyCurve,
     EpsRef,
@@ -35,7 +43,8 @@ from advlab.eval.roc import ROCResult, per_class_roc, softmax_scores
 from advlab.eval.transfer import TransferMatrix, transfer_matrix, transfer_robust
 
 __all__ = [
-    "AccuracyCurve", "CheckResult", "EpsRef", "PerturbationNeeded", "ROCResult",
+    "SUITES", "AccuracyCurve", "AutoAttackSettings", "CheckResult", "ProtocolResult",
+    "standard_evaluation", "EpsRef", "PerturbationNeeded", "ROCResult",
     "RobustEvaluation", "Rho2", "TransferMatrix", "accuracy_from_norms", "clean_accuracy",
     "eps_ref", "per_class_roc", "perturbation_needed", "reliable", "rho2", "robust_accuracy",
     "robust_accuracy_curve", "soundness_checks", "softmax_scores", "transfer_matrix",

@@ -13,6 +13,9 @@ The checks (Carlini et al. 2019, "On Evaluating Adversarial Robustness"; Athalye
 - ``more-steps``: more PGD steps (and restarts) do not raise accuracy.
 - ``fgsm-eps``: FGSM at a large ε is not more accurate than at a small ε.
 - ``transfer``: white-box accuracy is not above black-box (transfer) accuracy.
+- ``black-box``: Square (no gradient), run after the white-box attacks, does not lower their
+  robust accuracy by more than half a point (AutoAttack's flag for gradient masking).
+- ``transfer-points``: the transfer attack breaks no point that every white-box attack left.
 """
 
 from __future__ import annotations
@@ -236,6 +239,47 @@ def check_transfer(model: Model, x: Tensor, y: Tensor, *, surrogate: Model, atta
                            "beat the model's own gradients, so its gradients are masked", values)
     return CheckResult("transfer", True, f"white-box accuracy {white:.1%} <= transfer "
                        f"accuracy {black:.1%} (+{tol:.0%})", values)
+
+
+def check_black_box(white: Tensor, after: Tensor, *, tol: float = 0.005) -> CheckResult:
+    """``white`` (N,) bool: robust after every white-box attack; ``after``: robust once the
+    score-based black-box attack (Square) also ran. A gradient-free attack finding more than
+    ``tol`` of the points that gradients could not break is the mark of masked gradients."""
+    _same_points(white, after)
+    n = max(white.numel(), 1)
+    drop = int((white & ~after).sum()) / n
+    values = {"white_box_accuracy": white.float().mean().item() if white.numel() else 0.0,
+              "after_black_box": after.float().mean().item() if after.numel() else 0.0,
+              "drop": drop}
+    if drop > tol:
+        return CheckResult("black-box", False, f"Square, which uses no gradient, lowered the "
+                           f"robust accuracy the white-box attacks left by {drop:.2%} (> "
+                           f"{tol:.1%}): the model's gradients are likely masked (AutoAttack's "
+                           f"flag); trust the worst case, not the white-box numbers, and look "
+                           f"for the cause", values)
+    return CheckResult("black-box", True, f"Square lowered the white-box robust accuracy by "
+                       f"{drop:.2%} (<= {tol:.1%})", values)
+
+
+def check_transfer_points(white: Tensor, transfer: Tensor) -> CheckResult:
+    """``white`` (N,) bool: robust after every white-box attack; ``transfer``: not fooled by
+    the examples crafted on a surrogate. A transferred example that breaks a point the model's
+    own gradients could not break means those gradients are masked."""
+    _same_points(white, transfer)
+    beaten = int((white & ~transfer).sum())
+    values = {"points": float(beaten)}
+    if beaten:
+        return CheckResult("transfer-points", False, f"the transfer attack broke {beaten} "
+                           f"point(s) that every white-box attack left robust: the model's "
+                           f"gradients are likely masked", values)
+    return CheckResult("transfer-points", True, "the transfer attack broke no point the "
+                       "white-box attacks left robust", values)
+
+
+def _same_points(a: Tensor, b: Tensor) -> None:
+    if not isinstance(a, Tensor) or not isinstance(b, Tensor) or a.dtype != torch.bool \
+            or b.dtype != torch.bool or a.shape != b.shape or a.dim() != 1:
+        raise ValueError("expected two bool tensors of the same shape (N,)")
 
 
 # --- the runner -----------------------------------------------------------------------------
