@@ -14,6 +14,7 @@ from advlab.attacks.optim import Optim
 from advlab.attacks.pgd import PGD
 from advlab.attacks.registry import ATTACKS, available, create, params, register
 from advlab.attacks.spatial import Spatial
+from advlab.attacks.square import Square
 from advlab.attacks.threat import ThreatModel
 from advlab.attacks.transfer import Transfer
 from advlab.attacks.universal import Universal
@@ -21,5 +22,5 @@ from advlab.attacks.universal import Universal
 __all__ = [
     "ATTACKS", "CW", "EOT", "FGSM", "PGD", "Attack", "AttackResult", "DeepFool", "Noise",
     "RunOutput", "ThreatModel", "available", "create", "params", "register",
-    "Optim", "Spatial", "Transfer", "Universal",
+    "Optim", "Spatial", "Square", "Transfer", "Universal",
 ]
