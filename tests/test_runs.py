@@ -20,24 +20,34 @@ def _dead_pid() -> int:
     return proc.pid
 
 
-def test_lock_refuses_a_live_holder_and_takes_over_a_stale_one(tmp_path):
+@pytest.fixture
+def advlab_process():
+    """A live process whose command line names advlab (as a training command's does)."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "advlab"])
+    yield proc.pid
+    proc.kill()
+    proc.wait()
+
+
+def test_lock_refuses_a_live_holder_and_takes_over_a_stale_one(tmp_path, advlab_process):
     run = new_run_dir("x", tmp_path / "run")
     lock = run.path / LOCK
-    lock.write_text(str(os.getppid()))  # a live process that is not this one
-    with pytest.raises(ValueError, match=rf"in use: advlab process {os.getppid()} is training"):
+    lock.write_text(str(advlab_process))  # a live process that is not this one
+    with pytest.raises(ValueError, match=rf"in use: advlab process {advlab_process} is "
+                                         rf"training"):
         with lock_run(run):
             pass
-    assert lock.read_text() == str(os.getppid())  # the holder's lock is left alone
+    assert lock.read_text() == str(advlab_process)  # the holder's lock is left alone
     lock.write_text(str(_dead_pid()))
     with lock_run(run):
-        assert lock.read_text() == str(os.getpid())
+        assert lock.read_text().split()[0] == str(os.getpid())
     assert not lock.exists()
     with pytest.raises(RuntimeError), lock_run(run):  # released on errors too
         raise RuntimeError
     assert not lock.exists()
 
 
-def test_a_second_resume_into_a_run_in_use_is_refused(tmp_path):
+def test_a_second_resume_into_a_run_in_use_is_refused(tmp_path, advlab_process):
     cfg = GenerativeTrainConfig(epochs=1, batch_size=32, steps_per_epoch=2, n_snapshot=4,
                                 device="cpu")
     job = GenerativeJob(dataset="ring8", model="vae", model_kwargs={"hidden": [4]},
@@ -45,7 +55,7 @@ def test_a_second_resume_into_a_run_in_use_is_refused(tmp_path):
     out = tmp_path / "run"
     train_generative(job, out, progress=False)
     assert not (out / LOCK).exists()
-    (out / LOCK).write_text(str(os.getppid()))
+    (out / LOCK).write_text(str(advlab_process))
     with pytest.raises(ValueError, match="in use"):
         train_generative(job, out, resume=True, progress=False)
     (out / LOCK).unlink()
@@ -89,7 +99,7 @@ def test_a_lock_held_by_a_zombie_process_is_taken_over(tmp_path):
         run = new_run_dir("train", tmp_path / "r")
         (run.path / LOCK).write_text(str(child.pid))
         with lock_run(run):
-            assert (run.path / LOCK).read_text() == str(os.getpid())
+            assert (run.path / LOCK).read_text().split()[0] == str(os.getpid())
     finally:
         child.wait()
     assert _alive(os.getpid())

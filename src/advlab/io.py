@@ -8,10 +8,13 @@ loaded without unpickling anything.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
-import tempfile
+import re
+import secrets
+import stat
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,19 +29,110 @@ _TENSOR = "__tensor__"
 _META_KEY = "advlab"
 
 
+class WriteError(OSError, ValueError):
+    """A file could not be written (read-only file system, no permission, a file where a
+    directory should be): the message names the file and the reason, in one line, and says
+    that the file's previous version (if any) was left as it was. Also a ``ValueError``, so
+    every command reports it as a one-line error."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(code if code is not None else errno.EIO, message)
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+class DiskFullError(WriteError):
+    """A write failed because the file system is full (ENOSPC, or a quota: EDQUOT)."""
+
+
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+# the errors of writing a file: a network or other error raised inside a writer passes as is
+_WRITE_ERRNOS = _DISK_FULL | {errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO,
+                              errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG,
+                              errno.ENOENT}
+
+
+def os_error(err: BaseException) -> OSError | None:
+    """The ``OSError`` behind ``err``: itself, or the system error a safetensors message
+    carries (``... No space left on device (os error 28)``); None for other errors."""
+    if isinstance(err, OSError):
+        return err
+    if isinstance(err, SafetensorError):
+        found = re.search(r"\(os error (\d+)\)", str(err))
+        if found:
+            code = int(found.group(1))
+            return OSError(code, os.strerror(code))
+    return None
+
+
+def reason(err: OSError) -> str:
+    """The system's description of ``err`` in lower case ("read-only file system")."""
+    if err.errno is not None and err.errno in _DISK_FULL:
+        return "the disk is full (no space left on device)"
+    return (err.strerror or str(err) or type(err).__name__).lower()
+
+
+def write_error(path: str | os.PathLike, err: OSError, existed: bool) -> WriteError:
+    """The ``WriteError`` (``DiskFullError`` for a full disk) of a failed write of ``path``."""
+    if isinstance(err, WriteError):
+        return err
+    kept = (f"the previous {Path(path).name} was left as it was" if existed
+            else "nothing was written")
+    cls = DiskFullError if err.errno in _DISK_FULL else WriteError
+    return cls(f"cannot write {path}: {reason(err)}; {kept}", err.errno)
+
+
+def _temporary(path: Path) -> Path:
+    """Create an empty temporary file next to ``path`` and return its name. It is created
+    with mode 0666 less the umask, as ``open`` creates files (``mkstemp`` would make it 0600,
+    and the rename would give that mode to the final file)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(tmp, flags, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it onto ``path`` only on success."""
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only on success.
+
+    The file gets the mode the umask gives new files. A write that fails for a system reason
+    (full disk, read-only file system, permissions) raises ``WriteError`` (``DiskFullError``)
+    naming ``path``; in every failure the temporary file is removed and ``path`` is left as
+    it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    existed = path.exists()
+    tmp = None
     try:
-        yield Path(tmp)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _temporary(path)
+        yield tmp
         os.replace(tmp, path)
+    except (OSError, SafetensorError) as e:
+        err = os_error(e)
+        if err is None or isinstance(e, WriteError) or err.errno not in _WRITE_ERRNOS:
+            raise
+        if isinstance(err, (FileExistsError, NotADirectoryError)) and tmp is None:
+            raise WriteError(f"cannot write {path}: {_blocking_file(path.parent)} is a file, "
+                             f"not a directory", errno.ENOTDIR) from e
+        raise write_error(path, err, existed) from e
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.lexists(tmp):
             os.unlink(tmp)
+
+
+def _blocking_file(directory: Path) -> Path:
+    """The first ancestor of ``directory`` (itself included) that exists and is not a
+    directory: what stops ``mkdir -p directory``."""
+    for p in [*reversed(directory.parents), directory]:
+        if p.exists() and not p.is_dir():
+            return p
+    return directory
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -134,7 +228,9 @@ def save_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _split(state, tensors, "")
     with atomic_path(path) as tmp:
+        mode = tmp.stat().st_mode  # as the umask gives it; safetensors re-creates the file 0600
         save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(skeleton)})
+        os.chmod(tmp, stat.S_IMODE(mode))
 
 
 def load_state(path: str | os.PathLike) -> dict[str, Any]:

@@ -7,6 +7,7 @@ under the working directory; ``--out DIR`` names it.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from advlab.io import write_json, write_text
+from advlab.io import DiskFullError, WriteError, reason, write_json, write_text
 
 
 @dataclass(frozen=True)
@@ -28,8 +29,14 @@ class RunDir:
 
     @property
     def figures(self) -> Path:
+        """``<run>/figures``, created if it can be; if it cannot, each figure written into it
+        is reported and skipped (``report.figures.save``), the numbers are written all the
+        same."""
         p = self.path / "figures"
-        p.mkdir(parents=True, exist_ok=True)
+        try:
+            p.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            pass
         return p
 
     def file(self, name: str) -> Path:
@@ -180,6 +187,10 @@ def check_out(out: str | Path | None, *, exist_ok: bool = False,
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise ValueError(f"--out {path}: exists and is not a directory")
+    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise WriteError(f"cannot create the run directory {path}: {blocker} is a file, not a "
+                         f"directory", errno.ENOTDIR)
     if exist_ok and resumable and not path.exists():  # --resume of a run that is not there
         raise ValueError(f"--resume: no run directory at {path} to continue (a typo?); drop "
                          f"--resume to start a new run there")
@@ -191,10 +202,25 @@ def check_out(out: str | Path | None, *, exist_ok: bool = False,
 def _claim(path: Path) -> bool:
     """Create ``path/MARKER`` exclusively: True for exactly one caller, even concurrent ones."""
     try:
-        os.close(os.open(path / MARKER, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        os.close(os.open(path / MARKER, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     except FileExistsError:
         return False
     return True
+
+
+def _cannot_create(path: Path, err: OSError, verb: str = "create the run directory") \
+        -> WriteError:
+    """A one-line ``WriteError`` for a run directory ``path`` that cannot be made or written:
+    the path and the reason (a regular file in the way is named)."""
+    if isinstance(err, WriteError):
+        return err
+    if isinstance(err, (NotADirectoryError, FileExistsError)):
+        blocker = next((p for p in [*reversed(path.parents), path]
+                        if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            return WriteError(f"cannot {verb} {path}: {blocker} is a file, not a directory",
+                              errno.ENOTDIR)
+    return WriteError(f"cannot {verb} {path}: {reason(err)}", err.errno)
 
 
 def new_run_dir(command: str, out: str | Path | None = None, *, exist_ok: bool = False,
@@ -204,12 +230,17 @@ def new_run_dir(command: str, out: str | Path | None = None, *, exist_ok: bool =
     ``exist_ok=False`` refuses to write into a non-empty directory, so no earlier result is
     overwritten by accident (``--resume`` passes ``exist_ok=True``). The directory is claimed
     atomically (an exclusively created marker file), so two commands started at once with the
-    same ``--out``, or in the same second without one, never share a directory.
+    same ``--out``, or in the same second without one, never share a directory. A directory
+    that cannot be created or written (read-only file system, no permission, a regular file
+    in the way) raises a one-line ``WriteError`` (a ``ValueError``) naming it and the reason.
     """
     if out is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         base = Path(root) / f"{command}-{stamp}"
-        base.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            base.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise _cannot_create(base, e) from None
         path, i = base, 1
         while True:
             try:
@@ -217,12 +248,24 @@ def new_run_dir(command: str, out: str | Path | None = None, *, exist_ok: bool =
             except FileExistsError:
                 path, i = Path(f"{base}-{i}"), i + 1
                 continue
-            _claim(path)
+            except OSError as e:
+                raise _cannot_create(path, e) from None
+            try:
+                _claim(path)
+            except OSError as e:
+                raise _cannot_create(path, e, "write into the run directory") from None
             return RunDir(path)
     path = Path(out)
     check_out(path, exist_ok=exist_ok, resumable=resumable)
-    path.mkdir(parents=True, exist_ok=True)
-    if not _claim(path) and not exist_ok:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _cannot_create(path, e) from None
+    try:
+        claimed = _claim(path)
+    except OSError as e:
+        raise _cannot_create(path, e, "write into the run directory") from None
+    if not claimed and not exist_ok:
         raise ValueError(f"--out {path}: directory is not empty (another advlab command has "
                          f"just claimed it); choose a new one")
     return RunDir(path)
@@ -247,32 +290,90 @@ def _alive(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
+def _start_time(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, field 22 of /proc/PID/stat), or
+    None where /proc does not tell."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()
+    return fields[19] if len(fields) > 19 else None
+
+
+def _command_line(pid: int) -> str | None:
+    """The command line of process ``pid`` (/proc/PID/cmdline), or None where unknown."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return " ".join(a.decode("utf-8", "replace") for a in raw.split(b"\0") if a) or None
+
+
+def _read_lock(path: Path) -> tuple[int, str | None]:
+    """(PID, start time or None) written in the lock file ``path``; (0, None) if unreadable."""
+    try:
+        fields = path.read_text(encoding="utf-8").split()
+        return int(fields[0]) if fields else 0, fields[1] if len(fields) > 1 else None
+    except (OSError, ValueError):
+        return 0, None
+
+
+def _holder(path: Path, run: RunDir) -> str | None:
+    """Why the lock ``path`` is held (the message of the refusal), or None if it is stale:
+    its process is gone, or the PID now belongs to a process started at another time."""
+    pid, started = _read_lock(path)
+    if not pid or pid == os.getpid() or not _alive(pid):
+        return None
+    now = _start_time(pid)
+    if started is not None and now is not None and started != now:
+        return None  # the PID was reused: the process that took the lock is gone
+    remove = (f"if no advlab command is training into {run.path}, remove {path} and run "
+              f"again")
+    cmdline = _command_line(pid)
+    if cmdline is not None and "advlab" not in cmdline.lower():
+        shown = cmdline if len(cmdline) <= 80 else cmdline[:77] + "..."
+        return (f"{run.path} is locked by process {pid}, which is not advlab ({shown}); the "
+                f"advlab process that took the lock has probably ended and its PID been "
+                f"reused: {remove}")
+    return (f"{run.path} is in use: advlab process {pid} is training into it; wait for it to "
+            f"finish or stop it ({remove})")
+
+
 @contextmanager
 def lock_run(run: RunDir) -> Iterator[None]:
-    """Hold ``<run>/.lock`` (this process's PID) while a training job writes into ``run``.
+    """Hold ``<run>/.lock`` (this process's PID and start time) while a training job writes
+    into ``run``.
 
     Two processes training into one directory (a second ``--resume`` while the first still
     runs) would overwrite each other's checkpoints; the second gets a ``ValueError`` naming the
-    first's PID. A lock left by a process that is gone (killed) is taken over. The lock is
-    per machine: processes on other hosts sharing the directory are not seen.
+    first's PID. A lock left by a process that is gone (killed), or whose PID now belongs to a
+    process started later, is taken over; a lock whose PID belongs to a program that is not
+    advlab is refused with a message saying how to remove it. The lock is per machine:
+    processes on other hosts sharing the directory are not seen.
     """
     path = run.path / LOCK
     while True:
+        if path.is_dir() or (path.exists() and not path.is_file()):
+            kind = "a directory" if path.is_dir() else "not a regular file"
+            raise ValueError(f"{path} is {kind}, not the run's lock file; remove it and run "
+                             f"again")
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
         except FileExistsError:
-            try:
-                pid = int(path.read_text(encoding="utf-8").strip() or 0)
-            except (OSError, ValueError):
-                pid = 0
-            if pid and pid != os.getpid() and _alive(pid):
-                raise ValueError(f"{run.path} is in use: advlab process {pid} is training "
-                                 f"into it; wait for it to finish or stop it (lock file "
-                                 f"{path})") from None
+            if path.is_dir():
+                continue  # made a directory meanwhile: refused above
+            held = _holder(path, run)
+            if held is not None:
+                raise ValueError(held) from None
             path.unlink(missing_ok=True)  # stale: its process is gone
             continue
+        except OSError as e:
+            raise WriteError(f"cannot write the lock file {path}: {reason(e)}", e.errno) \
+                from None
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(str(os.getpid()))
+            start = _start_time(os.getpid())
+            f.write(f"{os.getpid()} {start}" if start is not None else str(os.getpid()))
         break
     try:
         yield
@@ -291,7 +392,10 @@ def open_run_dir(path: str | Path) -> RunDir:
 def log_to_run(run: RunDir, level: int = logging.INFO) -> Iterator[None]:
     """Send advlab's log records to ``<run>/log.txt`` while the block runs (appending, so a
     resume keeps history); the handler is removed and closed afterwards, also on errors."""
-    handler = logging.FileHandler(run.path / "log.txt", encoding="utf-8")
+    try:
+        handler = logging.FileHandler(run.path / "log.txt", encoding="utf-8")
+    except OSError as e:
+        raise _cannot_create(run.path / "log.txt", e, "write the log") from None
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(level)
     logger = logging.getLogger("advlab")
@@ -304,8 +408,37 @@ def log_to_run(run: RunDir, level: int = logging.INFO) -> Iterator[None]:
         handler.close()
 
 
+CHECKPOINT = "checkpoint.safetensors"  # the resumable state of every training job
+
+
+def resume_hint(run: RunDir, checkpoint: str = CHECKPOINT) -> str:
+    """What survives an interrupted training run and how to continue it: the last checkpoint
+    (its epoch and path) and ``--resume``, or that no epoch was checkpointed."""
+    ckpt = run.path / checkpoint
+    epoch = None
+    if ckpt.is_file():
+        from advlab.io import load_state_meta
+
+        try:
+            epoch = load_state_meta(ckpt).get("epoch")
+        except ValueError:
+            epoch = None
+    if isinstance(epoch, int):
+        return (f"the last checkpoint (epoch {epoch}) survives at {ckpt}; run the same "
+                f"command with --resume --out {run.path} to continue from it")
+    return (f"no epoch was checkpointed in {run.path}; run the same command with --resume "
+            f"--out {run.path} to start it again")
+
+
 @contextmanager
 def training_run(run: RunDir) -> Iterator[None]:
-    """What a training job holds on its run directory: the lock (``lock_run``) and the log."""
+    """What a training job holds on its run directory: the lock (``lock_run``) and the log.
+
+    A full disk (``DiskFullError`` from any writer) ends the job with a one-line error that
+    says so, names the checkpoint that survives and how to resume (``resume_hint``)."""
     with lock_run(run), log_to_run(run):
-        yield
+        try:
+            yield
+        except DiskFullError as e:
+            raise DiskFullError(f"{e}; {resume_hint(run)} once space is freed",
+                                e.errno) from e

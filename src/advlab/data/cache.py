@@ -15,7 +15,6 @@ import gzip
 import hashlib
 import logging
 import os
-import tempfile
 import zlib
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import numpy as np
 from advlab.data.base import read_error
 from advlab.data.idx import IDX_DTYPES, UBYTE, read_idx
 from advlab.data.sources import cache_dir
+from advlab.io import atomic_path
 
 log = logging.getLogger(__name__)
 _unwritable: set[Path] = set()  # cache directories that failed a write (warned about once)
@@ -68,15 +68,8 @@ def _cached(entry: Path) -> bool:
 
 
 def _save_atomic(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array, allow_pickle=False)
 
 
 def read_idx_cached(path: str | os.PathLike, *, ndim: int, dtype_code: int = UBYTE) -> np.ndarray:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import BinaryIO
 
 from advlab.data.base import DataError
 from advlab.data.resources import Resource
+from advlab.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +45,9 @@ def download(url: str, dest: str | os.PathLike, md5: str | None, *,
     case the temporary file is removed and ``dest`` is left untouched.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
+    with atomic_path(dest) as tmp:  # the file gets the mode the umask gives new files
         h = hashlib.md5()
-        with os.fdopen(fd, "wb") as out, urlopen(url, timeout=timeout) as response:
+        with open(tmp, "wb") as out, urlopen(url, timeout=timeout) as response:
             for chunk in iter(lambda: response.read(CHUNK), b""):
                 h.update(chunk)
                 out.write(chunk)
@@ -57,11 +55,6 @@ def download(url: str, dest: str | os.PathLike, md5: str | None, *,
         if md5 is not None and got != md5.lower():
             raise DataError(f"{url}: md5 mismatch (expected {md5}, got {got}); "
                             "the download was discarded")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; data files are meant to be shared
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return dest
 
 

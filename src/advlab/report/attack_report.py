@@ -133,7 +133,6 @@ def attack_report(model: Model, x: Tensor, y: Tensor, classes: Sequence[str], at
         check_results = soundness_checks(model, x, y, threat=threat, surrogate=surrogate,
                                          n=n_checks, seed=seed, batch_size=batch_size,
                                          device=device)
-    figures_dir.mkdir(parents=True, exist_ok=True)
     title = attack + (f" eps={top_eps:g}" if top_eps is not None else "") + \
         (", crafted on the source" if source is not None else "")
     files = [
@@ -162,7 +161,7 @@ def attack_report(model: Model, x: Tensor, y: Tensor, classes: Sequence[str], at
         "curve": curve.to_dict() if curve is not None else None,
         "auc_clean": roc_clean.to_dict(), "auc_adversarial": roc_adv.to_dict(),
         "checks": [c.to_dict() for c in check_results], "reliable": ok,
-        "figures": [str(Path(f).name) for f in files],
+        "figures": [str(Path(f).name) for f in files if f is not None],  # None: not written
     }
 
 

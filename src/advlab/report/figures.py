@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,12 +13,29 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from advlab.io import atomic_path  # noqa: E402
 
-def save(fig, path: str | Path) -> Path:
+log = logging.getLogger(__name__)
+
+
+def save(fig, path: str | Path) -> Path | None:
+    """Write ``fig`` to ``path`` (its format from the suffix, PNG by default) atomically and
+    close it: the one function every figure of advlab is written through.
+
+    A figure that cannot be written (full disk, read-only place) is reported by a warning
+    naming it and skipped: the caller's numbers are written all the same. Returns ``path``, or
+    None when the figure was skipped; a partial figure is never left behind.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=path.suffix[1:] or "png", dpi=110, bbox_inches="tight")
+    except OSError as e:  # WriteError: disk full, read-only, permissions; the reason names it
+        log.warning("figure %s was not written (%s); the run's numbers are not affected",
+                    path, e)
+        return None
+    finally:
+        plt.close(fig)
     return path
 
 
