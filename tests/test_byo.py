@@ -9,6 +9,7 @@ safetensors, TorchScript and ``torch.export``; the test points as ``.npz``, ``.p
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import textwrap
@@ -19,11 +20,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from safetensors.torch import save_file
 from torch import nn
+from typer.testing import CliRunner
 
 import advlab
 from advlab.attacks import create
+from advlab.cli.common import resolve_target
+from advlab.cli.main import app
 from advlab.data.base import DataError
 from advlab.data.files import load_data_file
 from advlab.eval import robust_accuracy
@@ -434,3 +439,148 @@ def test_missing_or_unknown_data_files(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no image"):
         load_data_file(tmp_path / "empty")
+
+
+# --- the command line: --model, --weights, --data, --bounds, ... ----------------------------
+
+runner = CliRunner()
+
+
+def cli(*args: str):
+    return runner.invoke(app, [*args, "--device", "cpu"])
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_eval_accuracy_of_my_model_on_my_data(files, tmp_path):
+    out = tmp_path / "ev"
+    res = cli("eval", "--model", files.spec(), "--weights", files["net.safetensors"],
+              "--data", files["test.npz"], "--out", str(out))
+    assert res.exit_code == 0, res.output
+    m = read_json(out / "metrics.json")
+    expected = (logits(files.net, files.x).argmax(1) == files.y).float().mean().item()
+    assert m["test_acc"] == pytest.approx(expected) and m["n_test"] == len(files.y)
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["model"] == files.spec() and cfg["weights"] == files["net.safetensors"]
+    assert cfg["data"] == files["test.npz"] and cfg["source_run"] is None
+    assert m["model"] == files.spec() and m["data"] == files["test.npz"]
+    assert m["dataset"] == "test.npz" and m["split"] == "file"
+    # the same accuracy from an archive (no code), another data file, the explicit subcommand
+    res = cli("eval", "accuracy", "--model", files["net.pt2"], "--data", files["test.pt"],
+              "--out", str(tmp_path / "pt2"))
+    assert res.exit_code == 0, res.output
+    m = read_json(tmp_path / "pt2" / "metrics.json")
+    assert m["test_acc"] == pytest.approx(expected) and m["model_kind"] == "torch.export archive"
+    assert m["per_class_acc"].keys() >= {"digit 0", "digit 9"}  # the names stored in test.pt
+
+
+def test_attack_fgsm_on_my_model_equals_robust_accuracy_in_python(files, tmp_path):
+    out = tmp_path / "att"
+    res = cli("attack", "--model", files.spec(), "--weights", files["net.pt"], "--data",
+              files["test.npz"], "-a", "fgsm", "--eps", "0.1", "--no-checks", "--no-progress",
+              "--out", str(out))
+    assert res.exit_code == 0, res.output
+    m = read_json(out / "metrics.json")
+    ev = robust_accuracy(advlab.wrap(files.net), files.x, files.y, create("fgsm", eps=0.1))
+    assert m["n"] == len(files.y) == 200  # --data without --n: every point
+    assert m["robust_accuracy"] == pytest.approx(ev.robust_accuracy)
+    assert m["clean_accuracy"] == pytest.approx(ev.clean_accuracy)
+    assert m["eps_unit"] == "pixels [0, 1]"
+    # --n draws the seeded subset, as for a built-in data set
+    res = cli("attack", "--model", files.spec(), "--weights", files["net.pt"], "--data",
+              files["test.npz"], "-a", "fgsm", "--eps", "0.1", "--n", "50", "--no-checks",
+              "--no-progress", "--out", str(tmp_path / "n50"))
+    assert res.exit_code == 0, res.output
+    assert read_json(tmp_path / "n50" / "metrics.json")["n"] == 50
+
+
+def test_bounds_take_data_and_eps_in_the_model_units(files, tmp_path):
+    """A model on [-1, 1] with data in [-1, 1]: eps 0.2 there is 0.1 in pixels."""
+    out = tmp_path / "pm1"
+    res = cli("attack", "--model", files.spec("make_pm1_net"), "--weights", files["pm1.pt"],
+              "--bounds", "-1,1", "--data", files["pm1.npz"], "-a", "fgsm", "--eps", "0.2",
+              "--no-checks", "--no-progress", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    assert "0.2 -> 0.1" in res.output and "--bounds" in res.output
+    m = read_json(out / "metrics.json")
+    ev = robust_accuracy(files.net, files.x, files.y, create("fgsm", eps=0.1))
+    assert m["robust_accuracy"] == pytest.approx(ev.robust_accuracy)
+    assert m["eps_given"] == [0.2] and m["eps_pixels"] == [pytest.approx(0.1)]
+    assert m["eps_unit"].startswith("model units [-1, 1]") and m["bounds"] == [-1, 1]
+
+
+def test_eval_robust_on_my_model_with_a_builtin_dataset(files, tmp_path):
+    out = tmp_path / "rob"
+    res = cli("eval", "robust", "--model", files.spec(), "--weights", files["net.pt"],
+              "--dataset", "digits", "--n", "40", "--eps", "0.1", "--suite", "quick",
+              "--steps", "3", "--restarts", "1", "--minimal", "none", "--no-rho2", "--no-eps-ref",
+              "--n-checks", "20", "--no-progress", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    m = read_json(out / "metrics.json")
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["dataset"] == "digits" and cfg["n"] == 40 and cfg["model"] == files.spec()
+    assert m["dataset"] == "digits" and 0 <= m["robust_accuracy"] <= m["clean_accuracy"]
+
+
+def test_output_key_and_normalisation_options_resolve_to_the_wrapped_model(files):
+    """The commands' shared resolution (``resolve_target``) builds advlab.wrap's model."""
+    target = resolve_target(None, model=files.spec("make_dict_net"), weights=files["net.pt"],
+                            output_key="logits", data_file=Path(files["test.npz"]),
+                            device="cpu")
+    assert torch.equal(logits(target.model, files.x), logits(files.net, files.x))
+    assert target.record["output_key"] == "logits" and target.dataset == "test.npz"
+    # --mean/--std: the net itself then sees (x - 0.5) / 0.25
+    target = resolve_target(None, model=files.spec(), weights=files["net.pt"], mean="0.5",
+                            std="0.25", dataset="digits", n=30, default_n=1000, device="cpu")
+    x = target.data.x
+    assert torch.equal(logits(target.model, x), logits(files.net, (x - 0.5) / 0.25))
+    assert target.record["mean"] == [0.5] and len(target.data) == 30
+    assert target.train_dataset == "digits" and target.data.split == "test"
+
+
+def _bad(files, tmp_path) -> dict[str, tuple[list[str], str]]:
+    np.savez(tmp_path / "big.npz", x=(255 * files.x).numpy(), y=files.y.numpy())
+    model = ["--model", files.spec(), "--weights", files["net.pt"]]
+    data = ["--data", files["test.npz"]]
+    return {
+        "factory raises": (["--model", files.spec("broken"), *data],
+                           "raised RuntimeError: cannot build the net"),
+        "weights do not fit": (["--model", files.spec(), "--weights", files["pm1.pt"], *data],
+                               "do not fit the model built by"),
+        "data without y": ([*model, "--data", files["no_y.npz"]],
+                           "missing 'y'; found 'x', 'labels'"),
+        "x outside bounds": ([*model, "--data", str(tmp_path / "big.npz"), "--bounds", "0,1"],
+                             "expected x inside [0, 1]"),
+        "dict output, no key": (["--model", files.spec("make_dict_net"), "--weights",
+                                 files["net.pt"], *data], "--output-key"),
+        "RUN and --model": ([str(tmp_path), *model, *data], "got both"),
+        "neither": ([*data], "got neither"),
+        "no data": ([*model], "--data FILE or --dataset NAME, got neither"),
+        "--bounds with RUN": ([str(tmp_path), "--bounds", "0,255"], "go with --model SPEC"),
+        "bad bounds": ([*model, *data, "--bounds", "1,0"], "expected --bounds LO,HI"),
+        "data of another shape": ([*model, "--data", str(tmp_path / "flat.npz")],
+                                  "the model fails on the points of"),
+    }
+
+
+@pytest.mark.parametrize("command", [["attack", "-a", "fgsm", "--eps", "0.1"], ["eval"],
+                                     ["eval", "robust", "--eps", "0.1"]])
+def test_bad_inputs_are_one_line_errors_before_any_run_directory(files, tmp_path, command):
+    np.savez(tmp_path / "flat.npz", x=files.x.flatten(1).numpy(), y=files.y.numpy())
+    for case, (args, message) in _bad(files, tmp_path).items():
+        out = tmp_path / "out"
+        res = runner.invoke(app, [*command, *args, "--out", str(out)])
+        text = res.output.strip()
+        assert res.exit_code == 2, (case, res.output)
+        assert message in text, (case, text)
+        assert text.startswith("error:") and "\n" not in text, (case, text)
+        assert "Traceback" not in text and not out.exists(), case
+
+
+def test_universal_needs_a_builtin_training_set(files, tmp_path):
+    res = cli("attack", "--model", files.spec(), "--weights", files["net.pt"], "--data",
+              files["test.npz"], "-a", "universal", "--eps", "0.1", "--out", str(tmp_path / "u"))
+    assert res.exit_code == 2 and "give --dataset NAME instead of --data" in res.output
+    assert not (tmp_path / "u").exists()

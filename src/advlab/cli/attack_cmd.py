@@ -11,15 +11,23 @@ from pathlib import Path
 import typer
 
 from advlab.cli.common import (
+    BoundsOption,
     DataDirOption,
+    DataOption,
+    DatasetOption,
     DeviceOption,
+    MeanOption,
+    ModelOption,
     OutOption,
+    OutputKeyOption,
+    StdOption,
+    WeightsOption,
     apply_data_dir,
     console,
     fail,
-    load_classifier_run,
     load_companion,
     parse_floats,
+    resolve_target,
     setup_logging,
 )
 
@@ -35,7 +43,8 @@ def _params(attack: str, given: dict[str, object]) -> dict[str, object]:
 
 
 def attack_command(
-    run: Path = typer.Argument(..., help="Classifier run directory (or model.safetensors)."),
+    run: Path = typer.Argument(None, help="Classifier run directory (or model.safetensors); "
+                               "or your own model with --model."),
     attack: str = typer.Option("pgd", "--attack", "-a", help="Attack name (fgsm, pgd, "
                                "deepfool, cw, noise, ...)."),
     eps: str = typer.Option(None, help="Budget: 0.3, a list 0.1,0.2 or a sweep 0:0.3:0.05. "
@@ -54,8 +63,8 @@ def attack_command(
     num_classes: int = typer.Option(None, help="DeepFool: candidate classes."),
     early_stop: bool = typer.Option(None, "--early-stop/--no-early-stop",
                                     help="PGD: stop a sample once fooled (default here: on)."),
-    n: int = typer.Option(1000, help="Evaluate a seeded random subset of n points (all if "
-                          "the split is smaller)."),
+    n: int = typer.Option(None, help="Evaluate a seeded random subset of n points (all if "
+                          "the split is smaller) [1000; with --data: every point]."),
     split: str = typer.Option("test", help="train | test"),
     seed: int = typer.Option(0, help="Seed of the subset and of the attack."),
     batch_size: int | None = typer.Option(
@@ -74,6 +83,14 @@ def attack_command(
     out: Path = OutOption,
     device: str = DeviceOption,
     data_dir: Path = DataDirOption,
+    model_spec: str = ModelOption,
+    weights: Path = WeightsOption,
+    mean: str = MeanOption,
+    std: str = StdOption,
+    bounds: str = BoundsOption,
+    output_key: str = OutputKeyOption,
+    data_file: Path = DataOption,
+    dataset_name: str = DatasetOption,
 ) -> None:
     """Attack a trained classifier; print and save robust accuracy, curves and checks."""
     from advlab.attacks import ATTACKS, create
@@ -98,7 +115,14 @@ def attack_command(
             create(attack, **params)
         else:
             create(attack, **params, **({"eps": eps_list[0]} if eps_list else {}))
-        model, dataset, ds, dev = load_classifier_run(run, split, n, seed, device)
+        target = resolve_target(run, model=model_spec, weights=weights, mean=mean, std=std,
+                                bounds=bounds, output_key=output_key, data_file=data_file,
+                                dataset=dataset_name, split=split, n=n, default_n=1000,
+                                seed=seed, device=device)
+        model, dataset, ds, dev = target.model, target.dataset, target.data, target.device
+        eps_given, eps_list = eps_list, target.to_pixels(eps_list)  # --bounds: model units
+        if params.get("alpha") is not None:
+            params["alpha"] = target.to_pixels(params["alpha"])
         sur = source = None
         if surrogate is not None:
             sur = load_companion(surrogate, "--surrogate", dataset, dev)
@@ -112,8 +136,11 @@ def attack_command(
         if fits:  # crafted once on training points
             from advlab import data
 
+            if target.train_dataset is None:
+                raise ValueError(f"{attack!r} is crafted on training points of a built-in data "
+                                 f"set: give --dataset NAME instead of --data")
             fit_n = 1000 if fit_n is None else fit_n
-            train = data.load(dataset, "train")
+            train = data.load(target.train_dataset, "train")
             if fit_n < len(train):
                 train = data.subset(train, fit_n, seed=seed)
             fit_on = (train.x, train.y)
@@ -122,10 +149,11 @@ def attack_command(
                               f"the {len(train)} the universal perturbation is crafted on "
                               "both come from the training split and may overlap")
         report = new_run_dir("attack", out)
-        config = {"command": "attack", "source_run": str(run), "dataset": dataset,
-                  "split": split, "n": len(ds), "seed": seed, "attack": attack,
+        config = {"command": "attack", **target.record, "dataset": dataset,
+                  "split": ds.split, "n": len(ds), "seed": seed, "attack": attack,
                   "fit_n": None if fit_on is None else len(fit_on[0]),
-                  "params": params, "eps": eps_list, "batch_size": batch_size,
+                  "params": params, "eps": eps_given, **target.eps_record(eps_given),
+                  "batch_size": batch_size,
                   "surrogate": str(surrogate) if surrogate else None,
                   "transfer_from": str(transfer_from) if transfer_from else None}
         report.write_config(config)
@@ -135,7 +163,8 @@ def attack_command(
                                     progress=progress, checks=checks, surrogate=sur,
                                     n_checks=n_checks, seed=seed, source=source,
                                     fit_on=fit_on)
-        metrics.update({"source_run": str(run), "dataset": dataset, "split": split,
+        metrics.update({**target.record, **target.eps_record(eps_given), "dataset": dataset,
+                        "split": ds.split,
                         "transfer_from": str(transfer_from) if transfer_from else None,
                         "versions": library_versions()})
         report.write_metrics(metrics)
@@ -143,6 +172,8 @@ def attack_command(
         fail(str(e))
     console.print(summary_table(metrics))
     console.print(f"[dim]{metrics['summary']}[/]", highlight=False)
+    if target.eps_note(eps_given):
+        console.print(target.eps_note(eps_given), highlight=False)
     if metrics["curve"] is not None and (metrics["minimal"] or len(eps_list or []) > 1):
         console.print(sweep_table(metrics))
     if metrics["checks"]:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import difflib
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -91,9 +93,15 @@ def parse_floats(spec: str, option: str = "value", *, low: float | None = None,
 
 class DefaultCommandGroup(TyperGroup):
     """A group whose first argument may be a path instead of a command: ``advlab eval RUN``
-    runs the group's default command on RUN, while ``advlab eval robust RUN`` runs ``robust``."""
+    runs the group's default command on RUN, while ``advlab eval robust RUN`` runs ``robust``;
+    so does an option first (``advlab eval --model SPEC --data FILE``)."""
 
     default_command = "accuracy"
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        if args and args[0].startswith("-") and args[0] not in ctx.help_option_names:
+            args = [self.default_command, *args]  # `advlab eval --model SPEC --data FILE`
+        return super().parse_args(ctx, args)
 
     def resolve_command(self, ctx, args: list[str]):
         if args and args[0] not in self.commands and not args[0].startswith("-"):
@@ -135,3 +143,197 @@ def load_classifier_run(run: Path, split: str, n: int | None, seed: int, device:
     if n is not None and n < len(ds):
         ds = data.subset(ds, n, seed=seed)
     return model, dataset, ds, dev
+
+
+# --- what a command evaluates: a run of advlab's, or anyone's model and data ----------------
+
+ModelOption = typer.Option(
+    None, "--model", help="Your own model instead of RUN: path/to/file.py:factory, "
+    "package.module:factory (called with no arguments, returns an nn.Module) or a TorchScript / "
+    "torch.export archive.")
+WeightsOption = typer.Option(
+    None, "--weights", help="Weights for --model's factory: .safetensors or a PyTorch state "
+    "dict (read with torch.load(weights_only=True): no code runs).")
+MeanOption = typer.Option(
+    None, "--mean", help="--model was trained on normalised inputs: the per-channel mean, e.g. "
+    "0.485,0.456,0.406 (in the model's units); normalised inside, attacks stay in pixels.")
+StdOption = typer.Option(None, "--std", help="The per-channel std of --mean's normalisation.")
+BoundsOption = typer.Option(
+    None, "--bounds", help="--model's input range LO,HI, e.g. -1,1 or 0,255 (default 0,1): "
+    "--data's float x and the eps given are then in these units (eps / (HI - LO) in pixels).")
+OutputKeyOption = typer.Option(
+    None, "--output-key", help="--model returns a dict: the key of its logits.")
+DataOption = typer.Option(
+    None, "--data", help="Your own data: .npz / .pt / .safetensors holding x (N, ...) and y "
+    "(N,), or an image folder root/<class>/<image>; every point, in file order, unless --n.")
+DatasetOption = typer.Option(
+    None, "--dataset", help="A built-in data set for --model (digits, mnist, ...), instead of "
+    "--data.")
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a command evaluates (``resolve_target``): the model on pixels in [0, 1], the name
+    of its data set (a built-in one's, or the data file's), the points, the device."""
+
+    model: Any  # nn.Module: pixels in [0, 1] (B, ...) -> logits (B, K)
+    dataset: str  # the built-in data set's name, or the data file's
+    data: Any  # TensorSet: x in [0, 1], y
+    device: Any  # torch.device
+    train_dataset: str | None  # a built-in data set with a training split, None for a file
+    record: dict[str, Any]  # what config.yaml and metrics.json say was evaluated
+    bounds: tuple[float, float] | None = None  # --bounds: eps given in these units
+
+    def to_pixels(self, eps: Any) -> Any:
+        """A budget (a number or a list of them, or None) given in the model's units, in
+        pixels: eps / (hi − lo) with ``--bounds``, else unchanged."""
+        if eps is None or self.bounds is None:
+            return eps
+        scale = self.bounds[1] - self.bounds[0]
+        return [e / scale for e in eps] if isinstance(eps, list) else eps / scale
+
+    def eps_record(self, eps: Any) -> dict[str, Any]:
+        """For config and metrics: the unit of the eps given (only for ``--model``)."""
+        if self.record.get("model") is None:
+            return {}
+        if self.bounds is None:
+            return {"eps_unit": "pixels [0, 1]"}
+        lo, hi = self.bounds
+        return {"eps_unit": f"model units [{lo:g}, {hi:g}]: eps / {hi - lo:g} in pixels [0, 1]",
+                "eps_given": eps, "eps_pixels": self.to_pixels(eps)}
+
+    def eps_note(self, eps: Any) -> str | None:
+        """One printed line saying how the eps given were converted (None without bounds)."""
+        if self.bounds is None or eps is None:
+            return None
+        lo, hi = self.bounds
+        values = eps if isinstance(eps, list) else [eps]
+        pairs = ", ".join(f"{e:g} -> {p:.4g}" for e, p in zip(values, self.to_pixels(values),
+                                                                strict=True))
+        return (f"eps in the model's units [{lo:g}, {hi:g}] (--bounds), attacked in pixels "
+                f"[0, 1] as eps / {hi - lo:g}: {pairs}")
+
+
+def _pair(spec: str, option: str) -> tuple[float, float]:
+    values = parse_floats(spec, option)
+    if len(values) != 2 or not values[0] < values[1]:
+        raise ValueError(f"expected {option} LO,HI with LO < HI (e.g. -1,1 or 0,255), "
+                         f"got {spec!r}")
+    return values[0], values[1]
+
+
+def _check_target_options(run: Path | None, model: str | None, given: dict[str, Any],
+                          data_file: Path | None, dataset: str | None) -> None:
+    """The combinations of RUN, --model and their options that make sense."""
+    if run is not None and model is not None:
+        raise ValueError(f"expected either RUN (an advlab classifier run) or --model SPEC (your "
+                         f"own model), got both: {run} and --model {model}")
+    if run is None and model is None:
+        raise ValueError("expected RUN (an advlab classifier run directory) or --model SPEC "
+                         "(your own model), got neither")
+    if run is not None:
+        extra = [k for k, v in given.items() if v is not None]
+        if dataset is not None:
+            extra.append("--dataset")
+        if extra:
+            raise ValueError(f"{', '.join(extra)} go with --model SPEC, not with RUN (a run "
+                             f"knows its model, inputs and data set; --data FILE may replace "
+                             f"its data)")
+    elif (data_file is None) == (dataset is None):
+        raise ValueError(f"expected --model with one source of points, --data FILE or "
+                         f"--dataset NAME, got {'both' if data_file else 'neither'}")
+
+
+def _probe(model: Any, ds: Any, dev: Any, label: str) -> int:
+    """Run the model on the first two points: shapes and outputs checked before any run
+    directory exists. Returns K, the number of logits."""
+    import torch
+
+    from advlab.external import one_line
+
+    x = ds.x[:2].to(dev)
+    modules = list(model.modules())
+    flags = [m.training for m in modules]
+    try:
+        model.eval()
+        with torch.no_grad():
+            out = model(x)
+    except ValueError:
+        raise  # the wrapper's own messages (a dict output without --output-key, ...)
+    except Exception as e:
+        raise ValueError(f"the model fails on the points of {label}, x {tuple(ds.x.shape)}: "
+                         f"{one_line(e)}") from e
+    finally:
+        for m, flag in zip(modules, flags, strict=True):
+            m.training = flag
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"expected the model to return logits (B, K) on {label}, got {shape}")
+    k = out.shape[1]
+    if int(ds.y.max()) >= k:
+        raise ValueError(f"expected the labels of {label} in [0, {k - 1}] (the model has {k} "
+                         f"logits), got a label {int(ds.y.max())}")
+    return k
+
+
+def resolve_target(run: Path | None, *, model: str | None = None, weights: Path | None = None,
+                   mean: str | None = None, std: str | None = None, bounds: str | None = None,
+                   output_key: str | None = None, data_file: Path | None = None,
+                   dataset: str | None = None, split: str = "test", n: int | None = None,
+                   default_n: int | None = None, seed: int = 0, device: str = "auto") -> Target:
+    """The model, data and device a command evaluates: a classifier run of advlab's (RUN), or
+    ``--model SPEC`` (+ ``--weights``, ``--mean``/``--std``, ``--bounds``, ``--output-key``),
+    evaluated on ``--data FILE`` or a built-in ``--dataset`` (RUN's own data set by default).
+
+    ``n`` points are drawn (seeded) when given; else ``default_n`` for a built-in data set and
+    every point of a data file. Every check, a forward pass on two points included, happens
+    here: a command calls this before it creates its run directory.
+    """
+    from advlab import data
+    from advlab.data.files import load_data_file, with_num_classes
+    from advlab.device import resolve_device
+    from advlab.external import describe_spec, load_external_model
+    from advlab.weights import load_model, read_model_meta
+    from advlab.wrapping import wrap
+
+    if n is not None and n < 1:
+        raise ValueError(f"expected --n >= 1, got {n}")
+    given = {"--weights": weights, "--mean": mean, "--std": std, "--bounds": bounds,
+             "--output-key": output_key}
+    _check_target_options(run, model, given, data_file, dataset)
+    box = _pair(bounds, "--bounds") if bounds is not None else None
+    mean_v = parse_floats(mean, "--mean") if mean is not None else None
+    std_v = parse_floats(std, "--std") if std is not None else None
+    dev = resolve_device(device)
+    if run is not None:
+        net = load_model(run, dev)
+        name = read_model_meta(run).get("dataset")
+        if not name:
+            raise ValueError(f"{run}: the model file does not name its data set")
+        record: dict[str, Any] = {"source_run": str(run)}
+        train_dataset = name
+    else:
+        net = wrap(load_external_model(model, weights, dev), mean=mean_v, std=std_v,
+                   bounds=box, output=output_key)
+        record = {"source_run": None, "model": model, "model_kind": describe_spec(model),
+                  "weights": str(weights) if weights else None,
+                  "bounds": list(box) if box else None, "mean": mean_v, "std": std_v,
+                  "output_key": output_key}
+        name = dataset
+        train_dataset = dataset
+    if data_file is not None:
+        ds = load_data_file(data_file, box)
+        label = ds.info.name if run is None else name
+        record["data"] = str(data_file)
+        train_dataset = name if run is not None else None
+    else:
+        ds = data.load(name, split)
+        label = name
+    if run is None or data_file is not None:
+        k = _probe(net, ds, dev, str(data_file or name))
+        if data_file is not None:
+            ds = with_num_classes(ds, k)
+    n = n if n is not None else (None if data_file is not None else default_n)
+    if n is not None and n < len(ds):
+        ds = data.subset(ds, n, seed=seed)
+    return Target(net, label, ds, dev, train_dataset, record, box)

@@ -51,7 +51,8 @@ def accuracy(
     data_file: Path = DataOption,
     dataset_name: str = DatasetOption,
 ) -> None:
-    """Accuracy, per-class accuracy and confusion matrix on a split of the run's data set."""
+    """Accuracy, per-class accuracy and confusion matrix on a split of the run's data set
+    (or of your own --model on --data FILE / --dataset NAME)."""
     from advlab.runs import log_to_run, new_run_dir
     from advlab.train.classifier import report_classifier
 
