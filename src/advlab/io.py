@@ -3,13 +3,20 @@
 A *state file* is one safetensors file holding every tensor of a nested structure (model weights,
 optimizer moments, RNG states) and the non-tensor rest as JSON in the safetensors metadata. It is
 written to a temporary file and renamed, so a crash never leaves a half-written file, and it is
-loaded without unpickling anything.
+loaded without unpickling anything. Its header holds a SHA-256 digest of the metadata and the
+tensors, checked on load: a file with flipped bytes is refused, naming it.
+
+Every writer here honours the umask (the file gets the mode ``open`` would give it) and turns a
+failed write (full disk, read-only file system, permissions) into a one-line ``WriteError`` /
+``DiskFullError`` naming the file; the previous version of the file is then left as it was.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -27,6 +34,9 @@ from safetensors.torch import load_file, save_file
 
 _TENSOR = "__tensor__"
 _META_KEY = "advlab"
+DIGEST_KEY = "advlab-digest"  # sha256 of the metadata and tensors, checked on load
+_warned_no_digest = False  # a file without a digest (older advlab) is reported once
+log = logging.getLogger(__name__)
 
 
 class WriteError(OSError, ValueError):
@@ -223,14 +233,52 @@ def _join(obj: Any, tensors: Mapping[str, Any]) -> Any:
     return obj
 
 
+def digest(tensors: Mapping[str, torch.Tensor], meta: str) -> str:
+    """``sha256:<hex>`` of a state file's content: the advlab metadata ``meta`` and every
+    tensor (name, dtype, shape, bytes) in name order. Stored in the file (``DIGEST_KEY``)
+    and checked by :func:`load_state`, so flipped bytes never load as a silently worse model."""
+    h = hashlib.sha256()
+    h.update(meta.encode("utf-8"))
+    for key in sorted(tensors):
+        t = tensors[key].detach().cpu().contiguous()
+        h.update(f"\0{key}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return f"sha256:{h.hexdigest()}"
+
+
 def save_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """Write a nested structure of tensors and JSON values to one safetensors file, atomically."""
+    """Write a nested structure of tensors and JSON values to one safetensors file, atomically,
+    with the digest of its content in the header (checked on load)."""
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _split(state, tensors, "")
+    meta = json.dumps(skeleton)
     with atomic_path(path) as tmp:
         mode = tmp.stat().st_mode  # as the umask gives it; safetensors re-creates the file 0600
-        save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(skeleton)})
+        save_file(tensors, str(tmp), metadata={_META_KEY: meta,
+                                               DIGEST_KEY: digest(tensors, meta)})
         os.chmod(tmp, stat.S_IMODE(mode))
+
+
+def _check_digest(path: Path, tensors: Mapping[str, torch.Tensor], meta: dict[str, str]) -> None:
+    """Raise ``ValueError`` unless the content of ``path`` matches the digest stored in it; a
+    file without one (written by an older advlab) is accepted with a single warning."""
+    global _warned_no_digest
+    stored = meta.get(DIGEST_KEY)
+    if stored is None:
+        if not _warned_no_digest:
+            _warned_no_digest = True
+            log.warning("%s holds no digest of its content (written by an older advlab): it "
+                        "loads unchecked; files saved from now on carry one (further files "
+                        "without a digest are not reported)", path)
+        return
+    if not re.fullmatch(r"sha256:[0-9a-f]{64}", stored):
+        raise ValueError(f"{path}: expected a digest 'sha256:<64 hex digits>' in the header, "
+                         f"got {stored[:80]!r} (the file is corrupt)")
+    if digest(tensors, meta[_META_KEY]) != stored:
+        raise ValueError(f"{path}: the file is corrupt: its content does not match the digest "
+                         f"stored with it (flipped bytes on disk or in a copy); restore it "
+                         f"from a backup or write it again (retrain, or rerun the command)")
 
 
 def load_state(path: str | os.PathLike) -> dict[str, Any]:
@@ -289,6 +337,8 @@ def _load(path: Path, values: bool) -> dict[str, Any]:
         raise ValueError(f"{path}: not a readable safetensors file ({e})") from e
     if _META_KEY not in meta:
         raise ValueError(f"{path}: safetensors file without advlab metadata")
+    if values:
+        _check_digest(path, tensors, meta)
     try:
         skeleton = json.loads(meta[_META_KEY])
     except ValueError as e:
