@@ -9,6 +9,7 @@ from advlab.attacks.cw import CW
 from advlab.attacks.deepfool import DeepFool
 from advlab.attacks.eot import EOT
 from advlab.attacks.fgsm import FGSM
+from advlab.attacks.hopskipjump import HopSkipJump
 from advlab.attacks.noise import Noise
 from advlab.attacks.optim import Optim
 from advlab.attacks.pgd import PGD
@@ -22,5 +23,5 @@ from advlab.attacks.universal import Universal
 __all__ = [
     "ATTACKS", "CW", "EOT", "FGSM", "PGD", "Attack", "AttackResult", "DeepFool", "Noise",
     "RunOutput", "ThreatModel", "available", "create", "params", "register",
-    "Optim", "Spatial", "Square", "Transfer", "Universal",
+    "HopSkipJump", "Optim", "Spatial", "Square", "Transfer", "Universal",
 ]
