@@ -70,8 +70,23 @@ class PlusMinusOne(nn.Module):
         return self.net((z + 1) / 2)
 
 
+class Bytes(nn.Module):
+    """The same network on inputs in [0, 255]."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = Net()
+
+    def forward(self, z):
+        return self.net(z / 255)
+
+
 def make_net():
     return Net()
+
+
+def make_bytes_net():
+    return Bytes()
 
 
 def make_dict_net():
@@ -161,6 +176,7 @@ def files(tmp_path_factory) -> Files:
                root / "test.pt")
     save_file({"x": x_te, "y": y_te}, str(root / "test.safetensors"))
     np.savez(root / "pm1.npz", x=(2 * x_te - 1).numpy(), y=y_te.numpy())  # in [-1, 1]
+    np.savez(root / "bytes.npz", x=(255 * x_te).numpy(), y=y_te.numpy())  # in [0, 255]
     np.savez(root / "no_y.npz", x=x_te.numpy(), labels=y_te.numpy())
     return Files(root, nets_py, net, x_te, y_te)
 
@@ -509,6 +525,22 @@ def test_bounds_take_data_and_eps_in_the_model_units(files, tmp_path):
     assert m["robust_accuracy"] == pytest.approx(ev.robust_accuracy)
     assert m["eps_given"] == [0.2] and m["eps_pixels"] == [pytest.approx(0.1)]
     assert m["eps_unit"].startswith("model units [-1, 1]") and m["bounds"] == [-1, 1]
+
+
+def test_eval_robust_checks_the_eps_in_pixels(files, tmp_path):
+    """--bounds 0,255 --eps 25.5 is 0.1 in pixels: the protocol's own check (linf eps < 1)
+    sees the converted value."""
+    out = tmp_path / "bytes"
+    res = cli("eval", "robust", "--model", files.spec("make_bytes_net"), "--weights",
+              files["pm1.pt"], "--bounds", "0,255", "--data", files["bytes.npz"], "--n", "30",
+              "--eps", "25.5", "--suite", "quick", "--steps", "3", "--restarts", "1",
+              "--minimal", "none", "--no-rho2", "--no-eps-ref", "--n-checks", "20",
+              "--no-progress", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    assert "25.5 -> 0.1" in res.output
+    m = read_json(out / "metrics.json")
+    assert m["eps_given"] == 25.5 and m["eps_pixels"] == pytest.approx(0.1)
+    assert m["threat"]["eps"] == pytest.approx(0.1) and m["n"] == 30
 
 
 def test_eval_robust_on_my_model_with_a_builtin_dataset(files, tmp_path):

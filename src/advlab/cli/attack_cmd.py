@@ -24,6 +24,7 @@ from advlab.cli.common import (
     WeightsOption,
     apply_data_dir,
     console,
+    eps_in_pixels,
     fail,
     load_companion,
     parse_floats,
@@ -111,6 +112,9 @@ def attack_command(
             steps=steps, norm=norm, alpha=alpha, restarts=restarts, random_start=random_start,
             c=c, kappa=kappa, lr=lr, binary_search_steps=binary_search_steps,
             overshoot=overshoot, num_classes=num_classes, early_stop=early_stop, seed=seed))
+        eps_given, eps_list = eps_list, eps_in_pixels(eps_list, bounds)  # --bounds: model units
+        if params.get("alpha") is not None:
+            params["alpha"] = eps_in_pixels(params["alpha"], bounds)
         if cls.minimal:
             create(attack, **params)
         else:
@@ -120,9 +124,6 @@ def attack_command(
                                 dataset=dataset_name, split=split, n=n, default_n=1000,
                                 seed=seed, device=device)
         model, dataset, ds, dev = target.model, target.dataset, target.data, target.device
-        eps_given, eps_list = eps_list, target.to_pixels(eps_list)  # --bounds: model units
-        if params.get("alpha") is not None:
-            params["alpha"] = target.to_pixels(params["alpha"])
         sur = source = None
         if surrogate is not None:
             sur = load_companion(surrogate, "--surrogate", dataset, dev)

@@ -214,12 +214,26 @@ class Target:
                 f"[0, 1] as eps / {hi - lo:g}: {pairs}")
 
 
-def _pair(spec: str, option: str) -> tuple[float, float]:
-    values = parse_floats(spec, option)
+def parse_bounds(spec: str | None) -> tuple[float, float] | None:
+    """``--bounds LO,HI`` as (lo, hi) with lo < hi; None when not given."""
+    if spec is None:
+        return None
+    values = parse_floats(spec, "--bounds")
     if len(values) != 2 or not values[0] < values[1]:
-        raise ValueError(f"expected {option} LO,HI with LO < HI (e.g. -1,1 or 0,255), "
+        raise ValueError(f"expected --bounds LO,HI with LO < HI (e.g. -1,1 or 0,255), "
                          f"got {spec!r}")
     return values[0], values[1]
+
+
+def eps_in_pixels(eps: Any, bounds: str | None) -> Any:
+    """A budget (a number, a list of them, or None) given in the units of ``--bounds LO,HI``,
+    in pixels [0, 1]: eps / (HI − LO). Unchanged without ``--bounds``. Commands convert before
+    checking a budget, so that the checks (an linf eps < 1, ...) see pixels."""
+    box = parse_bounds(bounds)
+    if eps is None or box is None:
+        return eps
+    scale = box[1] - box[0]
+    return [e / scale for e in eps] if isinstance(eps, list) else eps / scale
 
 
 def _check_target_options(run: Path | None, model: str | None, given: dict[str, Any],
@@ -301,7 +315,7 @@ def resolve_target(run: Path | None, *, model: str | None = None, weights: Path 
     given = {"--weights": weights, "--mean": mean, "--std": std, "--bounds": bounds,
              "--output-key": output_key}
     _check_target_options(run, model, given, data_file, dataset)
-    box = _pair(bounds, "--bounds") if bounds is not None else None
+    box = parse_bounds(bounds)
     mean_v = parse_floats(mean, "--mean") if mean is not None else None
     std_v = parse_floats(std, "--std") if std is not None else None
     dev = resolve_device(device)

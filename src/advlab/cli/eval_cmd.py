@@ -23,6 +23,7 @@ from advlab.cli.common import (
     WeightsOption,
     apply_data_dir,
     console,
+    eps_in_pixels,
     fail,
     load_companion,
     parse_floats,
@@ -149,13 +150,14 @@ def robust(
     setup_logging()
     apply_data_dir(data_dir)
     try:
-        threat = ThreatModel(norm, eps)
+        threat = ThreatModel(norm, eps_in_pixels(eps, bounds))  # --bounds: eps in model units
         if minimal not in ("deepfool", "cw", "none"):
             raise ValueError(f"expected --minimal deepfool, cw or none, got {minimal!r}")
         check_protocol(threat, steps=steps, restarts=restarts, eot=eot, n_checks=n_checks,
                        minimal=None if minimal == "none" else minimal, batch_size=batch_size,
                        suite=suite)
-        grid = parse_floats(eps_list, "--eps-list", low=0.0) if eps_list else None
+        grid = eps_in_pixels(parse_floats(eps_list, "--eps-list", low=0.0) if eps_list else None,
+                             bounds)
         aa = AutoAttackSettings(steps=aa_steps, n_target_classes=aa_targets,
                                 square_queries=square_queries)
         target = resolve_target(run, model=model_spec, weights=weights, mean=mean, std=std,
@@ -163,8 +165,6 @@ def robust(
                                 dataset=dataset_name, split=split, n=n, default_n=1000,
                                 seed=seed, device=device)
         model, dataset, ds, dev = target.model, target.dataset, target.data, target.device
-        threat = ThreatModel(norm, target.to_pixels(eps))  # --bounds: eps in model units
-        grid = target.to_pixels(grid)
         sur = load_companion(surrogate, "--surrogate", dataset, dev) if surrogate else None
         report = new_run_dir("eval-robust", out)
         report.write_config({"command": "eval robust", **target.record,
