@@ -616,3 +616,22 @@ def test_universal_needs_a_builtin_training_set(files, tmp_path):
               files["test.npz"], "-a", "universal", "--eps", "0.1", "--out", str(tmp_path / "u"))
     assert res.exit_code == 2 and "give --dataset NAME instead of --data" in res.output
     assert not (tmp_path / "u").exists()
+
+
+def test_a_run_of_advlab_on_my_data(files, tmp_path):
+    """RUN with --data: an advlab model evaluated on a data file (its data set's name kept)."""
+    from advlab import models
+    from advlab.weights import load_model, save_model
+
+    torch.manual_seed(0)
+    save_model(tmp_path / "run", models.create("mlp", "digits"), {"dataset": "digits"})
+    target = resolve_target(tmp_path / "run", data_file=Path(files["test.npz"]), device="cpu")
+    assert target.dataset == "digits" and target.train_dataset == "digits"
+    assert target.record == {"source_run": str(tmp_path / "run"), "data": files["test.npz"]}
+    assert len(target.data) == 200 and target.data.split == "file"
+    res = cli("eval", str(tmp_path / "run"), "--data", files["test.npz"], "--out",
+              str(tmp_path / "ev"))
+    assert res.exit_code == 0, res.output
+    net = load_model(tmp_path / "run")
+    expected = (logits(net, files.x).argmax(1) == files.y).float().mean().item()
+    assert read_json(tmp_path / "ev" / "metrics.json")["test_acc"] == pytest.approx(expected)
