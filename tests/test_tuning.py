@@ -109,7 +109,7 @@ def test_a_model_without_input_gradient_is_measured_and_flagged_not_crashed(meas
 def test_a_slow_model_is_measured_once_and_larger_batches_are_skipped(measured, monkeypatch):
     calls = []
 
-    def fake(model, shape, batch, device, reps):
+    def fake(model, shape, batch, device, reps, deadline=None):
         calls.append(batch)
         return {8: (2e-3, False), 16: (1e-3, True)}[batch]  # 16 is slow: stop there
 
@@ -136,3 +136,77 @@ def test_the_slow_call_threshold_ends_the_measurement_after_the_warm_up(measured
     monkeypatch.setattr(tuning, "SLOW_CALL", 1e9)
     per, slow = tuning._time_per_example(model, (1, 4, 4), 8, torch.device("cpu"), reps=3)
     assert not slow and model.calls == 1 + 4
+
+
+# --- issue 16, item 9: a bad cache is ignored, named and rewritten; the measurement is short -
+
+
+@pytest.fixture
+def fresh_warning(monkeypatch):
+    monkeypatch.setattr(tuning, "_warned_bad_cache", False, raising=False)
+
+
+@pytest.mark.parametrize("bad", [0, -3, "fifty", [50], 2.5, True, None])
+def test_a_wrong_cached_value_is_ignored_named_and_rewritten(measured, fresh_warning, caplog,
+                                                             bad):
+    model = _model()
+    key = tuning._key(model, (1, 4, 4), torch.device("cpu"))
+    cache = measured / "batch_sizes.json"
+    cache.write_text(json.dumps({key: bad, "other": 100}))
+    with caplog.at_level("WARNING", logger="advlab"):
+        b = tuning.auto_batch_size(model, (1, 4, 4), "cpu", candidates=(8, 16), reps=1)
+        tuning._memo.clear()
+        assert tuning.auto_batch_size(model, (1, 4, 4), "cpu", candidates=(8, 16)) == b
+    assert b in (8, 16)
+    assert json.loads(cache.read_text()) == {key: b, "other": 100}  # rewritten, the rest kept
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and str(cache) in warned[0]
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", '"fifty"', "{not json", '{"k": {"nested": 1}}'])
+def test_a_malformed_cache_file_is_ignored_named_and_rewritten(measured, fresh_warning, caplog,
+                                                               text):
+    cache = measured / "batch_sizes.json"
+    cache.write_text(text)
+    with caplog.at_level("WARNING", logger="advlab"):
+        b = tuning.auto_batch_size(_model(), (1, 4, 4), "cpu", candidates=(8, 16), reps=1)
+    assert b in (8, 16) and b in json.loads(cache.read_text()).values()
+    assert any(str(cache) in r.getMessage() for r in caplog.records
+               if r.levelname == "WARNING")
+
+
+def test_the_measurement_is_announced_in_one_line_naming_the_cache(measured, caplog):
+    with caplog.at_level("INFO", logger="advlab"):
+        tuning.auto_batch_size(_model(), (1, 4, 4), "cpu", candidates=(8, 16), reps=1)
+    said = [r.getMessage() for r in caplog.records if r.name == "advlab.tuning"]
+    assert len(said) == 1 and "\n" not in said[0]
+    assert str(measured / "batch_sizes.json") in said[0] and "once" in said[0]
+    caplog.clear()
+    tuning._memo.clear()
+    with caplog.at_level("INFO", logger="advlab"):  # cached: nothing to announce
+        tuning.auto_batch_size(_model(), (1, 4, 4), "cpu", candidates=(8, 16), reps=1)
+    assert [r for r in caplog.records if r.name == "advlab.tuning"] == []
+
+
+def test_the_measurement_takes_about_two_seconds_at_most(measured):
+    """A model whose every call takes 0.25 s: five candidates of four calls each would take
+    five seconds; the measurement stops at its budget with the best size seen so far."""
+    import time
+
+    class Sleepy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = _model()
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            time.sleep(0.25)
+            return self.net(x)
+
+    model = Sleepy()
+    t = time.perf_counter()
+    b = tuning.auto_batch_size(model, (1, 4, 4), "cpu")
+    elapsed = time.perf_counter() - t
+    assert b in tuning.CANDIDATES and elapsed < tuning.BUDGET + 0.6
+    assert model.calls <= 9

@@ -8,6 +8,11 @@ and returns the one with the least time per example. The answer is cached in a J
 by the model (class, parameter shapes), the input shape, the device, the number of threads and
 the torch version, so each machine measures each model once.
 
+The measurement is announced in one log line naming the cache file and stops after about
+``BUDGET`` (2) seconds with the best size seen. A cache file holding anything but batch sizes
+(a 0, a string, a list, or no JSON at all) is reported once, naming it, its bad entries ignored
+and the file rewritten.
+
 The cache lives in ``$ADVLAB_CACHE`` if set, else ``~/.cache/advlab``; ``ADVLAB_BATCH_SIZE``
 overrides the measurement with a fixed number (e.g. for exactly reproducible random starts
 across machines: a random start is drawn per batch, so it depends on the batch boundaries).
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import statistics
 import time
@@ -32,7 +38,12 @@ CANDIDATES = (50, 100, 250, 500, 1000)
 # seconds: a call slower than this (a defense that runs an optimization in every forward, e.g.
 # a projection onto a generator's range) is measured once, and no larger batch is tried
 SLOW_CALL = 2.0
+# seconds: the whole measurement stops once it has taken this long (with the best size seen)
+BUDGET = 2.0
+CACHE_FILE = "batch_sizes.json"
 _memo: dict[str, int] = {}
+_warned_bad_cache = False  # a malformed cache file is reported once per process
+log = logging.getLogger(__name__)
 
 
 def cache_dir() -> Path:
@@ -51,10 +62,12 @@ def _key(model: nn.Module, sample_shape: Sequence[int], device: torch.device) ->
 
 
 def _time_per_example(model: nn.Module, sample_shape: Sequence[int], batch: int,
-                      device: torch.device, reps: int) -> tuple[float, bool]:
-    """Median seconds per example of ``reps`` timed calls after a warm-up call, and whether
-    the model is slow (the warm-up took more than ``SLOW_CALL`` s: then that call alone is
-    the measurement, and larger batches are not tried)."""
+                      device: torch.device, reps: int,
+                      deadline: float | None = None) -> tuple[float, bool]:
+    """Median seconds per example of up to ``reps`` timed calls after a warm-up call, and
+    whether to stop measuring (try no larger batch): the warm-up took more than ``SLOW_CALL``
+    s (that call alone is then the measurement), or the clock passed ``deadline`` (the calls
+    timed so far are the measurement, at least one)."""
     x = torch.rand(batch, *sample_shape, device=device)
     times = []
     for _ in range(reps + 1):  # the first call warms up allocator and kernels
@@ -70,9 +83,43 @@ def _time_per_example(model: nn.Module, sample_shape: Sequence[int], batch: int,
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - t)
-        if len(times) == 1 and times[0] > SLOW_CALL:
+        late = deadline is not None and time.perf_counter() > deadline
+        if len(times) == 1 and (times[0] > SLOW_CALL or late):
             return times[0] / batch, True
-    return statistics.median(times[1:]) / batch, False
+        if late:
+            break
+    return statistics.median(times[1:]) / batch, late
+
+
+def _valid(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _read_cache(path: Path) -> tuple[dict[str, int], bool]:
+    """The valid entries of the cache file ``path`` and whether it held anything else (not
+    JSON, not a mapping, or a value that is not a batch size >= 1): such a file is reported
+    once (naming it), its bad entries ignored, and it is rewritten after the measurement."""
+    global _warned_bad_cache
+    try:
+        if not path.is_file():
+            return {}, False
+        known = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        known, problem = {}, f"unreadable ({e})"
+    else:
+        problem = None
+        if not isinstance(known, dict):
+            known, problem = {}, f"expected a JSON object, got {type(known).__name__}"
+    good = {k: v for k, v in known.items() if _valid(v)}
+    bad = sorted(set(known) - set(good))
+    if bad and problem is None:
+        problem = (f"expected batch sizes >= 1, got {known[bad[0]]!r}"
+                   + (f" and {len(bad) - 1} more bad entries" if len(bad) > 1 else ""))
+    if problem is not None and not _warned_bad_cache:
+        _warned_bad_cache = True
+        log.warning("ignoring the bad entries of the batch-size cache %s (%s); they are "
+                    "measured again and the file rewritten", path, problem)
+    return good, problem is not None
 
 
 def auto_batch_size(model: nn.Module, sample_shape: Sequence[int],
@@ -95,31 +142,30 @@ def auto_batch_size(model: nn.Module, sample_shape: Sequence[int],
     device = torch.device(device)
     key = _key(model, sample_shape, device)
     best = _memo.get(key)
-    path = cache_dir() / "batch_sizes.json"
-    if best is None and cache and path.is_file():
-        try:
-            best = json.loads(path.read_text()).get(key)
-        except (OSError, ValueError):
-            best = None  # an unreadable cache is measured again and rewritten
+    path = cache_dir() / CACHE_FILE
+    if best is None and cache:
+        best = _read_cache(path)[0].get(key)
     if best is None:
+        log.info("measuring the fastest attack batch size for this model on %s (about %g s, "
+                 "once: the answer is cached in %s)", device, BUDGET,
+                 path if cache else "memory")
         flags = [m.training for m in model.modules()]
         model.eval()
+        deadline = time.perf_counter() + BUDGET
         try:
             with torch.inference_mode(False), torch.enable_grad():
                 per = {}
                 for b in sorted(candidates):
-                    per[b], slow = _time_per_example(model, sample_shape, b, device, reps)
-                    if slow:
+                    per[b], stop = _time_per_example(model, sample_shape, b, device, reps,
+                                                     deadline)
+                    if stop:
                         break
         finally:
             for m, f in zip(model.modules(), flags, strict=True):
                 m.training = f
         best = min(per, key=per.get)
         if cache:
-            try:
-                known = json.loads(path.read_text()) if path.is_file() else {}
-            except (OSError, ValueError):
-                known = {}
+            known = _read_cache(path)[0]  # bad entries are dropped from the rewritten file
             known[key] = best
             try:
                 write_json(path, known)
