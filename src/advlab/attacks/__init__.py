@@ -8,6 +8,7 @@ from advlab.attacks.base import Attack, AttackResult, RunOutput
 from advlab.attacks.cw import CW
 from advlab.attacks.deepfool import DeepFool
 from advlab.attacks.eot import EOT
+from advlab.attacks.fab import FAB, FABT
 from advlab.attacks.fgsm import FGSM
 from advlab.attacks.hopskipjump import HopSkipJump
 from advlab.attacks.noise import Noise
@@ -22,6 +23,6 @@ from advlab.attacks.universal import Universal
 
 __all__ = [
     "ATTACKS", "CW", "EOT", "FGSM", "PGD", "Attack", "AttackResult", "DeepFool", "Noise",
-    "RunOutput", "ThreatModel", "available", "create", "params", "register",
+    "RunOutput", "ThreatModel", "available", "create", "params", "register", "FAB", "FABT",
     "HopSkipJump", "Optim", "Spatial", "Square", "Transfer", "Universal",
 ]
