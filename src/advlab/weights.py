@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import platform
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +187,31 @@ def read_model_meta(path: str | Path) -> dict[str, Any]:
     return read_checked(_weights_path(path), (KIND, GENERATIVE_KIND), values=False)["meta"]
 
 
+def build_checked(build: Callable[[], nn.Module], weights: dict[str, Any], source: Any
+                  ) -> nn.Module:
+    """``build()`` (the architecture a file's spec describes) once its tensor names and shapes
+    are known to fit ``weights``: it is first built on the meta device, which allocates
+    nothing, so a spec asking for absurd sizes is refused (ValueError) before any memory is
+    spent on it. The model built for real then holds no more than the file's tensors."""
+    try:
+        with torch.device("meta"):
+            skeleton = build()
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{source}: cannot rebuild the architecture from the file's spec "
+                         f"({e})") from e
+    except (RuntimeError, NotImplementedError):  # an operation meta tensors lack
+        skeleton = None  # checked after the real build, as before
+    if skeleton is not None:
+        check_state_dict(skeleton, weights, source)
+    try:
+        model = build()
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{source}: cannot rebuild the architecture from the file's spec "
+                         f"({e})") from e
+    check_state_dict(model, weights, source)
+    return model
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild and load a model saved by :func:`save_model` (a file or a run directory)."""
     from advlab import models
@@ -193,12 +219,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
     dev = resolve_device(device)  # unknown or unavailable devices fail before any reading
     path = _weights_path(path)
     state = read_checked(path, (KIND,))
-    try:
-        model = models.from_spec(state["meta"]["spec"])
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"{path}: cannot rebuild the architecture from the file's spec "
-                         f"({e})") from e
-    check_state_dict(model, state["model"], path)
+    model = build_checked(lambda: models.from_spec(state["meta"]["spec"]), state["model"], path)
     model.load_state_dict(state["model"])
     return model.to(dev).eval()
 

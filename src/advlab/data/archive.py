@@ -48,18 +48,54 @@ def member_target(member: tarfile.TarInfo, dest: Path, archive: str | os.PathLik
     return target
 
 
-def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike) -> list[Path]:
+MAX_EXTRACT_BYTES = 1 << 31  # 2 GiB: far above the CIFAR-10 archive's 178 MB
+MAX_MEMBERS = 100_000
+_GZIP_RATIO = 1032  # deflate expands at most about 1032-fold
+
+
+def _size_bound(archive: Path, max_bytes: int) -> tuple[int, str]:
+    """The most bytes ``archive`` can hold once extracted, and why: an uncompressed tar holds
+    its members' bytes, a gzip one at most ~1032 times its size; ``max_bytes`` caps both."""
+    size = archive.stat().st_size
+    with open(archive, "rb") as f:
+        magic = f.read(6)
+    if magic[:2] == b"\x1f\x8b":
+        bound, why = _GZIP_RATIO * size, f"a gzip file of {size} bytes inflates at most " \
+                                          f"{_GZIP_RATIO}-fold"
+    elif magic[:3] == b"BZh" or magic == b"\xfd7zXZ\x00":
+        bound, why = max_bytes, "the extraction limit"
+    else:
+        bound, why = size, f"an uncompressed tar of {size} bytes"
+    return (bound, why) if bound <= max_bytes else (max_bytes, "the extraction limit")
+
+
+def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike, *,
+                 max_bytes: int = MAX_EXTRACT_BYTES,
+                 max_members: int = MAX_MEMBERS) -> list[Path]:
     """Extract ``archive`` (any compression tarfile reads) into ``dest``; return the files written.
 
     All members are validated first (see the module docstring); a refused member raises
-    ``DataError`` before any file is written.
+    ``DataError`` before any file is written. So does an archive whose members declare more
+    bytes than it can hold (``max_bytes``, and for an uncompressed or gzip tar what its size
+    allows) or more than ``max_members`` members: the headers are read one at a time, so a
+    small archive cannot make advlab list or write what it declares.
     """
     dest = Path(os.path.realpath(dest))
-    dest.mkdir(parents=True, exist_ok=True)
     try:
+        bound, why = _size_bound(Path(archive), max_bytes)
         with tarfile.open(archive, "r:*") as tar:
-            members = tar.getmembers()
-            plan = [(m, member_target(m, dest, archive)) for m in members]
+            plan, total = [], 0
+            while (member := tar.next()) is not None:
+                if len(plan) >= max_members:
+                    raise DataError(f"{archive}: more than {max_members} members; refusing "
+                                    "to extract it")
+                plan.append((member, member_target(member, dest, archive)))
+                total += member.size if member.isfile() else 0
+                if total > bound:
+                    raise DataError(f"{archive}: its members declare {total} bytes, more than "
+                                    f"it can hold: at most {bound} ({why}); refusing to "
+                                    "extract it")
+            dest.mkdir(parents=True, exist_ok=True)
             written: list[Path] = []
             for member, target in plan:
                 if member.isdir():

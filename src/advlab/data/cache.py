@@ -88,13 +88,15 @@ def read_idx_cached(path: str | os.PathLike, *, ndim: int, dtype_code: int = UBY
     if _cached(entry):
         expected = _header_shape(path, ndim)
         try:
-            cached = np.load(entry, allow_pickle=False)
+            # mapped, not read: the header's shape is checked against the file's size (and
+            # then the source's) before anything of that size is allocated
+            cached = np.load(entry, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError, EOFError) as err:
             log.warning("ignoring unreadable cache entry %s (%s)", entry, err)
         else:
             if (expected is not None and cached.shape == expected
                     and cached.dtype == IDX_DTYPES[dtype_code].newbyteorder("=")):
-                return cached
+                return np.array(cached)
             log.warning("ignoring cache entry %s: %s %s does not match the source header %s",
                         entry, cached.dtype, cached.shape, expected)
     array = read_idx(path, dtype_code=dtype_code, ndim=ndim)

@@ -13,8 +13,10 @@ else before it is called.
 from __future__ import annotations
 
 import io
+import math
 import os
 import pickle
+import pickletools
 import struct
 from pathlib import Path
 from typing import Any
@@ -41,32 +43,113 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
 }
 
 
+class _BoundedArray(np.ndarray):
+    """The arrays a restricted pickle rebuilds: their declared size is checked against the
+    file's before numpy allocates it (``__setstate__`` gives the real shape)."""
+
+    _limit = 0  # bytes: the size of the pickle being read
+
+    def __setstate__(self, state) -> None:
+        shape, dtype = (state[1], state[2]) if len(state) == 5 else (state[0], state[1])
+        _check_size(shape, dtype, self._limit)
+        super().__setstate__(state)
+
+
+def _check_size(shape: Any, dtype: Any, limit: int) -> None:
+    """Raise ``UnpicklingError`` unless an array of ``shape`` and ``dtype`` can be held by a
+    pickle of ``limit`` bytes (its values must be in it); object arrays are refused."""
+    shape = (shape,) if isinstance(shape, int) else shape
+    if not isinstance(shape, tuple) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise pickle.UnpicklingError(f"expected an array shape of integers >= 0, got {shape!r}")
+    try:
+        dt = np.dtype(dtype.decode("latin1") if isinstance(dtype, bytes) else dtype)
+    except (TypeError, ValueError) as err:
+        raise pickle.UnpicklingError(f"not a numpy dtype: {dtype!r} ({err})") from None
+    if dt.hasobject:
+        raise pickle.UnpicklingError("refusing an array of Python objects (dtype object): a "
+                                     "CIFAR-10 batch holds only numbers")
+    size = math.prod(shape) * dt.itemsize  # Python ints: no overflow
+    if size > limit:
+        raise pickle.UnpicklingError(f"the pickle declares an array of shape {shape} "
+                                     f"({size} bytes), more than its {limit} bytes can hold")
+
+
 class RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that resolves only ``ALLOWED_GLOBALS``; any other global is an error."""
+    """An unpickler that resolves only ``ALLOWED_GLOBALS``; any other global is an error.
+
+    Arrays are rebuilt as ``_BoundedArray`` (checked against ``limit``, the pickle's size, so
+    a small file cannot make numpy allocate what it declares); ``restricted_load`` turns them
+    back into plain arrays."""
+
+    def __init__(self, file: Any, *, limit: int, **kwargs: Any) -> None:
+        super().__init__(file, **kwargs)
+        self.limit = limit
 
     def find_class(self, module: str, name: str) -> Any:
         try:
-            return ALLOWED_GLOBALS[(module, name)]
+            found = ALLOWED_GLOBALS[(module, name)]
         except KeyError:
             raise pickle.UnpicklingError(
                 f"refusing to load global {module}.{name}: a CIFAR-10 batch only needs "
                 + ", ".join(f"{m}.{n}" for m, n in ALLOWED_GLOBALS)
             ) from None
+        if found is _reconstruct:
+            bounded = type("_BoundedArray", (_BoundedArray,), {"_limit": self.limit})
+
+            def reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+                _check_size(shape, dtype, self.limit)
+                return _reconstruct(bounded, shape, dtype)
+
+            return reconstruct
+        return found
+
+
+def _check_lengths(raw: bytes) -> None:
+    """Raise ``UnpicklingError`` when an opcode of the pickle ``raw`` declares more bytes than
+    the file holds (a string, bytes or frame length): the C unpickler would allocate the
+    declared size before reading."""
+    try:
+        for op, arg, pos in pickletools.genops(io.BytesIO(raw)):
+            if op.name == "FRAME" and arg > len(raw) - pos:
+                raise ValueError(f"a frame of {arg} bytes at byte {pos}")
+    except ValueError as err:  # genops: "expected N bytes in a bytes8, but only M remain"
+        raise pickle.UnpicklingError(f"a length in the pickle exceeds the file ({err})") \
+            from None
+
+
+def _plain(obj: Any) -> Any:
+    """``obj`` with every ``_BoundedArray`` in dicts, lists and tuples as a plain ndarray."""
+    if isinstance(obj, _BoundedArray):
+        return obj.view(np.ndarray)
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain(v) for v in obj)
+    return obj
 
 
 def restricted_load(path: str | os.PathLike) -> Any:
-    """Unpickle ``path`` with ``RestrictedUnpickler`` (Python 2 strings decoded as latin-1)."""
+    """Unpickle ``path`` with ``RestrictedUnpickler`` (Python 2 strings decoded as latin-1).
+
+    Every size the pickle declares (string and frame lengths, array shapes) is checked
+    against the file's size before anything of that size is allocated."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            return RestrictedUnpickler(f, encoding="latin1").load()
-    except pickle.UnpicklingError as err:
-        raise DataError(f"{path}: {err}") from err
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as err:
-        raise DataError(f"{path}: not a readable CIFAR-10 pickle ({type(err).__name__}: {err})"
-                        ) from err
+            raw = f.read()
     except OSError as err:  # permissions, I/O error, a directory where the file should be
         raise read_error(path, err) from err
+    try:
+        _check_lengths(raw)
+        return _plain(RestrictedUnpickler(io.BytesIO(raw), limit=len(raw),
+                                          encoding="latin1").load())
+    except pickle.UnpicklingError as err:
+        raise DataError(f"{path}: {err}") from err
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            MemoryError) as err:
+        raise DataError(f"{path}: not a readable CIFAR-10 pickle ({type(err).__name__}: {err})"
+                        ) from err
 
 
 def _field(batch: dict, key: str, path: Path) -> Any:

@@ -15,7 +15,13 @@ import torch
 from advlab.device import resolve_device
 from advlab.generative.base import GenerativeModel, from_spec
 from advlab.io import save_state, write_json
-from advlab.weights import WEIGHTS_FILE, check_state_dict, library_versions, read_checked
+from advlab.weights import (
+    WEIGHTS_FILE,
+    build_checked,
+    check_state_dict,
+    library_versions,
+    read_checked,
+)
 
 KIND = "advlab-generative-model"
 
@@ -47,11 +53,8 @@ def load_generative(path: str | Path, device: str | torch.device = "cpu") -> Gen
     dev = resolve_device(device)  # unknown or unavailable devices fail before any reading
     path = _path(path, must_exist=True)
     state = read_checked(path, (KIND,))  # kind, spec, tensors, and the .json beside it
-    try:
-        model = from_spec(state["meta"]["spec"])
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"{path}: cannot rebuild the architecture from the file's spec "
-                         f"({e})") from e
+    # shapes compared on the meta device first: an absurd spec allocates nothing
+    model = build_checked(lambda: from_spec(state["meta"]["spec"]), state["model"], path)
     load_checked(model, state["model"], path)
     return model.to(dev).eval()
 

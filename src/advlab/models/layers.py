@@ -22,8 +22,10 @@ class Normalize(nn.Module):
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
-        mean_t = torch.as_tensor(list(mean), dtype=torch.float32)
-        std_t = torch.as_tensor(list(std), dtype=torch.float32)
+        # checked as Python numbers, so a model can be built on the meta device (weights
+        # files compare shapes that way before allocating anything)
+        mean_t = torch.as_tensor(list(mean), dtype=torch.float32, device="cpu")
+        std_t = torch.as_tensor(list(std), dtype=torch.float32, device="cpu")
         if mean_t.dim() != 1 or mean_t.shape != std_t.shape or mean_t.numel() == 0:
             raise ValueError(
                 f"expected mean and std as equal-length non-empty sequences, got "
