@@ -28,9 +28,9 @@ def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1000,
     model.eval()
     if device is None:
         device = next(model.parameters()).device
-    try:
+    try:  # no points: the model runs once on the empty batch, so the result is (0, K)
         out = [model(x[i:i + batch_size].to(device)).float().cpu()
-               for i in range(0, x.shape[0], batch_size)]
+               for i in range(0, max(x.shape[0], 1), batch_size)]
     finally:
         model.train(was_training)
     return torch.cat(out)
@@ -38,6 +38,8 @@ def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1000,
 
 def evaluate(model: nn.Module, data: TensorSet, batch_size: int = 1000,
              device: torch.device | str | None = None) -> Evaluation:
+    if len(data.y) == 0:
+        raise ValueError("expected at least one example to evaluate, got none")
     logits = predict_logits(model, data.x, batch_size, device)
     y = data.y.cpu()
     loss = F.cross_entropy(logits, y).item()

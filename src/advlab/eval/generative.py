@@ -44,6 +44,8 @@ def _batched_mean(model, x, batch_size, fn) -> float:
         raise ValueError(f"expected a VAE (a model with elbo/iw_bound), got "
                          f"{type(model).__name__}")
     model.check_data(x)
+    if x.shape[0] == 0:
+        raise ValueError("expected at least one example, got an empty x")
     was_training = model.training
     model.eval()
     device = model.device
@@ -86,7 +88,7 @@ def classifier_features(classifier: nn.Module, x: torch.Tensor, batch_size: int 
     device = next(classifier.parameters()).device
     feats, probs = [], []
     try:
-        for i in range(0, x.shape[0], batch_size):
+        for i in range(0, max(x.shape[0], 1), batch_size):  # no points: one empty batch
             captured.clear()
             logits = classifier(x[i:i + batch_size].to(device))
             feats.append(captured[-1].double().cpu())
