@@ -430,15 +430,24 @@ def resume_hint(run: RunDir, checkpoint: str = CHECKPOINT) -> str:
             f"--out {run.path} to start it again")
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a training job; its message says what survives and how to continue."""
+
+
 @contextmanager
 def training_run(run: RunDir) -> Iterator[None]:
     """What a training job holds on its run directory: the lock (``lock_run``) and the log.
 
     A full disk (``DiskFullError`` from any writer) ends the job with a one-line error that
-    says so, names the checkpoint that survives and how to resume (``resume_hint``)."""
+    says so, names the checkpoint that survives and how to resume (``resume_hint``); Ctrl-C
+    raises ``TrainingInterrupted`` (a ``KeyboardInterrupt``) saying the same."""
     with lock_run(run), log_to_run(run):
         try:
             yield
         except DiskFullError as e:
             raise DiskFullError(f"{e}; {resume_hint(run)} once space is freed",
                                 e.errno) from e
+        except KeyboardInterrupt as e:
+            if isinstance(e, TrainingInterrupted):
+                raise
+            raise TrainingInterrupted(resume_hint(run)) from None

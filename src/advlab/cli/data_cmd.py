@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from advlab.cli.common import DataDirOption, apply_data_dir, console, fail
+from advlab.cli.common import DataDirOption, apply_data_dir, console, fail, setup_logging
 
 app = typer.Typer(help="List, describe and download data sets.", no_args_is_help=True)
 
@@ -50,6 +50,7 @@ def prepare(name: str, data_dir: Path | None = DataDirOption) -> None:
     """Download a data set from its official location (checksums verified) into the data root."""
     from advlab import data
 
+    setup_logging()  # what prepare finds (a local file that failed its checksum) is shown
     apply_data_dir(data_dir)
     try:
         where = data.prepare(name)

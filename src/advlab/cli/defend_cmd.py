@@ -184,6 +184,10 @@ def latent(
         run, metrics = train_latent_run(job, out, resume=resume, progress=progress)
     except training_errors() as e:
         fail(str(e))
+    except KeyboardInterrupt as e:
+        from advlab.cli.train_cmd import interrupted
+
+        interrupted(e)
     console.print(f"{code}/{head} on {metrics['dataset']}: test accuracy "
                   f"{metrics['test_acc']:.4f} ({metrics['n_test']} points)")
     console.print(f"results in [bold]{run.path}[/]")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 import yaml
@@ -14,6 +15,7 @@ from advlab.cli.common import (
     OutOption,
     apply_data_dir,
     console,
+    err_console,
     fail,
     setup_logging,
     training_errors,
@@ -99,12 +101,25 @@ def classifier(
                                         progress=progress, extra_config=extra)
     except training_errors() as e:
         fail(str(e))
+    except KeyboardInterrupt as e:
+        interrupted(e)
     table = Table("metric", "value")
     table.add_row("test accuracy", f"{metrics['test_acc']:.4f}")
     table.add_row("epochs", str(metrics["epochs_completed"]))
     table.add_row("seconds / epoch", f"{metrics['mean_epoch_seconds']:.2f}")
     console.print(table)
     console.print(f"results in [bold]{run.path}[/]")
+
+
+def interrupted(e: KeyboardInterrupt) -> NoReturn:
+    """Ctrl-C during a training command: one line saying what survives and how to continue
+    (``--resume``), exit status 130 (128 + SIGINT, as a shell reports it)."""
+    from advlab.runs import TrainingInterrupted
+
+    message = str(e) if isinstance(e, TrainingInterrupted) else \
+        "before training started: nothing was written, nothing to resume"
+    err_console.print(f"[bold yellow]interrupted:[/] {message}", highlight=False)
+    raise typer.Exit(130)
 
 
 def _read_job_config(path: Path) -> dict:
@@ -268,6 +283,8 @@ def generative(
         run, metrics = train_generative(job, out, resume=resume, progress=progress, given=given)
     except training_errors() as e:
         fail(str(e))
+    except KeyboardInterrupt as e:
+        interrupted(e)
     table = Table("metric", "value")
     for key, label, fmt in (
             ("test_negative_elbo", "test negative ELBO (nats)", "{:.2f}"),

@@ -225,10 +225,13 @@ def _prepare_cifar(target_root: Path) -> Path:
     resource = DOWNLOADS["cifar10"]["cifar-10-python.tar.gz"]
     archive = target / resource.filename
     try:
-        present = archive.is_file() and md5sum(archive) == resource.md5
+        digest = md5sum(archive) if archive.is_file() else None
     except OSError as err:
         raise read_error(archive, err) from err
-    if not present:
+    if digest is not None and digest != resource.md5:
+        log.warning("%s failed its checksum (md5 %s, expected %s: a partial or corrupt "
+                    "download?); downloading it again", archive, digest, resource.md5)
+    if digest != resource.md5:
         archive = fetch(resource, target)
     staging = Path(tempfile.mkdtemp(dir=target, prefix=".extract-"))
     try:
