@@ -225,16 +225,64 @@ def test_an_existing_directory_that_cannot_be_written_is_a_one_line_error(tmp_pa
         new_run_dir("train", out)
 
 
+@pytest.fixture(scope="module")
+def classifier_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("clf") / "run"
+    res = runner.invoke(app, ["train", "classifier", "--model", "lrl", "--n-train", "200",
+                              "--epochs", "1", "--device", "cpu", "--no-progress",
+                              "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    return out
+
+
 @pytest.mark.parametrize("command", [
     ["train", "classifier", "--model", "lrl", "--epochs", "1", "--device", "cpu"],
     ["train", "generative", "--dataset", "ring8", "--epochs", "1", "--device", "cpu"],
     ["demo", "--quick", "--device", "cpu"],
+    ["eval", "RUN"],
+    ["eval", "robust", "RUN", "--suite", "quick", "--eps", "0.1", "--n", "10"],
+    ["attack", "RUN", "--attack", "fgsm", "--eps", "0.1", "--n", "10"],
+    ["defend", "svd", "RUN", "--n", "10"],
 ])
-def test_every_command_reports_an_out_under_a_file_in_one_line(tmp_path, command):
+def test_every_command_reports_an_out_under_a_file_in_one_line(tmp_path, command,
+                                                               classifier_run):
     blocker = tmp_path / "file"
     blocker.write_text("x")
+    command = [str(classifier_run) if a == "RUN" else a for a in command]
     res = runner.invoke(app, [*command, "--out", str(blocker / "run")])
     assert res.exit_code == 2, res.output
     assert "is a file, not a directory" in " ".join(res.output.split())
     assert "Traceback" not in res.output
 
+
+
+def test_a_log_file_that_stops_being_writable_is_reported_once_not_per_record(tmp_path,
+                                                                              capsys):
+    """A full disk also stops log.txt: one line on stderr, then the records go on to the
+    console only (no '--- Logging error ---' traceback for every record)."""
+    import logging
+
+    from advlab.runs import log_to_run
+
+    run = new_run_dir("x", tmp_path / "run")
+
+    class Full:
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self):
+            pass
+
+        def close(self):
+            pass
+
+    log = logging.getLogger("advlab.test_full")
+    with log_to_run(run):
+        handler = next(h for h in logging.getLogger("advlab").handlers
+                       if isinstance(h, logging.FileHandler))
+        handler.stream = Full()
+        for i in range(3):
+            log.info("record %d", i)
+    err = capsys.readouterr().err
+    assert "Logging error" not in err and "Traceback" not in err
+    assert err.count("log.txt") == 1 and "disk is full" in err

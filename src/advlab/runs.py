@@ -11,6 +11,7 @@ import errno
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -388,12 +389,33 @@ def open_run_dir(path: str | Path) -> RunDir:
     return RunDir(path)
 
 
+class _RunLog(logging.FileHandler):
+    """A run's log.txt. A record that cannot be written (full disk) is reported in one line
+    on stderr, once; the log file is then given up (its records still reach the console),
+    instead of a '--- Logging error ---' traceback for every record."""
+
+    failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if self.failed:
+            return
+        self.failed = True
+        err = sys.exc_info()[1]
+        why = reason(err) if isinstance(err, OSError) else str(err)
+        sys.stderr.write(f"warning: cannot write {self.baseFilename}: {why}; the rest of "
+                         f"this run's log goes to the console only\n")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+
 @contextmanager
 def log_to_run(run: RunDir, level: int = logging.INFO) -> Iterator[None]:
     """Send advlab's log records to ``<run>/log.txt`` while the block runs (appending, so a
     resume keeps history); the handler is removed and closed afterwards, also on errors."""
     try:
-        handler = logging.FileHandler(run.path / "log.txt", encoding="utf-8")
+        handler = _RunLog(run.path / "log.txt", encoding="utf-8")
     except OSError as e:
         raise _cannot_create(run.path / "log.txt", e, "write the log") from None
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
