@@ -4,6 +4,7 @@
 >>> result = attack(model, x, y)  # AttackResult: adv, success, l2, linf, pred, iterations
 """
 
+from advlab.attacks.apgd import APGD, APGDT
 from advlab.attacks.base import Attack, AttackResult, RunOutput
 from advlab.attacks.cw import CW
 from advlab.attacks.deepfool import DeepFool
@@ -25,4 +26,5 @@ __all__ = [
     "ATTACKS", "CW", "EOT", "FGSM", "PGD", "Attack", "AttackResult", "DeepFool", "Noise",
     "RunOutput", "ThreatModel", "available", "create", "params", "register", "FAB", "FABT",
     "HopSkipJump", "Optim", "Spatial", "Square", "Transfer", "Universal",
+    "APGD", "APGDT",
 ]
