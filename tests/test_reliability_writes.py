@@ -286,3 +286,31 @@ def test_a_log_file_that_stops_being_writable_is_reported_once_not_per_record(tm
     err = capsys.readouterr().err
     assert "Logging error" not in err and "Traceback" not in err
     assert err.count("log.txt") == 1 and "disk is full" in err
+
+
+def test_a_run_whose_final_writes_failed_is_completed_by_resume(tmp_path, monkeypatch):
+    """The disk fills when metrics.json is written, after the last epoch: the message names
+    the final checkpoint; --resume with the same options writes the results, training no
+    further epoch."""
+    import json
+
+    real = Path.write_text
+
+    def full_for_metrics(self, *args, **kwargs):
+        if self.name.startswith(".metrics.json."):
+            _full()
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full_for_metrics)
+    out = tmp_path / "run"
+    args = ["train", "classifier", "--model", "lrl", "--n-train", "200", "--epochs", "2",
+            "--device", "cpu", "--no-progress", "--out", str(out)]
+    res = runner.invoke(app, args)
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and "disk is full" in text and "epoch 2" in text, res.output
+    assert not (out / "metrics.json").exists()
+    monkeypatch.undo()
+    res = runner.invoke(app, [*args, "--resume"])
+    assert res.exit_code == 0, res.output
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    assert [r["epoch"] for r in history] == [1, 2]

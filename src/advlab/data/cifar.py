@@ -25,6 +25,7 @@ import numpy as np
 
 from advlab.data.base import CIFAR10_CLASSES, DataError, read_error
 from advlab.data.resources import CIFAR_META, CIFAR_ROWS_PER_BATCH
+from advlab.io import write_bytes
 
 try:  # numpy >= 2
     from numpy._core.multiarray import _reconstruct
@@ -261,7 +262,7 @@ def write_batch(path: str | os.PathLike, images: np.ndarray, labels: np.ndarray,
              "data": np.ascontiguousarray(images.reshape(len(images), PIXELS)),
              "filenames": [f"img_{i}.png" for i in range(len(images))]}
     path = Path(path)
-    path.write_bytes(_dumps_official(batch))
+    write_bytes(path, _dumps_official(batch))
     return path
 
 
@@ -270,5 +271,5 @@ def write_meta(path: str | os.PathLike, rows: int) -> Path:
     meta = {"num_cases_per_batch": int(rows), "label_names": list(CIFAR10_CLASSES),
             "num_vis": PIXELS}
     path = Path(path)
-    path.write_bytes(_dumps_official(meta))
+    write_bytes(path, _dumps_official(meta))
     return path

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from advlab.data.base import DataError, read_error
+from advlab.io import write_bytes
 
 # IDX dtype codes -> big-endian numpy dtypes.
 IDX_DTYPES: dict[int, np.dtype] = {
@@ -187,5 +188,5 @@ def write_idx(path: str | os.PathLike, array: np.ndarray, *, compress: bool | No
     data = encode_idx(array)
     if compress is None:
         compress = path.suffix == ".gz"
-    path.write_bytes(gzip.compress(data, compresslevel=6, mtime=0) if compress else data)
+    write_bytes(path, gzip.compress(data, compresslevel=6, mtime=0) if compress else data)
     return path
