@@ -65,7 +65,9 @@ def classifier(
             from advlab.runs import saved_run_config  # (config.yaml lost: its checkpoint's)
 
             saved = saved_run_config(out)
-            base = _job_config(saved, out / "config.yaml") if saved is not None else {}
+            source = out / ("config.yaml" if (out / "config.yaml").is_file()
+                            else "checkpoint.safetensors")
+            base = _job_config(saved, source) if saved is not None else {}
         else:
             base = {}
         yaml_defense = base.pop("defense", None)
