@@ -265,3 +265,37 @@ def test_universal_needs_a_fit_set_in_the_api_and_others_refuse_one():
     with pytest.raises(ValueError, match="fit_on inputs of shape"):
         robust_accuracy_curve(model, test.x, test.y, "universal", [0.1],
                               fit_on=(test.x.flatten(1), test.y))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch-size", "0"], "batch_size"),
+    (["--eps", "8"], r"linf --eps <= 1.*divide by 255"),
+    (["--eps", "0:8:4"], r"got 4, 8"),
+])
+def test_late_or_meaningless_options_are_refused_before_the_run_directory(run_dir, tmp_path,
+                                                                          args, message):
+    out = tmp_path / "att"
+    res = invoke(str(run_dir), "-a", "pgd", "--steps", "2", "--out", str(out), *args)
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert pytest.importorskip("re").search(message, res.output.replace("\n", " ")), res.output
+    assert not out.exists()  # nothing half-made: the same --out works after the fix
+    ok = invoke(str(run_dir), "-a", "fgsm", "--eps", "0.1", "--n", "20", "--no-checks",
+                "--out", str(out))
+    assert ok.exit_code == 0, ok.output
+
+
+def test_metrics_are_written_before_figures_and_survive_a_failing_figure(run_dir, tmp_path,
+                                                                         monkeypatch):
+    import matplotlib.figure
+
+    def broken(self, *a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", broken)
+    out = tmp_path / "att"
+    res = invoke(str(run_dir), "-a", "fgsm", "--eps", "0.1", "--n", "30", "--no-checks",
+                 "--out", str(out))
+    assert res.exit_code == 0, res.output
+    m = read_json(out / "metrics.json")
+    assert m["robust_accuracy"] is not None and m["figures"] == []
+    assert not list((out / "figures").glob("*.png"))  # no empty or partial PNG left

@@ -33,6 +33,21 @@ from advlab.cli.common import (
 )
 
 
+def check_linf_budget(probe, eps_list: list[float] | None, eps_given: list[float] | None,
+                      bounds: str | None) -> None:
+    """An ℓ∞ budget above 1 on pixels in [0, 1] means nothing (ε = 1 already allows every
+    image): almost always ε given in 0..255 units. Refuse it with the fix."""
+    threat = probe.threat
+    if threat is None or threat.norm != "linf" or not eps_list:
+        return
+    big = [g for g, e in zip(eps_given or eps_list, eps_list, strict=True) if e > 1]
+    if big:
+        hint = ("" if bounds else "; for pixels in 0..255 divide by 255 (8 -> 0.0314) or give "
+                "--bounds 0,255 to state eps in those units")
+        raise ValueError(f"expected linf --eps <= 1 on pixels in [0, 1] (eps = 1 already "
+                         f"allows any image), got {', '.join(f'{v:g}' for v in big)}{hint}")
+
+
 def _params(attack: str, given: dict[str, object]) -> dict[str, object]:
     """The options given (None dropped); evaluations stop per sample on success by default."""
     from advlab.attacks import params as attack_params
@@ -95,6 +110,7 @@ def attack_command(
 ) -> None:
     """Attack a trained classifier; print and save robust accuracy, curves and checks."""
     from advlab.attacks import ATTACKS, create
+    from advlab.eval.robust import check_batch_size
     from advlab.report.attack_report import attack_report, checks_table, summary_table, sweep_table
     from advlab.runs import log_to_run, new_run_dir
     from advlab.weights import library_versions
@@ -115,10 +131,12 @@ def attack_command(
         eps_given, eps_list = eps_list, eps_in_pixels(eps_list, bounds)  # --bounds: model units
         if params.get("alpha") is not None:
             params["alpha"] = eps_in_pixels(params["alpha"], bounds)
+        check_batch_size(batch_size)
         if cls.minimal:
             create(attack, **params)
         else:
-            create(attack, **params, **({"eps": eps_list[0]} if eps_list else {}))
+            probe = create(attack, **params, **({"eps": eps_list[0]} if eps_list else {}))
+            check_linf_budget(probe, eps_list, eps_given, bounds)
         target = resolve_target(run, model=model_spec, weights=weights, mean=mean, std=std,
                                 bounds=bounds, output_key=output_key, data_file=data_file,
                                 dataset=dataset_name, split=split, n=n, default_n=1000,
@@ -158,16 +176,17 @@ def attack_command(
                   "surrogate": str(surrogate) if surrogate else None,
                   "transfer_from": str(transfer_from) if transfer_from else None}
         report.write_config(config)
-        with log_to_run(report):
+        extra = {**target.record, **target.eps_record(eps_given), "dataset": dataset,
+                 "split": ds.split, "transfer_from": str(transfer_from) if transfer_from else None,
+                 "versions": library_versions()}
+        with log_to_run(report):  # the numbers are written before any figure is drawn
             metrics = attack_report(model, ds.x, ds.y, ds.classes, attack, eps_list, params,
                                     report.figures, batch_size=batch_size, device=dev,
                                     progress=progress, checks=checks, surrogate=sur,
                                     n_checks=n_checks, seed=seed, source=source,
-                                    fit_on=fit_on)
-        metrics.update({**target.record, **target.eps_record(eps_given), "dataset": dataset,
-                        "split": ds.split,
-                        "transfer_from": str(transfer_from) if transfer_from else None,
-                        "versions": library_versions()})
+                                    fit_on=fit_on,
+                                    save_numbers=lambda m: report.write_metrics({**m, **extra}))
+        metrics.update(extra)
         report.write_metrics(metrics)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))

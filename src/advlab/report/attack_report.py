@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +72,14 @@ def attack_report(model: Model, x: Tensor, y: Tensor, classes: Sequence[str], at
                   batch_size: int = 500, device: torch.device | str | None = None,
                   progress: bool = False, checks: bool = True, surrogate: Model | None = None,
                   n_checks: int = 200, seed: int = 0, source: Model | None = None,
-                  fit_on: tuple[Tensor, Tensor] | None = None) -> dict[str, Any]:
+                  fit_on: tuple[Tensor, Tensor] | None = None,
+                  save_numbers: Callable[[dict[str, Any]], None] | None = None
+                  ) -> dict[str, Any]:
     """Evaluate ``attack`` (a registered name) with ``params`` on ``(x, y)``; draw figures.
+
+    The numbers come first: ``save_numbers(metrics)`` (e.g. writing ``metrics.json``) is called
+    before any figure is drawn, so a figure that cannot be written never loses them; the
+    returned metrics then list the figures written (``figures``).
 
     - Fixed-budget attacks (fgsm, pgd, noise) run at every ε of ``eps`` (default: the attack's
       own ε) and at ε = 0 (free: the clean accuracy), cumulatively (``robust_accuracy_curve``);
@@ -133,6 +139,23 @@ def attack_report(model: Model, x: Tensor, y: Tensor, classes: Sequence[str], at
         check_results = soundness_checks(model, x, y, threat=threat, surrogate=surrogate,
                                          n=n_checks, seed=seed, batch_size=batch_size,
                                          device=device)
+    ok = reliable(check_results)
+    if not ok:
+        log.warning("soundness checks failed: the robust accuracy of %s is unreliable", attack)
+    metrics = {
+        "attack": attack, "params": params, "minimal": minimal, "norm": norm,
+        "transfer": source is not None,
+        "fit_n": None if fit_on is None else int(fit_on[0].shape[0]),
+        "eps": top_eps, "n": ev.n,
+        **{k: v for k, v in ev.to_dict().items() if k not in ("attack", "n")},
+        "per_eps": per_eps,
+        "curve": curve.to_dict() if curve is not None else None,
+        "auc_clean": roc_clean.to_dict(), "auc_adversarial": roc_adv.to_dict(),
+        "checks": [c.to_dict() for c in check_results], "reliable": ok,
+        "figures": [],
+    }
+    if save_numbers is not None:
+        save_numbers(metrics)
     title = attack + (f" eps={top_eps:g}" if top_eps is not None else "") + \
         (", crafted on the source" if source is not None else "")
     files = [
@@ -148,21 +171,8 @@ def attack_report(model: Model, x: Tensor, y: Tensor, classes: Sequence[str], at
         files.append(attack_figures.norm_histogram(
             {"l2": ev.result.l2[ev.fooled], "linf": ev.result.linf[ev.fooled]},
             figures_dir / "perturbation_norms.png"))
-    ok = reliable(check_results)
-    if not ok:
-        log.warning("soundness checks failed: the robust accuracy of %s is unreliable", attack)
-    return {
-        "attack": attack, "params": params, "minimal": minimal, "norm": norm,
-        "transfer": source is not None,
-        "fit_n": None if fit_on is None else int(fit_on[0].shape[0]),
-        "eps": top_eps, "n": ev.n,
-        **{k: v for k, v in ev.to_dict().items() if k not in ("attack", "n")},
-        "per_eps": per_eps,
-        "curve": curve.to_dict() if curve is not None else None,
-        "auc_clean": roc_clean.to_dict(), "auc_adversarial": roc_adv.to_dict(),
-        "checks": [c.to_dict() for c in check_results], "reliable": ok,
-        "figures": [str(Path(f).name) for f in files if f is not None],  # None: not written
-    }
+    metrics["figures"] = [str(Path(f).name) for f in files if f is not None]  # None: failed
+    return metrics
 
 
 def _pct(v: float | None) -> str:
