@@ -116,3 +116,16 @@ def test_svd_refuses_fractions_outside_the_unit_interval(plain_run, tmp_path, fr
                               "--out", str(tmp_path / "svd")])
     assert res.exit_code == 2 and "--fraction" in res.output
     assert not (tmp_path / "svd").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--mode", "scale", "--factor", "0"], "factor"),
+    (["--craft-on", "elsewhere"], "craft_on"),
+    (["--batch-size", "0"], "batch_size"),
+])
+def test_svd_options_are_checked_before_the_run_directory(plain_run, tmp_path, args, message):
+    out = tmp_path / "svd"
+    res = runner.invoke(app, ["defend", "svd", str(plain_run), "--fraction", "0,0.5",
+                              "--out", str(out), *args])
+    assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output
+    assert not out.exists()

@@ -56,7 +56,8 @@ def svd(
 ) -> None:
     """Zero (or shrink) the bottom singular values of every weight matrix; sweep the fraction."""
     from advlab.attacks import create
-    from advlab.defenses.svd import MODES, sweep
+    from advlab.defenses.svd import MODES, check_sweep, sweep
+    from advlab.eval.robust import check_batch_size
     from advlab.report.attack_figures import accuracy_curves
     from advlab.runs import log_to_run, new_run_dir
     from advlab.weights import library_versions
@@ -73,6 +74,8 @@ def svd(
             att = create(attack, **params)
         elif params:
             raise ValueError("--eps/--steps need --attack NAME")
+        check_sweep(fractions, mode=mode, factor=factor, craft_on=craft_on)
+        check_batch_size(batch_size)
         model, dataset, ds, dev = load_classifier_run(run, "test", n, seed, device)
         report = new_run_dir("defend-svd", out)
         config = {"command": "defend svd", "source_run": str(run), "dataset": dataset,

@@ -73,6 +73,17 @@ def svd_truncate(model: nn.Module, fraction: float, *, mode: str = "zero",
     return out
 
 
+def check_sweep(fractions: Sequence[float], *, mode: str = "zero", factor: float = 10.0,
+                craft_on: str = "truncated") -> None:
+    """Raise ``ValueError`` for settings ``sweep`` cannot run (cheap: a command calls it before
+    loading anything or creating its run directory)."""
+    for f in fractions:
+        check_fraction("fraction", f)
+    check_choice("mode", mode, MODES)
+    check_number("factor", factor, positive=True)
+    check_choice("craft_on", craft_on, ("truncated", "original"))
+
+
 @dataclass(frozen=True)
 class SweepRow:
     fraction: float
@@ -93,7 +104,7 @@ def sweep(model: nn.Module, x: Tensor, y: Tensor, fractions: Sequence[float], *,
     """
     from advlab.eval.robust import predict, robust_accuracy
 
-    check_choice("craft_on", craft_on, ("truncated", "original"))
+    check_sweep(fractions, mode=mode, factor=factor, craft_on=craft_on)
     ranks = [min(m.weight.shape[0], math.prod(m.weight.shape[1:]))
              for _, m in weight_layers(model)]
     adv_original = None
