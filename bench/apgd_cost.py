@@ -25,6 +25,7 @@ import sys
 import time
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from advlab.attacks import APGD, APGDT
@@ -34,10 +35,12 @@ _MALLOC = {"MALLOC_MMAP_THRESHOLD_": "1073741824", "MALLOC_TRIM_THRESHOLD_": "10
 
 
 class CNN28(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, channels: int = 4) -> None:
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
-        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(4 * 28 * 28, 10))
+        self.features = nn.Sequential(nn.Conv2d(1, channels, 3, padding=1),
+                                      nn.BatchNorm2d(channels), nn.ReLU())
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.5),
+                                  nn.Linear(channels * 28 * 28, 10))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -67,6 +70,12 @@ class Timed(nn.Module):
         return self.model(_Mark.apply(x, self.log) if x.requires_grad else x)
 
 
+def step_times(log: list) -> list[float]:
+    """The time from one backward's end to the next's: one whole step (attack work + model)."""
+    ends = [t for event, t in log if event == "bwd_end"]
+    return [b - a for a, b in zip(ends, ends[1:]) if b > a]
+
+
 def split(log: list) -> tuple[float, float]:
     """Median model forward+backward and median attack work between two of them (seconds)."""
     model_s, attack_s, start, end = [], [], None, None
@@ -83,26 +92,37 @@ def split(log: list) -> tuple[float, float]:
 
 def main(batch: int = 500, steps: int = 100) -> None:
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    model = Timed(CNN28().eval())
-    x = torch.rand(batch, 1, 28, 28)
-    with torch.no_grad():
-        y = model(x).argmax(dim=1)
-    print(f"batch {batch}, {steps} steps, 1 thread; ms, medians over the steps")
-    for name, attack in [("apgd linf ce", APGD(eps=0.0, steps=steps)),
-                         ("apgd linf dlr", APGD(eps=0.0, steps=steps, loss="dlr")),
-                         ("apgd l2 ce", APGD(eps=0.0, steps=steps, norm="l2")),
-                         ("apgd-t linf", APGDT(eps=0.0, steps=steps, n_target_classes=1))]:
-        calls, model.log = [], []
-        for _ in range(3):
+    for channels in (4, 16):
+        torch.manual_seed(0)
+        model = Timed(CNN28(channels).eval())
+        x = torch.rand(batch, 1, 28, 28)
+        with torch.no_grad():
+            y = model(x).argmax(dim=1)
+
+        def forward_backward(model=model, x=x, y=y) -> float:
             t = time.thread_time()
-            result = attack(model, x, y)
-            calls.append((time.thread_time() - t) / steps)
-            assert not result.success.any()
-        fb, work = split(model.log)
-        print(f"{name:14s} fwd+bwd {fb * 1e3:6.2f}  attack work {work * 1e3:5.2f}  "
-              f"step ratio {(fb + work) / fb:.3f}  | whole call / steps {min(calls) * 1e3:6.2f} "
-              f"(ratio {min(calls) / fb:.3f})")
+            xg = x.detach().requires_grad_(True)
+            loss = F.cross_entropy(model.model(xg), y, reduction="none").sum()
+            torch.autograd.grad(loss, xg)
+            return time.thread_time() - t
+
+        print(f"CNN {channels} channels, batch {batch}, {steps} steps, 1 thread; CPU ms, medians")
+        for name, attack in [("apgd linf ce", APGD(eps=0.0, steps=steps)),
+                             ("apgd linf dlr", APGD(eps=0.0, steps=steps, loss="dlr")),
+                             ("apgd l2 ce", APGD(eps=0.0, steps=steps, norm="l2")),
+                             ("apgd-t linf", APGDT(eps=0.0, steps=steps, n_target_classes=1))]:
+            fb, steps_s, calls, model.log = [], [], [], []
+            for _ in range(3):  # interleaved: the machine's load drifts
+                fb += [forward_backward() for _ in range(steps // 2)]
+                model.log, t = [], time.thread_time()
+                assert not attack(model, x, y).success.any()
+                calls.append((time.thread_time() - t) / steps)
+                steps_s += step_times(model.log)
+            base, step = statistics.median(fb), statistics.median(steps_s)
+            _, work = split(model.log)
+            print(f"  {name:14s} fwd+bwd {base * 1e3:6.2f}  step {step * 1e3:6.2f} (ratio "
+                  f"{step / base:.3f}; attack work {work * 1e3:4.2f})  whole call / steps "
+                  f"{min(calls) * 1e3:6.2f} (ratio {min(calls) / base:.3f})")
 
 
 if __name__ == "__main__":
