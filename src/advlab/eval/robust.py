@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from advlab import distributed
 from advlab.attacks import Attack, AttackResult, create
 from advlab.attacks.base import check_inputs, check_labels
 from advlab.attacks.threat import lp_norm
@@ -303,15 +304,21 @@ def robust_accuracy(model: Model, x: Tensor, y: Tensor, attack: Attack, *,
     if threat is not None and threat.eps == 0:  # the threat set is {x}: nothing to call
         idx = idx[:0]
     parts = []
-    batch_size = attack_batch_size(batch_size, model, x, dev, idx.numel())
-    with progress_bar(progress, idx.numel(), attack.name or "attack") as advance:
-        for chunk in idx.split(batch_size) if idx.numel() else ():  # split of [] gives [[]]
+    batch_size = attack_batch_size(batch_size, model, x, dev, distributed.share(idx.numel()))
+    # under torchrun each process attacks its share of the batches one process would make
+    # (advlab.distributed); every point's result is gathered back below, in order
+    batch_size, batches = distributed.shard_batches(idx, batch_size, same=(x, y))
+    with progress_bar(progress and distributed.is_main(), sum(map(len, batches)),
+                      attack.name or "attack") as advance:
+        for chunk in batches:
             # the points' positions in x key their random draws: results do not depend on
             # the batch size
             t = None if target is None else target[chunk].to(dev)
             r = attack(model, x[chunk].to(dev), y[chunk].to(dev), t, index=chunk)
             parts.append(r)
             advance(chunk.numel())
+    parts = distributed.gather_results(parts, idx.numel(), batch_size, like_adv=x[:0].to(dev),
+                                       like_logits=clean_logits[:0])
     result = _assemble(x, y, clean_logits, idx, parts, target)
     robust = todo & ~result.success  # outside the mask or misclassified: non-robust
     fooled = todo & result.success
