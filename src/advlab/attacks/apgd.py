@@ -315,6 +315,14 @@ class APGD(_APGDBase):
     Points already adversarial at x are returned unchanged. Each run costs ``steps`` + 1
     forward-backward passes (x ``eot_iter``; ``result.info['gradients']`` counts them per point).
 
+    As AutoAttack's code (and torchattacks'), where the paper's text differs: "at most" a
+    fraction ``rho`` (the paper: fewer than), integer checkpoints, and no "unchanged" test at
+    the first checkpoint. Unlike it: the first step's increase is counted against the start's
+    loss (the paper's f(x^(0)); the code compares with 0), a point stops at its first success
+    (the code iterates on and returns its last adversarial iterate: the same robust accuracy),
+    a point never fooled returns its highest-loss point (the code: x), and EOT averages the
+    loss and logits too (the code keeps the last pass's).
+
     Arguments:
         eps (float): radius of the ball. (Default: 8/255 for linf, 1.0 for l2)
         norm (str): 'linf' or 'l2'. (Default: 'linf')
