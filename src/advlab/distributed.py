@@ -461,3 +461,48 @@ def data_parallel(model: nn.Module) -> Iterator[nn.Module | None]:
         yield ddp
     finally:
         model.__dict__.pop("forward", None)
+
+
+# --- starting several processes ---------------------------------------------------------------
+
+def launch_command(nproc: int, args: Sequence[str], *, module: str = "advlab") -> list[str]:
+    """The command line that runs ``python -m {module} {args}`` as ``nproc`` processes on this
+    machine through torch.distributed's launcher (torchrun, standalone rendezvous). ``--``
+    ends the launcher's options: without it the launcher reads an option of the command that
+    abbreviates one of its own (``--n``: ``--nnodes``?) and stops."""
+    import sys
+
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc-per-node={nproc}", "-m", module, "--", *args]
+
+
+def strip_option(args: Sequence[str], option: str) -> list[str]:
+    """``args`` without ``option VALUE`` / ``option=VALUE`` (e.g. ``--nproc 2``)."""
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a == option:
+            skip = True
+        elif not a.startswith(option + "="):
+            out.append(a)
+    return out
+
+
+def launch(nproc: int, args: Sequence[str]) -> int:
+    """Run ``advlab {args}`` as ``nproc`` processes (``launch_command``) and return the
+    launcher's exit status. Each process gets ``OMP_NUM_THREADS`` = cores / nproc (at least
+    1) unless the variable is set: processes that each use every core slow each other down."""
+    import subprocess
+
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+        raise ValueError(f"expected --nproc to be an integer >= 1, got {nproc!r}")
+    if launched():
+        raise ValueError("expected --nproc outside torchrun, got it inside a torchrun job "
+                         "(torchrun already started the processes: drop --nproc)")
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    try:
+        return subprocess.call(launch_command(nproc, args), env=env)
+    except KeyboardInterrupt:  # the launcher forwards Ctrl-C to its processes and ends them
+        return 130

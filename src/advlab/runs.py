@@ -32,10 +32,11 @@ class RunDir:
     def figures(self) -> Path:
         """``<run>/figures``, created if it can be; if it cannot, each figure written into it
         is reported and skipped (``report.figures.save``), the numbers are written all the
-        same."""
+        same. Under torchrun only rank 0 creates it (``_writes``)."""
         p = self.path / "figures"
         try:
-            p.mkdir(parents=True, exist_ok=True)
+            if _writes():
+                p.mkdir(parents=True, exist_ok=True)
         except OSError:
             pass
         return p
@@ -44,7 +45,8 @@ class RunDir:
         return self.path / name
 
     def write_config(self, config: dict[str, Any]) -> None:
-        write_text(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+        if _writes():
+            write_text(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
 
     def read_config(self) -> dict[str, Any]:
         p = self.path / "config.yaml"
@@ -60,8 +62,19 @@ class RunDir:
         return config
 
     def write_metrics(self, metrics: dict[str, Any], name: str = "metrics.json") -> Path:
-        write_json(self.path / name, metrics)
+        if _writes():
+            write_json(self.path / name, metrics)
         return self.path / name
+
+
+def _writes() -> bool:
+    """False on the ranks other than 0 of a torchrun job: rank 0 alone writes the run
+    directory (``advlab.distributed``); True for a single process."""
+    if "advlab.distributed" not in sys.modules:  # never imported: no process group of ours
+        return True
+    from advlab import distributed
+
+    return distributed.is_main()
 
 
 def resumable_view(config: dict[str, Any], free: tuple[str, ...] = ("data_dir",)
@@ -228,6 +241,23 @@ def new_run_dir(command: str, out: str | Path | None = None, *, exist_ok: bool =
                 root: str | Path = "runs", resumable: bool = False) -> RunDir:
     """Create ``out`` (or ``runs/<command>-<timestamp>``) and return it.
 
+    Under torchrun rank 0 creates it once every rank got here, and every rank gets the same
+    directory, or the same error (``advlab.distributed.on_main``); the other ranks write
+    nothing into it (``RunDir``'s writers, ``log_to_run`` and ``lock_run`` do nothing there).
+    """
+    if "advlab.distributed" in sys.modules:
+        from advlab import distributed
+
+        if distributed.active():
+            return distributed.on_main(_new_run_dir, command, out, exist_ok=exist_ok,
+                                       root=root, resumable=resumable)
+    return _new_run_dir(command, out, exist_ok=exist_ok, root=root, resumable=resumable)
+
+
+def _new_run_dir(command: str, out: str | Path | None = None, *, exist_ok: bool = False,
+                 root: str | Path = "runs", resumable: bool = False) -> RunDir:
+    """``new_run_dir`` in one process.
+
     ``exist_ok=False`` refuses to write into a non-empty directory, so no earlier result is
     overwritten by accident (``--resume`` passes ``exist_ok=True``). The directory is claimed
     atomically (an exclusively created marker file), so two commands started at once with the
@@ -354,6 +384,9 @@ def lock_run(run: RunDir) -> Iterator[None]:
     processes on other hosts sharing the directory are not seen.
     """
     path = run.path / LOCK
+    if not _writes():  # rank 0 of a torchrun job holds the lock for all its ranks
+        yield
+        return
     while True:
         if path.is_dir() or (path.exists() and not path.is_file()):
             kind = "a directory" if path.is_dir() else "not a regular file"
@@ -413,7 +446,11 @@ class _RunLog(logging.FileHandler):
 @contextmanager
 def log_to_run(run: RunDir, level: int = logging.INFO) -> Iterator[None]:
     """Send advlab's log records to ``<run>/log.txt`` while the block runs (appending, so a
-    resume keeps history); the handler is removed and closed afterwards, also on errors."""
+    resume keeps history); the handler is removed and closed afterwards, also on errors.
+    Under torchrun only rank 0 writes the log."""
+    if not _writes():
+        yield
+        return
     try:
         handler = _RunLog(run.path / "log.txt", encoding="utf-8")
     except OSError as e:

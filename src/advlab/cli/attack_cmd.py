@@ -18,6 +18,7 @@ from advlab.cli.common import (
     DeviceOption,
     MeanOption,
     ModelOption,
+    NprocOption,
     OutOption,
     OutputKeyOption,
     StdOption,
@@ -28,6 +29,7 @@ from advlab.cli.common import (
     fail,
     load_companion,
     parse_floats,
+    relaunch,
     resolve_target,
     setup_logging,
 )
@@ -107,6 +109,7 @@ def attack_command(
     output_key: str = OutputKeyOption,
     data_file: Path = DataOption,
     dataset_name: str = DatasetOption,
+    nproc: int = NprocOption,
 ) -> None:
     """Attack a trained classifier; print and save robust accuracy, curves and checks."""
     from advlab.attacks import ATTACKS, create
@@ -115,6 +118,7 @@ def attack_command(
     from advlab.runs import log_to_run, new_run_dir
     from advlab.weights import library_versions
 
+    relaunch(nproc)
     setup_logging()
     apply_data_dir(data_dir)
     try:

@@ -23,9 +23,48 @@ DataDirOption = typer.Option(None, "--data-dir", help="Data root (overrides ADVL
 
 
 def setup_logging(verbose: bool = False) -> None:
+    """Console logging of a command; under torchrun (``WORLD_SIZE`` > 1) the process first
+    joins the process group, and only rank 0 prints (the others log warnings and errors)."""
+    main = join_process_group()
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("advlab").setLevel(logging.INFO)
+    logging.getLogger("advlab").setLevel(logging.INFO if main else logging.WARNING)
+
+
+def join_process_group() -> bool:
+    """Join torchrun's process group when the environment describes one (a no-op otherwise)
+    and silence the consoles of every rank but 0; True on rank 0 (or a single process)."""
+    import os
+
+    if os.environ.get("WORLD_SIZE", "1") in ("", "1"):  # one process: torch not even imported
+        return True
+    from advlab import distributed
+
+    distributed.init_from_env()
+    main = distributed.is_main()
+    console.quiet = err_console.quiet = not main
+    return main
+
+
+NprocOption = typer.Option(None, "--nproc", min=1, help="Run as N processes on this machine "
+                           "through torch.distributed's launcher (torchrun), sharing the work "
+                           "(docs/guide-distributed.md).")
+
+
+def relaunch(nproc: int | None) -> None:
+    """``--nproc N`` (N > 1): run this same command line as N processes through torchrun and
+    exit with its status; nothing for N = 1 or None."""
+    import sys
+
+    if nproc is None or nproc == 1:
+        return
+    from advlab import distributed
+
+    if Path(sys.argv[0]).name not in ("advlab", "__main__.py", "advlab.exe"):
+        raise ValueError("expected --nproc on the advlab command line, got a call from "
+                         f"{sys.argv[0]!r}; start it with torchrun -m advlab instead")
+    code = distributed.launch(nproc, distributed.strip_option(sys.argv[1:], "--nproc"))
+    raise typer.Exit(code)
 
 
 def apply_data_dir(data_dir: Path | None) -> None:

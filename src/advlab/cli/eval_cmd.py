@@ -17,6 +17,7 @@ from advlab.cli.common import (
     DeviceOption,
     MeanOption,
     ModelOption,
+    NprocOption,
     OutOption,
     OutputKeyOption,
     StdOption,
@@ -27,6 +28,7 @@ from advlab.cli.common import (
     fail,
     load_companion,
     parse_floats,
+    relaunch,
     resolve_target,
     setup_logging,
 )
@@ -132,10 +134,12 @@ def robust(
     output_key: str = OutputKeyOption,
     data_file: Path = DataOption,
     dataset_name: str = DatasetOption,
+    nproc: int = NprocOption,
 ) -> None:
     """Robust accuracy under a suite of attacks: AutoAttack's (APGD-CE, APGD-T, FAB-T, Square)
     and, in the standard suite, FGSM, PGD×restarts, DeepFool/CW, ρ₂, ε_ref, transfer, checks."""
     from advlab.attacks import ThreatModel
+    from advlab.distributed import is_main
     from advlab.eval.protocol import (
         AutoAttackSettings,
         check_protocol,
@@ -147,6 +151,7 @@ def robust(
     from advlab.runs import log_to_run, new_run_dir
     from advlab.weights import library_versions
 
+    relaunch(nproc)
     setup_logging()
     apply_data_dir(data_dir)
     try:
@@ -188,7 +193,7 @@ def robust(
         metrics.update({**target.record, **target.eps_record(eps), "dataset": dataset,
                         "split": ds.split, "versions": library_versions()})
         report.write_metrics(metrics)
-        if save_adv:
+        if save_adv and is_main():  # under torchrun rank 0 alone writes
             result.save_points(report.path / "points.safetensors", ds.x, ds.y)
         if result.curve is not None:
             accuracy_curves({f"{result.curve.attack} ({norm})": (result.curve.eps,

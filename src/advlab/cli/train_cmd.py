@@ -12,11 +12,13 @@ from rich.table import Table
 from advlab.cli.common import (
     DataDirOption,
     DeviceOption,
+    NprocOption,
     OutOption,
     apply_data_dir,
     console,
     err_console,
     fail,
+    relaunch,
     setup_logging,
     training_errors,
 )
@@ -50,12 +52,14 @@ def classifier(
     device: str = DeviceOption,
     data_dir: Path = DataDirOption,
     progress: bool = typer.Option(True, help="Show a progress bar."),
+    nproc: int = NprocOption,
 ) -> None:
     """Train a classifier of the zoo; writes weights, metrics and figures to a run directory."""
     from advlab.config import from_dict
     from advlab.train.classifier import ClassifierJob, train_classifier
     from advlab.train.config import TrainConfig
 
+    relaunch(nproc)
     setup_logging()
     apply_data_dir(data_dir)
     try:

@@ -27,6 +27,11 @@ def save(fig, path: str | Path) -> Path | None:
     None when the figure was skipped; a partial figure is never left behind.
     """
     path = Path(path)
+    from advlab.distributed import is_main
+
+    if not is_main():  # under torchrun rank 0 alone writes the run directory
+        plt.close(fig)
+        return path
     try:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format=path.suffix[1:] or "png", dpi=110, bbox_inches="tight")
