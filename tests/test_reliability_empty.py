@@ -49,8 +49,6 @@ def test_likelihood_bounds_of_no_points_are_a_clear_error(bound):
         getattr(scores, bound)(vae, x0)
 
 
-@pytest.mark.xfail(strict=True, reason="eval/robust.py (the lead's): predict of no points "
-                   "should run the model on the empty batch (shape (0, K)); then remove")
 def test_robust_predict_of_no_points_is_an_empty_batch(model_and_empty):
     from advlab.eval.robust import predict
 

@@ -98,8 +98,6 @@ def test_inputs_that_do_not_differ_say_nothing():
 
 # --- wiring: these two wait for the lead's calls in attacks/base.py and eval/robust.py ------
 
-@pytest.mark.xfail(strict=True, reason="until _CheckedModel._check calls check_logits_like "
-                   "(attacks/base.py, owned by the lead): then remove this marker")
 def test_an_attack_refuses_a_softmax_model(model_and_data):
     from advlab.attacks import create
 
@@ -108,9 +106,6 @@ def test_an_attack_refuses_a_softmax_model(model_and_data):
         create("cw", steps=5, binary_search_steps=1)(Softmaxed(model), x, y)
 
 
-@pytest.mark.xfail(strict=True, reason="until robust_accuracy checks its clean pass with "
-                   "check_depends_on_input (eval/robust.py, owned by the lead): then remove "
-                   "this marker")
 def test_robust_accuracy_refuses_a_model_that_ignores_its_input(model_and_data):
     from advlab.attacks import create
     from advlab.eval.robust import robust_accuracy

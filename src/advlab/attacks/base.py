@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from advlab.attacks.checks_output import check_logits_like
 from advlab.attacks.rng import SampleRNG, content_keys
 from advlab.attacks.threat import ThreatModel, clip_box, lp_norm
 from advlab.modes import eval_mode
@@ -246,6 +247,7 @@ class _CheckedModel:
                                  f"got a value {int(lab.max())}")
         if not torch.isfinite(out).all():
             raise ValueError("expected finite logits from the model, got NaN or inf")
+        check_logits_like(out)  # a softmax output hides the margins: refused
 
 
 def _check_int_vector(name: str, t: object, batch: int, meaning: str) -> Tensor:

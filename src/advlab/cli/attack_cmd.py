@@ -31,6 +31,7 @@ from advlab.cli.common import (
     parse_floats,
     relaunch,
     resolve_target,
+    run_domain,
     setup_logging,
 )
 
@@ -132,15 +133,16 @@ def attack_command(
             steps=steps, norm=norm, alpha=alpha, restarts=restarts, random_start=random_start,
             c=c, kappa=kappa, lr=lr, binary_search_steps=binary_search_steps,
             overshoot=overshoot, num_classes=num_classes, early_stop=early_stop, seed=seed))
-        eps_given, eps_list = eps_list, eps_in_pixels(eps_list, bounds)  # --bounds: model units
+        units = bounds or run_domain(run)  # --bounds, or a data set outside the pixel box
+        eps_given, eps_list = eps_list, eps_in_pixels(eps_list, units)  # in the data's units
         if params.get("alpha") is not None:
-            params["alpha"] = eps_in_pixels(params["alpha"], bounds)
+            params["alpha"] = eps_in_pixels(params["alpha"], units)
         check_batch_size(batch_size)
         if cls.minimal:
             create(attack, **params)
         else:
             probe = create(attack, **params, **({"eps": eps_list[0]} if eps_list else {}))
-            check_linf_budget(probe, eps_list, eps_given, bounds)
+            check_linf_budget(probe, eps_list, eps_given, units)
         target = resolve_target(run, model=model_spec, weights=weights, mean=mean, std=std,
                                 bounds=bounds, output_key=output_key, data_file=data_file,
                                 dataset=dataset_name, split=split, n=n, default_n=1000,

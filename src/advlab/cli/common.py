@@ -232,8 +232,9 @@ class Target:
         return [e / scale for e in eps] if isinstance(eps, list) else eps / scale
 
     def eps_record(self, eps: Any) -> dict[str, Any]:
-        """For config and metrics: the unit of the eps given (only for ``--model``)."""
-        if self.record.get("model") is None:
+        """For config and metrics: the unit of the eps given (``--model``, or a run whose data
+        set lives outside the pixel box)."""
+        if self.record.get("model") is None and self.bounds is None:
             return {}
         if self.bounds is None:
             return {"eps_unit": "pixels [0, 1]"}
@@ -249,8 +250,24 @@ class Target:
         values = eps if isinstance(eps, list) else [eps]
         pairs = ", ".join(f"{e:g} -> {p:.4g}" for e, p in zip(values, self.to_pixels(values),
                                                                 strict=True))
-        return (f"eps in the model's units [{lo:g}, {hi:g}] (--bounds), attacked in pixels "
-                f"[0, 1] as eps / {hi - lo:g}: {pairs}")
+        where = ("--bounds" if self.record.get("model") is not None
+                 else "the data set's declared domain")
+        return (f"eps {pairs}: given in the data's units [{lo:g}, {hi:g}] ({where}), "
+                f"attacked in [0, 1] as eps / {hi - lo:g}")
+
+
+def to_unit_set(ds: Any, box: tuple[float, float]) -> Any:
+    """The data set ``ds`` with x mapped from [lo, hi] to [0, 1] (values outside the box are
+    refused with the box named)."""
+    from advlab.data.base import TensorSet
+
+    lo, hi = box
+    x = ds.x
+    if x.numel() and (float(x.min()) < lo or float(x.max()) > hi):
+        raise ValueError(f"expected {ds.info.name} inputs inside its declared domain "
+                         f"[{lo:g}, {hi:g}], got values in [{float(x.min()):.4g}, "
+                         f"{float(x.max()):.4g}]")
+    return TensorSet((x - lo) / (hi - lo), ds.y, ds.info, ds.split)
 
 
 def parse_bounds(spec: str | None) -> tuple[float, float] | None:
@@ -262,6 +279,22 @@ def parse_bounds(spec: str | None) -> tuple[float, float] | None:
         raise ValueError(f"expected --bounds LO,HI with LO < HI (e.g. -1,1 or 0,255), "
                          f"got {spec!r}")
     return values[0], values[1]
+
+
+def run_domain(run: Path | None) -> str | None:
+    """``"LO,HI"`` when RUN's data set declares inputs outside the pixel box (the 2-D toys:
+    ``DatasetInfo.bounds``), else None. The command then reads ε in the data's units and
+    attacks the model through ``advlab.wrap(model, bounds=...)``, as with ``--bounds``."""
+    if run is None:
+        return None
+    from advlab import data
+    from advlab.weights import read_model_meta
+
+    name = read_model_meta(run).get("dataset")
+    if not name or name not in data.available():
+        return None
+    inf = data.info(name)
+    return None if inf.unit_box else f"{inf.bounds[0]},{inf.bounds[1]}"
 
 
 def eps_in_pixels(eps: Any, bounds: str | None) -> Any:
@@ -365,6 +398,10 @@ def resolve_target(run: Path | None, *, model: str | None = None, weights: Path 
             raise ValueError(f"{run}: the model file does not name its data set")
         record: dict[str, Any] = {"source_run": str(run)}
         train_dataset = name
+        domain = parse_bounds(run_domain(run))
+        if domain is not None:  # e.g. 2-D toy points: attacked in [0, 1] through the wrapper
+            net, box = wrap(net, bounds=domain), domain
+            record["bounds"] = list(domain)
     else:
         net = wrap(load_external_model(model, weights, dev), mean=mean_v, std=std_v,
                    bounds=box, output=output_key)
@@ -382,6 +419,8 @@ def resolve_target(run: Path | None, *, model: str | None = None, weights: Path 
     else:
         ds = data.load(name, split)
         label = name
+        if box is not None and run is not None:  # a run's own data in its declared domain
+            ds = to_unit_set(ds, box)
     if run is None or data_file is not None:
         k = _probe(net, ds, dev, str(data_file or name))
         if data_file is not None:

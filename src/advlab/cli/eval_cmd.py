@@ -30,6 +30,7 @@ from advlab.cli.common import (
     parse_floats,
     relaunch,
     resolve_target,
+    run_domain,
     setup_logging,
 )
 
@@ -155,14 +156,14 @@ def robust(
     setup_logging()
     apply_data_dir(data_dir)
     try:
-        threat = ThreatModel(norm, eps_in_pixels(eps, bounds))  # --bounds: eps in model units
+        threat = ThreatModel(norm, eps_in_pixels(eps, bounds or run_domain(run)))  # data units
         if minimal not in ("deepfool", "cw", "none"):
             raise ValueError(f"expected --minimal deepfool, cw or none, got {minimal!r}")
         check_protocol(threat, steps=steps, restarts=restarts, eot=eot, n_checks=n_checks,
                        minimal=None if minimal == "none" else minimal, batch_size=batch_size,
                        suite=suite)
         grid = eps_in_pixels(parse_floats(eps_list, "--eps-list", low=0.0) if eps_list else None,
-                             bounds)
+                             bounds or run_domain(run))
         aa = AutoAttackSettings(steps=aa_steps, n_target_classes=aa_targets,
                                 square_queries=square_queries)
         target = resolve_target(run, model=model_spec, weights=weights, mean=mean, std=std,

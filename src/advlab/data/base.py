@@ -54,6 +54,15 @@ class DatasetInfo:
     shape: tuple[int, ...]  # one example's shape: (C, H, W) or (D,)
     classes: tuple[str, ...]  # class (or mode) names, index = label
     needs_download: bool  # False for data embedded in a package or generated
+    # The input domain: every value of x lies in [lo, hi]. The pixel box (0, 1) for images; a
+    # stated box for the 2-D toys. Attacks run on pixels in [0, 1]: a model of another domain
+    # is evaluated through advlab.wrap(model, bounds=...), its ε in the data's units.
+    bounds: tuple[float, float] = (0.0, 1.0)
+
+    @property
+    def unit_box(self) -> bool:
+        """True when x lives in the pixel box [0, 1] (attacks need no conversion)."""
+        return tuple(self.bounds) == (0.0, 1.0)
 
     @property
     def num_classes(self) -> int:
@@ -72,8 +81,11 @@ INFOS: dict[str, DatasetInfo] = {
     "fashion-mnist": DatasetInfo("fashion-mnist", "image", (1, 28, 28), FASHION_CLASSES, True),
     "cifar10": DatasetInfo("cifar10", "image", (3, 32, 32), CIFAR10_CLASSES, True),
     "digits": DatasetInfo("digits", "image", (1, 8, 8), MNIST_CLASSES, False),
-    "ring8": DatasetInfo("ring8", "points", (2,), tuple(f"mode{i}" for i in range(8)), False),
-    "grid25": DatasetInfo("grid25", "points", (2,), tuple(f"mode{i}" for i in range(25)), False),
+    # the toys' boxes hold every mode with > 40 standard deviations to spare (toy.py)
+    "ring8": DatasetInfo("ring8", "points", (2,), tuple(f"mode{i}" for i in range(8)), False,
+                         (-1.5, 1.5)),
+    "grid25": DatasetInfo("grid25", "points", (2,), tuple(f"mode{i}" for i in range(25)), False,
+                          (-5.0, 5.0)),
 }
 
 

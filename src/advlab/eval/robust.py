@@ -29,7 +29,8 @@ from torch import Tensor, nn
 
 from advlab import distributed
 from advlab.attacks import Attack, AttackResult, create
-from advlab.attacks.base import check_inputs, check_labels
+from advlab.attacks.base import check_inputs, check_labels, logits_of
+from advlab.attacks.checks_output import check_depends_on_input
 from advlab.attacks.threat import lp_norm
 from advlab.device import resolve_device
 from advlab.tuning import auto_batch_size
@@ -137,8 +138,8 @@ def predict(model: Model, x: Tensor, batch_size: int | None = 1000,
     try:
         if isinstance(model, nn.Module):
             model.eval()
-        out = [model(x[i:i + batch_size].to(dev)).float().to(x.device)
-               for i in range(0, x.shape[0], batch_size)]
+        out = [logits_of(model(x[i:i + batch_size].to(dev))).float().to(x.device)
+               for i in range(0, max(x.shape[0], 1), batch_size)]  # no point: (0, K)
     finally:
         for m, flag in zip(modules, flags, strict=True):
             m.training = flag
@@ -296,6 +297,8 @@ def robust_accuracy(model: Model, x: Tensor, y: Tensor, attack: Attack, *,
     if clean_logits is None:
         clean_logits = predict(model, x, batch_size, dev)
     check_labels_fit(y, clean_logits, "clean_logits" if given else "the model's logits")
+    # a model that ignores x cannot be attacked: refused, not reported "robust"
+    check_depends_on_input(x[:64], clean_logits[:64])
     clean_logits = clean_logits.to(x.device).float()
     clean_correct = clean_logits.argmax(dim=1) == y
     todo = clean_correct if mask is None else clean_correct & mask.to(x.device)

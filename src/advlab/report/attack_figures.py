@@ -88,6 +88,26 @@ def adversarial_grid(x: torch.Tensor, adv: torch.Tensor, y: torch.Tensor,
     return save(fig, path)
 
 
+def point_attacks(x: torch.Tensor, adv: torch.Tensor, fooled: torch.Tensor, path: str | Path,
+                  title: str = "") -> Path:
+    """2-D inputs (N, 2): each clean point and an arrow to its adversarial example (in the
+    attack's [0, 1] coordinates); fooled points in red."""
+    x2 = x.detach().cpu().reshape(x.shape[0], -1)[:, :2].float().numpy()
+    a2 = adv.detach().cpu().reshape(adv.shape[0], -1)[:, :2].float().numpy()
+    f = fooled.detach().cpu().numpy()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(x2[:, 0], x2[:, 1], s=4, c="tab:blue", label="clean")
+    d = a2 - x2
+    for mask, colour, label in ((~f, "tab:gray", "not fooled"), (f, "tab:red", "fooled")):
+        if mask.any():
+            ax.quiver(x2[mask, 0], x2[mask, 1], d[mask, 0], d[mask, 1], angles="xy",
+                      scale_units="xy", scale=1, color=colour, width=0.003, label=label)
+    ax.set(title=title or "adversarial points", aspect="equal")
+    ax.legend(loc="upper right")
+    ax.grid(alpha=0.3)
+    return save(fig, path)
+
+
 def accuracy_curves(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
                     path: str | Path, xlabel: str = "eps", title: str = "") -> Path:
     """One line per entry ``label -> (eps, accuracy)``."""

@@ -158,19 +158,30 @@ def attack_report(model: Model, x: Tensor, y: Tensor, classes: Sequence[str], at
         save_numbers(metrics)
     title = attack + (f" eps={top_eps:g}" if top_eps is not None else "") + \
         (", crafted on the source" if source is not None else "")
-    files = [
-        draw_grid(ev, x, y, clean_probs, classes, figures_dir / "adversarial_grid.png", title),
-        attack_figures.roc_curves({"clean": roc_clean, "adversarial": roc_adv},
-                                  figures_dir / "roc.png"),
-    ]
+    drawings = []
+    if x.dim() == 4:  # images: clean, perturbation, adversarial
+        drawings.append(lambda: draw_grid(ev, x, y, clean_probs, classes,
+                                          figures_dir / "adversarial_grid.png", title))
+    else:  # points (e.g. the 2-D toys): arrows from each clean point to its adversary
+        drawings.append(lambda: attack_figures.point_attacks(
+            x, ev.result.adv, ev.fooled, figures_dir / "adversarial_points.png", title))
+    drawings.append(lambda: attack_figures.roc_curves(
+        {"clean": roc_clean, "adversarial": roc_adv}, figures_dir / "roc.png"))
     if curve is not None:
-        files.append(attack_figures.accuracy_curves({attack: (curve.eps, curve.accuracy)},
-                                                    figures_dir / "accuracy_vs_eps.png",
-                                                    xlabel=f"eps ({norm})"))
+        drawings.append(lambda: attack_figures.accuracy_curves(
+            {attack: (curve.eps, curve.accuracy)}, figures_dir / "accuracy_vs_eps.png",
+            xlabel=f"eps ({norm})"))
     if ev.n_fooled:
-        files.append(attack_figures.norm_histogram(
+        drawings.append(lambda: attack_figures.norm_histogram(
             {"l2": ev.result.l2[ev.fooled], "linf": ev.result.linf[ev.fooled]},
             figures_dir / "perturbation_norms.png"))
+    files = []
+    for draw in drawings:
+        try:
+            files.append(draw())
+        except Exception as e:  # a figure never costs the run its numbers
+            log.warning("a figure was not drawn (%s: %s); the numbers are not affected",
+                        type(e).__name__, e)
     metrics["figures"] = [str(Path(f).name) for f in files if f is not None]  # None: failed
     return metrics
 

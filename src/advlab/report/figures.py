@@ -44,6 +44,23 @@ def save(fig, path: str | Path) -> Path | None:
     return path
 
 
+def point_predictions(x: torch.Tensor, y: torch.Tensor, pred: torch.Tensor,
+                      path: str | Path, title: str = "test points by predicted class") -> Path:
+    """2-D points (N, 2) coloured by predicted class; misclassified ones circled in red."""
+    x = x.detach().cpu().reshape(x.shape[0], -1)[:, :2].numpy()
+    y, pred = y.detach().cpu().numpy(), pred.detach().cpu().numpy()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(x[:, 0], x[:, 1], c=pred, cmap="tab20", s=4, alpha=0.7)
+    wrong = pred != y
+    if wrong.any():
+        ax.scatter(x[wrong, 0], x[wrong, 1], facecolors="none", edgecolors="red", s=30,
+                   linewidths=0.8, label=f"misclassified ({int(wrong.sum())})")
+        ax.legend(loc="upper right")
+    ax.set(title=title, aspect="equal")
+    ax.grid(alpha=0.3)
+    return save(fig, path)
+
+
 def learning_curves(history: Sequence[dict[str, float]], path: str | Path) -> Path:
     """Loss and accuracy per epoch for every split present in the history."""
     epochs = [r["epoch"] for r in history]

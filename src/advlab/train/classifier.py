@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,34 +102,35 @@ def train_classifier(job: ClassifierJob, out: str | Path | None = None, *, resum
                      checkpoint=ckpt, resume=resume and ckpt.is_file(), progress=progress,
                      metadata={"run_config": config})
         model.cpu()
-        metrics = report_classifier(run, model, test, result.history)
-        metrics.update({"best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
-                        "epochs_completed": len(result.history),
-                        "mean_epoch_seconds": sum(r["train_seconds"] for r in result.history)
-                        / max(len(result.history), 1)})
-        save_model(run.path, model, {"dataset": job.dataset, "config": config,
-                                     "metrics": {"test_acc": metrics["test_acc"]}})
-        metrics["versions"] = library_versions()
-        run.write_metrics(metrics)
+        extra = {"best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
+                 "epochs_completed": len(result.history),
+                 "mean_epoch_seconds": sum(r["train_seconds"] for r in result.history)
+                 / max(len(result.history), 1), "versions": library_versions()}
+
+        def save_numbers(m: dict[str, Any]) -> None:  # weights and metrics before figures
+            save_model(run.path, model, {"dataset": job.dataset, "config": config,
+                                         "metrics": {"test_acc": m["test_acc"]}})
+            run.write_metrics({**m, **extra})
+
+        metrics = report_classifier(run, model, test, result.history, save_numbers=save_numbers)
+        metrics.update(extra)
         return run, metrics
 
 
-def report_classifier(run: RunDir, model: torch.nn.Module, test, history=None) -> dict[str, Any]:
-    """Test accuracy, per-class accuracy, confusion matrix and the figures of a classifier."""
+def report_classifier(run: RunDir, model: torch.nn.Module, test, history=None, *,
+                      save_numbers: Callable[[dict[str, Any]], None] | None = None
+                      ) -> dict[str, Any]:
+    """Test accuracy, per-class accuracy, confusion matrix and the figures of a classifier.
+
+    The numbers come first: ``save_numbers(metrics)`` (saving the weights and metrics.json) is
+    called before any figure is drawn, and a figure that fails is reported and skipped.
+    Images get a grid of predictions; 2-D points a scatter coloured by prediction.
+    """
     ev = evaluate(model, test)
     k = test.info.num_classes
     cm = confusion_matrix(test.y, ev.pred, k)
     per_class = per_class_accuracy(cm)
-    figs = run.figures
-    if history:
-        figures.learning_curves(history, figs / "learning_curves.png")
-    figures.confusion_matrix(cm, test.classes, figs / "confusion_matrix.png")
-    g = torch.Generator().manual_seed(0)
-    idx = torch.randperm(len(test), generator=g)[:32]
-    conf, _ = ev.probs[idx].max(1)
-    figures.prediction_grid(test.x[idx], test.y[idx], ev.pred[idx], conf, test.classes,
-                            figs / "predictions.png")
-    return {
+    metrics = {
         "dataset": test.info.name,
         "n_test": len(test),
         "test_acc": ev.accuracy,
@@ -137,3 +139,29 @@ def report_classifier(run: RunDir, model: torch.nn.Module, test, history=None) -
         "confusion_matrix": cm.tolist(),
         "history": list(history or []),
     }
+    if save_numbers is not None:
+        save_numbers(metrics)
+    figs = run.figures
+    drawings: list[tuple[str, Callable[[], object]]] = []
+    if history:
+        drawings.append(("learning_curves", lambda: figures.learning_curves(
+            history, figs / "learning_curves.png")))
+    drawings.append(("confusion_matrix", lambda: figures.confusion_matrix(
+        cm, test.classes, figs / "confusion_matrix.png")))
+    if test.info.kind == "points":
+        drawings.append(("predictions", lambda: figures.point_predictions(
+            test.x, test.y, ev.pred, figs / "predictions.png")))
+    else:
+        g = torch.Generator().manual_seed(0)
+        idx = torch.randperm(len(test), generator=g)[:32]
+        conf, _ = ev.probs[idx].max(1)
+        drawings.append(("predictions", lambda: figures.prediction_grid(
+            test.x[idx], test.y[idx], ev.pred[idx], conf, test.classes,
+            figs / "predictions.png")))
+    for name, draw in drawings:
+        try:
+            draw()
+        except Exception as e:  # a figure never costs the run its numbers
+            log.warning("figure %s was not drawn (%s: %s); the numbers are not affected",
+                        name, type(e).__name__, e)
+    return metrics
