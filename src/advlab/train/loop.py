@@ -5,6 +5,14 @@ device: no DataLoader workers, no per-sample Python. Shuffling uses a generator 
 ``(seed, epoch)`` and the global RNG state (dropout) is saved with every checkpoint, so a run that
 is killed and resumed from its last completed epoch ends with the same weights as an
 uninterrupted one.
+
+Under torchrun (``advlab.distributed``) every process holds the data and draws the same
+permutation; each global batch of ``batch_size`` is split over the processes, which average
+their gradients with ``DistributedDataParallel`` (the objectives get the model itself, its
+calls routed through DDP: ``distributed.data_parallel``), so one step is the single process's
+step on the same global batch. Batch-norm buffers are rank 0's after every step, the epoch's
+numbers and the evaluations are summed over the processes, and rank 0 alone writes the
+checkpoint (with every rank's RNG state, for ``--resume``).
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from advlab import distributed
 from advlab.config import to_dict
 from advlab.data.base import TensorSet
 from advlab.device import resolve_device
@@ -29,6 +38,7 @@ from advlab.io import load_state, save_state
 from advlab.train.config import TrainConfig
 from advlab.train.objective import CrossEntropy, Objective
 from advlab.train.progress import EpochProgress
+from advlab.train.sources import as_tensor_set
 from advlab.weights import check_spec, check_state_dict
 
 log = logging.getLogger(__name__)
@@ -103,11 +113,20 @@ def fit(
 ) -> FitResult:
     """Train ``model`` in place on ``train`` with ``objective`` (cross-entropy by default).
 
+    ``train``, ``val`` and ``test`` are advlab data sets, or a user's own: tuples ``(x, y)``,
+    ``TensorDataset`` or ``DataLoader`` of ``(x, y)`` (``advlab.train.sources``).
+
     Each epoch ends with an evaluation on ``val`` (used for early stopping and to pick the best
     weights) and ``test`` (reported only), and, when ``checkpoint`` is a path, with an atomic
     checkpoint of everything needed to resume: weights, optimizer and scheduler state, RNG
     state, history. ``resume=True`` continues from that file's last completed epoch.
+
+    Under torchrun the processes train data-parallel (module docstring); rank 0 alone writes
+    the checkpoint, shows progress and calls ``on_epoch``.
     """
+    train = as_tensor_set(train, "train")  # also (x, y), a TensorDataset or a DataLoader
+    val = None if val is None else as_tensor_set(val, "val")
+    test = None if test is None else as_tensor_set(test, "test")
     if config.patience and val is None:
         raise ValueError(f"patience {config.patience}: early stopping watches the validation "
                          f"accuracy, expected validation data (--val-fraction > 0), got none")
@@ -116,6 +135,8 @@ def fit(
     model.to(device)
     x_train, y_train = train.x.to(device), train.y.to(device)
     n = x_train.shape[0]
+    world, main = distributed.world_size(), distributed.is_main()
+    progress = progress and main
     steps_per_epoch = math.ceil(n / config.batch_size)
     opt = make_optimizer(model, config)
     scheduler, per_batch = make_scheduler(opt, config, steps_per_epoch)
@@ -124,7 +145,7 @@ def fit(
     best = {"epoch": 0, "score": -math.inf, "state": None}
     bad_epochs = 0
     start_epoch = 1
-    torch.manual_seed(config.seed)
+    torch.manual_seed(distributed.rank_seed(config.seed))  # config.seed on rank 0
     # an objective may train on inputs computed once from the weights training starts from
     # (e.g. DeepFool examples of the model being fine-tuned); on resume they are recomputed
     # from the same starting weights, which the fingerprint in the checkpoint vouches for
@@ -140,7 +161,7 @@ def fit(
     x_fixed, prep_seconds = None, 0.0
     if start_inputs is not None:  # before a resumed state replaces the starting weights
         t_prep = time.perf_counter()
-        x_fixed = start_inputs(model, x_train, y_train)
+        x_fixed = _sharded_inputs(start_inputs, model, x_train, y_train)
         prep_seconds = time.perf_counter() - t_prep  # counted in this call's first epoch
         if x_fixed.shape != x_train.shape:
             raise ValueError(f"start_inputs returned shape {tuple(x_fixed.shape)}, expected "
@@ -150,7 +171,7 @@ def fit(
         opt.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler") is not None:
             scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
+        torch.set_rng_state(_rank_rng(state, config.seed))
         history = state["history"]
         best = {"epoch": state["best_epoch"], "score": state["best_score"],
                 "state": state.get("best_model")}
@@ -160,7 +181,7 @@ def fit(
 
     stopped_early = False
     bar = EpochProgress(enabled=progress, total_batches=steps_per_epoch)
-    with bar:
+    with bar, distributed.data_parallel(model):  # calls of model average gradients (torchrun)
         for epoch in range(start_epoch, config.epochs + 1):
             t0 = time.perf_counter() - prep_seconds
             prep_seconds = 0.0
@@ -173,7 +194,7 @@ def fit(
             if x_fixed is not None:
                 x_epoch = x_fixed
             elif epoch_inputs is not None:
-                x_epoch = epoch_inputs(model, x_train, y_train)
+                x_epoch = _sharded_inputs(epoch_inputs, model, x_train, y_train)
             else:
                 x_epoch = x_train
             model.train()
@@ -183,29 +204,44 @@ def fit(
             bar.start_epoch(epoch, config.epochs)
             for b in range(steps_per_epoch):
                 idx = perm[b * config.batch_size:(b + 1) * config.batch_size]
-                xb, yb = x_epoch[idx], y_train[idx]
+                # this process's rows of the global batch (all of them for one process); the
+                # loss is weighted so that the averaged gradient is the global batch's mean
+                lo, hi = distributed.split_batch(idx.numel())
+                rows, weight = idx[lo:hi], world * (hi - lo) / idx.numel()
+                if hi == lo:  # fewer rows than processes: a zero-weight row keeps step
+                    rows = idx[:1]
+                xb, yb = x_epoch[rows], y_train[rows]
                 out = objective(model, xb, yb)
-                if not torch.isfinite(out.loss):
+                if not _all_finite(out.loss):
                     raise TrainingDiverged(
                         f"loss became {out.loss.item()} at epoch {epoch}, batch {b + 1}; "
                         f"stopping. {kept_checkpoint(epoch, checkpoint)}. "
                         "Try a lower learning rate."
                     )
                 opt.zero_grad(set_to_none=True)
-                out.loss.backward()
+                (out.loss if weight == 1 else out.loss * weight).backward()
                 lr_used = opt.param_groups[0]["lr"]  # before a per-batch schedule moves it
                 opt.step()
+                distributed.broadcast_buffers(model)  # rank 0's running statistics
                 if per_batch:
                     scheduler.step()
                 with torch.no_grad():
-                    loss_sum += out.loss.detach() * yb.shape[0]
-                    if out.logits is not None:
+                    used = hi - lo  # 0 for a zero-weight row
+                    loss_sum += out.loss.detach() * used
+                    if out.logits is not None and used:
                         correct += (out.logits.argmax(1) == yb).sum()
                     for k, v in out.metrics.items():
-                        extra_sums[k] = extra_sums.get(k, 0.0) + v.detach() * yb.shape[0]
+                        extra_sums[k] = extra_sums.get(k, 0.0) + v.detach() * used
                 bar.advance(out.loss)
             if scheduler is not None and not per_batch:
                 scheduler.step()
+            if world > 1:  # the epoch's sums over every process's rows
+                keys = sorted(extra_sums)
+                total = distributed.all_reduce_sum(torch.stack(
+                    [loss_sum.double(), correct.double(),
+                     *(torch.as_tensor(extra_sums[k]).double().to(device) for k in keys)]))
+                loss_sum, correct = total[0], total[1]
+                extra_sums = dict(zip(keys, total[2:], strict=True))
             train_seconds = time.perf_counter() - t0
             row: dict[str, float] = {
                 "epoch": epoch,
@@ -217,9 +253,9 @@ def fit(
             row.update({k: float(v) / n for k, v in extra_sums.items()})
             for split_name, ds in (("val", val), ("test", test)):
                 if ds is not None:
-                    ev = evaluate(model, ds, batch_size=config.eval_batch_size, device=device)
-                    row[f"{split_name}_loss"] = ev.loss
-                    row[f"{split_name}_acc"] = ev.accuracy
+                    loss, acc = _evaluate(model, ds, config.eval_batch_size, device)
+                    row[f"{split_name}_loss"] = loss
+                    row[f"{split_name}_acc"] = acc
             row["epoch_seconds"] = time.perf_counter() - t0
             history.append(row)
             bar.end_epoch(row)
@@ -232,7 +268,8 @@ def fit(
                 bad_epochs = 0
             elif val is not None:
                 bad_epochs += 1
-            if checkpoint is not None:
+            rng_ranks = distributed.all_gather_tensor(torch.get_rng_state()[None])  # (W, S)
+            if checkpoint is not None and main:
                 save_state(checkpoint, {
                     "kind": "advlab-train-checkpoint",
                     "epoch": epoch,
@@ -242,6 +279,7 @@ def fit(
                     "optimizer": opt.state_dict(),
                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
                     "rng": torch.get_rng_state(),
+                    "rng_ranks": rng_ranks if world > 1 else None,
                     "history": history,
                     "best_epoch": best["epoch"],
                     "best_score": best["score"] if math.isfinite(best["score"]) else -1.0,
@@ -251,7 +289,7 @@ def fit(
                     "metadata": metadata or {},
                     "start_fingerprint": start_fingerprint,
                 })
-            if on_epoch is not None:
+            if on_epoch is not None and main:
                 on_epoch(row)
             if val is not None and config.patience and bad_epochs >= config.patience:
                 log.info("early stopping after epoch %d (best epoch %d)", epoch, best["epoch"])
@@ -264,6 +302,54 @@ def fit(
         best_epoch = best["epoch"]
     model.eval()
     return FitResult(history=history, best_epoch=int(best_epoch), stopped_early=stopped_early)
+
+
+def _all_finite(loss: torch.Tensor) -> bool:
+    """The step's loss is finite on every process (one small collective under torchrun, so
+    that all processes stop at the same batch)."""
+    bad = (~torch.isfinite(loss.detach())).reshape(1).float()
+    return not bool(distributed.all_reduce_sum(bad).item() if distributed.active() else bad)
+
+
+def _sharded_inputs(make: Callable, model: nn.Module, x: torch.Tensor,
+                    y: torch.Tensor) -> torch.Tensor:
+    """``make(model, x, y)`` (an objective's inputs for the whole training set), each process
+    computing its contiguous share of the rows; every process gets all of them."""
+    if not distributed.active():
+        return make(model, x, y)
+    lo, hi = distributed.split_batch(x.shape[0])
+    mine = make(model, x[lo:hi], y[lo:hi]) if hi > lo else x[:0]
+    return distributed.all_gather_tensor(mine)
+
+
+def _evaluate(model: nn.Module, ds: TensorSet, batch_size: int,
+              device: torch.device) -> tuple[float, float]:
+    """(mean loss, accuracy) of ``model`` on ``ds``; under torchrun each process evaluates its
+    share of the points and the sums are combined (every process gets the same numbers)."""
+    if not distributed.active():
+        ev = evaluate(model, ds, batch_size=batch_size, device=device)
+        return ev.loss, ev.accuracy
+    lo, hi = distributed.split_batch(len(ds))
+    sums = torch.zeros(3, dtype=torch.float64)
+    if hi > lo:
+        ev = evaluate(model, ds[lo:hi], batch_size=batch_size, device=device)
+        sums = torch.tensor([ev.loss * (hi - lo), ev.accuracy * (hi - lo), hi - lo],
+                            dtype=torch.float64)
+    total = distributed.all_reduce_sum(sums)
+    return (total[0] / total[2]).item(), (total[1] / total[2]).item()
+
+
+def _rank_rng(state: dict[str, Any], seed: int) -> torch.Tensor:
+    """This process's RNG state from a checkpoint: its own when the checkpoint was written by
+    as many processes (``rng_ranks``), rank 0's ``rng`` on rank 0 (a single process resumes
+    rank 0's stream), else a fresh stream derived from the seed and the epoch."""
+    ranks = state.get("rng_ranks")
+    if isinstance(ranks, torch.Tensor) and ranks.shape[0] == distributed.world_size() > 1:
+        return ranks[distributed.rank()].clone()
+    if distributed.is_main():
+        return state["rng"]
+    g = torch.Generator().manual_seed(distributed.rank_seed(seed) + int(state["epoch"]))
+    return g.get_state()
 
 
 def _check_resumable(state: dict[str, Any], config: TrainConfig,
