@@ -40,6 +40,7 @@ def run_demo(out: str | Path | None = None, device: str = "auto", quick: bool = 
     GAN; every part's numbers land in the run's ``metrics.json`` as soon as the part ends."""
     resolve_device(device)  # an unknown or unavailable device fails before anything is written
     run = new_run_dir("demo", out)
+    run.write_config({"command": "demo", "device": device, "quick": quick})
     results: dict[str, Any] = {}
     results["classifier"] = demo_classifier(run.path, device, quick)
     run.write_metrics(results)

@@ -237,6 +237,13 @@ def _cannot_create(path: Path, err: OSError, verb: str = "create the run directo
     return WriteError(f"cannot {verb} {path}: {reason(err)}", err.errno)
 
 
+def _made(path: Path) -> RunDir:
+    from advlab.report.html import note_run  # the command line reports the runs it made
+
+    note_run(path)
+    return RunDir(path)
+
+
 def new_run_dir(command: str, out: str | Path | None = None, *, exist_ok: bool = False,
                 root: str | Path = "runs", resumable: bool = False) -> RunDir:
     """Create ``out`` (or ``runs/<command>-<timestamp>``) and return it.
@@ -285,7 +292,7 @@ def _new_run_dir(command: str, out: str | Path | None = None, *, exist_ok: bool 
                 _claim(path)
             except OSError as e:
                 raise _cannot_create(path, e, "write into the run directory") from None
-            return RunDir(path)
+            return _made(path)
     path = Path(out)
     check_out(path, exist_ok=exist_ok, resumable=resumable)
     try:
@@ -299,7 +306,7 @@ def _new_run_dir(command: str, out: str | Path | None = None, *, exist_ok: bool 
     if not claimed and not exist_ok:
         raise ValueError(f"--out {path}: directory is not empty (another advlab command has "
                          f"just claimed it); choose a new one")
-    return RunDir(path)
+    return _made(path)
 
 
 LOCK = ".lock"

@@ -6,16 +6,20 @@ from pathlib import Path
 
 import typer
 
-from advlab.cli import attack_cmd, data_cmd, defend_cmd, eval_cmd, train_cmd
+from advlab.cli import attack_cmd, data_cmd, defend_cmd, eval_cmd, report_cmd, runs_cmd, train_cmd
 from advlab.cli.common import DeviceOption, OutOption, console, fail, setup_logging
 
 app = typer.Typer(help="advlab: generative models, adversarial attacks and defenses on PyTorch.",
-                  no_args_is_help=True, add_completion=False)
+                  no_args_is_help=True, add_completion=False,
+                  # every run directory a command makes gets its report.html when it ends
+                  callback=report_cmd.collect, result_callback=report_cmd.write_collected)
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(train_cmd.app, name="train")
 app.add_typer(eval_cmd.app, name="eval")
 app.add_typer(defend_cmd.app, name="defend")
 app.command("attack")(attack_cmd.attack_command)
+app.command("report")(report_cmd.report_command)
+app.add_typer(runs_cmd.app, name="runs")
 
 
 @app.command()
