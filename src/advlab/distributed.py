@@ -25,6 +25,7 @@ function acts as for a single process (rank 0 of 1), at no cost.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import os
 import pickle
@@ -441,9 +442,9 @@ def data_parallel(model: nn.Module) -> Iterator[nn.Module | None]:
     model is not replaced by a wrapper; instead its ``forward`` is redirected for the block
     to a DDP module wrapping the model's own forward: the gradients of the loss are averaged
     over the processes during ``backward`` as DDP does, and the parameters start equal
-    (broadcast from rank 0). Buffers are not broadcast in every forward
-    (``broadcast_buffers=False``: a collective per forward would deadlock when processes
-    make different numbers of passes); call ``broadcast_buffers`` once per step instead.
+    (broadcast from rank 0). Buffers start equal but are not broadcast in every forward (a
+    collective per forward would deadlock when processes make different numbers of passes);
+    call ``broadcast_buffers`` once per step instead.
     """
     if not active():
         yield None
@@ -453,8 +454,13 @@ def data_parallel(model: nn.Module) -> Iterator[nn.Module | None]:
     if params is not None and params.device.type == "cuda":
         device_ids = [params.device.index if params.device.index is not None
                       else torch.cuda.current_device()]
-    ddp = nn.parallel.DistributedDataParallel(_Replica(model), device_ids=device_ids,
-                                              broadcast_buffers=False)
+    # buffers equal at the start (rank 0's), never synchronized inside a forward; the name
+    # of that setting changed in torch 2.13 (broadcast_buffers -> forward_sync_buffers)
+    ddp_cls = nn.parallel.DistributedDataParallel
+    no_sync = ({"forward_sync_buffers": False}
+               if "forward_sync_buffers" in inspect.signature(ddp_cls).parameters
+               else {"broadcast_buffers": False})
+    ddp = ddp_cls(_Replica(model), device_ids=device_ids, **no_sync)
     # an instance attribute that is not a Module: the state dict and modules() are unchanged
     object.__setattr__(model, "forward", ddp.__call__)
     try:

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from advlab import data, models
+from advlab import data, distributed, models
 from advlab.config import from_dict, to_dict
 from advlab.device import resolve_device
 from advlab.eval.classification import confusion_matrix, evaluate, per_class_accuracy
@@ -112,7 +112,9 @@ def train_classifier(job: ClassifierJob, out: str | Path | None = None, *, resum
                                          "metrics": {"test_acc": m["test_acc"]}})
             run.write_metrics({**m, **extra})
 
-        metrics = report_classifier(run, model, test, result.history, save_numbers=save_numbers)
+        # under torchrun rank 0 alone saves and draws; every process gets its numbers
+        metrics = distributed.on_main(report_classifier, run, model, test, result.history,
+                                      save_numbers=save_numbers)
         metrics.update(extra)
         return run, metrics
 

@@ -332,7 +332,8 @@ def _evaluate(model: nn.Module, ds: TensorSet, batch_size: int,
     lo, hi = distributed.split_batch(len(ds))
     sums = torch.zeros(3, dtype=torch.float64)
     if hi > lo:
-        ev = evaluate(model, ds[lo:hi], batch_size=batch_size, device=device)
+        ev = evaluate(model, ds.subset(torch.arange(lo, hi)), batch_size=batch_size,
+                      device=device)
         sums = torch.tensor([ev.loss * (hi - lo), ev.accuracy * (hi - lo), hi - lo],
                             dtype=torch.float64)
     total = distributed.all_reduce_sum(sums)
