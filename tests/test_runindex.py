@@ -258,3 +258,12 @@ def test_runs_cli_default_root_and_a_missing_one(root, tmp_path):
     assert code == 0 and "11 runs under runs" in out
     code, out = cli("list", "--root", str(tmp_path / "none"))
     assert code == 2 and "no directory of runs at" in out
+
+
+def test_damage_met_after_opening_falls_back_to_memory(root, tmp_path):
+    with RunIndex(root) as index:
+        index.db.close()  # the file goes bad under the open index
+        (tmp_path / "bad.sqlite").write_bytes(b"garbage" * 1000)
+        index.db = sqlite3.connect(tmp_path / "bad.sqlite")
+        assert len(index.select(command="eval robust")) == 3 and index.in_memory
+        assert len(index.all()) == 11

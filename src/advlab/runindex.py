@@ -344,9 +344,24 @@ class RunIndex:
         except sqlite3.Error:
             if self.in_memory:
                 raise
-            self.db.close()
-            self.db = self._memory()
+            self._to_memory()
             return self._refresh()
+
+    def _to_memory(self) -> None:
+        """Give up the file (damaged where opening it did not show): index in memory."""
+        self.db.close()
+        self.db = self._memory()
+        self._refresh()
+
+    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        """The rows of ``sql``; a damaged file met here is replaced by an in-memory index."""
+        try:
+            return self.db.execute(sql, args).fetchall()
+        except sqlite3.DatabaseError:
+            if self.in_memory:
+                raise
+            self._to_memory()
+            return self.db.execute(sql, args).fetchall()
 
     def _refresh(self) -> dict[str, int]:
         known = dict(self.db.execute("SELECT name, signature FROM runs").fetchall())
@@ -405,13 +420,13 @@ class RunIndex:
     _COLUMNS = "name, command, dataset, model, defense, attack, created, config, metrics, notes"
 
     def all(self) -> list[RunRecord]:
-        rows = self.db.execute(f"SELECT {self._COLUMNS} FROM runs ORDER BY created, name")
-        return [self._record(r) for r in rows.fetchall()]
+        rows = self._query(f"SELECT {self._COLUMNS} FROM runs ORDER BY created, name")
+        return [self._record(r) for r in rows]
 
     def keys(self, source: str | None = None) -> list[str]:
         """Every dotted key indexed (of the metrics, the configuration, or both)."""
         q = "SELECT DISTINCT key FROM vals" + (" WHERE source = ?" if source else "")
-        return sorted(k for (k,) in self.db.execute(q, (source,) if source else ()).fetchall())
+        return sorted(k for (k,) in self._query(q, (source,) if source else ()))
 
     def select(self, *, command: str | None = None, dataset: str | None = None,
                model: str | None = None, defense: str | None = None,
@@ -448,7 +463,7 @@ class RunIndex:
         if sql:
             q += " WHERE " + " AND ".join(sql)
         q += " ORDER BY created, name"
-        runs = [self._record(r) for r in self.db.execute(q, args).fetchall()]
+        runs = [self._record(r) for r in self._query(q, args)]
         if command is not None:
             runs = [r for r in runs if command_matches(r.command, command)]
         if sort is not None:
