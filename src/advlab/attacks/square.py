@@ -32,6 +32,9 @@ P_SCHEDULE = ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (400
               (6000, 128), (8000, 256))
 
 
+_CHUNK = 64  # iterations whose random draws are made in one call
+
+
 def p_selection(p_init: float, it: int, queries: int) -> float:
     """The fraction of pixels a square covers at iteration ``it`` of ``queries`` (the paper's
     piecewise-constant schedule, defined for 10,000 queries and rescaled to ``queries``)."""
@@ -200,12 +203,17 @@ class Square(Attack):
         loss, fooled = self._scores(forward(best), label)
         used = torch.ones(x.shape[0], dtype=torch.int64, device=x.device)
         active = (~fooled).nonzero().squeeze(1)  # indices of the points still searching
+        per_draw = (2 if self.norm == "linf" else 5) + x.shape[1]
+        draws = None
         for i in range(1, self.queries):
             if active.numel() == 0:
                 break
+            j, t = divmod(i - 1, _CHUNK)
+            if t == 0:  # one hash call for the next _CHUNK iterations of every point
+                draws = rng.rand((x.shape[0], _CHUNK, per_draw), key0 + 1 + j)
             p = p_selection(self.p_init, i - 1, self.queries)
             x_a, best_a = x[active], best[active]
-            cand = self._candidate(x_a, best_a, p, rng.take(active), key0 + i)
+            cand = self._candidate(x_a, best_a, p, draws[active, t])
             loss_c, fooled_c = self._scores(forward(cand), label[active])
             accept = fooled_c | (loss_c < loss[active])
             best[active] = torch.where(expand_as(accept, cand), cand, best_a)
@@ -233,20 +241,20 @@ class Square(Attack):
         delta[:, :, top:top + nh * s, left:left + nw * s] = grid
         return clip_box(x + delta * expand_as(eps / lp_norm(delta, "l2").clamp_min(1e-12), x))
 
-    def _candidate(self, x: Tensor, best: Tensor, p: float, rng: SampleRNG,
-                   key: int) -> Tensor:
+    def _candidate(self, x: Tensor, best: Tensor, p: float, u: Tensor) -> Tensor:
+        """The next candidate of each point from its uniforms ``u`` (A, 2 + C) for linf,
+        (A, 5 + C) for l2 (drawn per point and iteration: ``_search``)."""
         a, c, h, w = x.shape
         eps = float(self.eps)
+        u = u.to(x.dtype)
         if self.norm == "linf":
             s = min(max(round(math.sqrt(p * h * w)), 1), h, w)
-            u = rng.rand((a, 2 + c), key)
             sign = torch.where(u[:, 2:] < 0.5, -1.0, 1.0)[:, :, None, None]  # (A, C, 1, 1)
             win = (window(corner(u[:, 0], s, h), s, h)[:, None, :, None]
                    & window(corner(u[:, 1], s, w), s, w)[:, None, None, :])  # (A, 1, H, W)
             return torch.where(win, clip_box(x + eps * sign), best)
         s = max(round(math.sqrt(p * h * w)), 3)
         s = min(s + 1 if s % 2 == 0 else s, h, w)
-        u = rng.rand((a, 5 + c), key)
         sign = torch.where(u[:, 5:] < 0.5, -1.0, 1.0)[:, :, None, None]  # (A, C, 1, 1)
         top, left = corner(u[:, 0], s, h), corner(u[:, 1], s, w)
         win1 = (window(top, s, h)[:, :, None] & window(left, s, w)[:, None, :])[:, None]
