@@ -219,9 +219,11 @@ class _CheckedModel:
     """Calls the model and validates its first output (logits (B, K), labels < K); a tuple's
     first element is taken as the logits (``logits_of``)."""
 
-    def __init__(self, model: Model, labels: list[tuple[str, Tensor]]) -> None:
+    def __init__(self, model: Model, labels: list[tuple[str, Tensor]],
+                 need_logits: bool = True) -> None:
         self.model = model
         self.labels = labels
+        self.need_logits = need_logits  # False: probabilities (or one-hot labels) will do
         self.checked = False
 
     def __call__(self, x: Tensor) -> Tensor:
@@ -247,7 +249,8 @@ class _CheckedModel:
                                  f"got a value {int(lab.max())}")
         if not torch.isfinite(out).all():
             raise ValueError("expected finite logits from the model, got NaN or inf")
-        check_logits_like(out)  # a softmax output hides the margins: refused
+        if self.need_logits:  # a softmax output hides the margins from gradient attacks
+            check_logits_like(out)
 
 
 def _check_int_vector(name: str, t: object, batch: int, meaning: str) -> Tensor:
@@ -437,7 +440,9 @@ class Attack(ABC):
             raise ValueError(f"got a target for the untargeted attack {self.name!r}: "
                              "create it with targeted=True, or pass target=None")
         index = _check_index(index, batch, x.device, x)
-        checked = _CheckedModel(model, labels)
+        # gradient-free attacks rank outputs (Square) or read only the label (HopSkipJump):
+        # probabilities do for them
+        checked = _CheckedModel(model, labels, need_logits=not self.gradient_free)
         dtype = compute_dtype(model)
         with eval_mode(model):
             with torch.inference_mode(False), torch.enable_grad():
