@@ -108,6 +108,10 @@ def test_sub_runs_are_reported_in_their_own_sections(tmp_path):
                                str(demo / "generative" / "vae")]
     check_numbers(report)
     assert len(report.images) == 3  # each sub-run's figure
+    text = "".join(report.text)
+    assert "advlab demo attacks" in text  # a part without a config.yaml: named after its run
+    for i, part in enumerate(("attacks", "classifier", "generative/vae"), 1):
+        assert f'<a href="#run-1-{i}">{part}</a>' in report_of(demo, tmp=tmp_path)
 
 
 def test_eval_robust_attacks_are_one_row_each_and_checks_say_pass_or_fail(tmp_path):

@@ -65,7 +65,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -100,13 +100,14 @@ class RunData:
     figures: tuple[Path, ...]
     notes: tuple[str, ...] = ()
     subruns: tuple[RunData, ...] = field(default_factory=tuple)
+    part_of: str | None = None  # a sub-run without a command of its own: "demo attacks"
 
     @property
     def command(self) -> str | None:
         for source in (self.config, self.metrics):
             if isinstance(source, dict) and isinstance(source.get("command"), str):
                 return source["command"]
-        return None
+        return self.part_of
 
 
 def is_run_dir(path: Path) -> bool:
@@ -158,8 +159,9 @@ def _mapping(value: Any, name: str, notes: list[str]) -> dict[str, Any] | None:
     return None
 
 
-def read_run(path: str | Path, depth: int = MAX_DEPTH) -> RunData:
-    """Read the run directory ``path`` (its config, metrics, figures, versions and sub-runs)."""
+def read_run(path: str | Path, depth: int = MAX_DEPTH, part_of: str | None = None) -> RunData:
+    """Read the run directory ``path`` (its config, metrics, figures, versions and sub-runs;
+    a sub-run without a command of its own is named after its run's: ``demo attacks``)."""
     path = Path(path)
     notes: list[str] = []
     config = metrics = None
@@ -186,9 +188,17 @@ def read_run(path: str | Path, depth: int = MAX_DEPTH) -> RunData:
                              and not p.name.startswith("."))
         except OSError as e:
             notes.append(f"figures/ could not be listed ({e})")
-    subs = tuple(read_run(p, depth - 1) for p in sub_runs(path)) if depth > 0 else ()
-    return RunData(path, config, metrics, versions if isinstance(versions, dict) else None,
-                   tuple(figures), tuple(notes), subs)
+    run = RunData(path, config, metrics, versions if isinstance(versions, dict) else None,
+                  tuple(figures), tuple(notes), (), part_of)
+    if depth > 0:
+        subs = []
+        for p in sub_runs(path):
+            sub = read_run(p, depth - 1)
+            if sub.command is None and run.command is not None:
+                sub = replace(sub, part_of=f"{run.command} {p.relative_to(path).as_posix()}")
+            subs.append(sub)
+        run = replace(run, subruns=tuple(subs))
+    return run
 
 
 # --- formatting ------------------------------------------------------------------------------
@@ -602,7 +612,8 @@ def _figure(path: Path, base: Path) -> str:
 
 def _files(run: Path) -> str:
     try:
-        files = sorted(p for p in run.iterdir() if p.is_file() and not p.name.startswith("."))
+        files = sorted(p for p in run.iterdir() if p.is_file() and not p.name.startswith(".")
+                       and p.name != REPORT)
     except OSError:
         return ""
     parts = []
@@ -684,8 +695,17 @@ def run_html(run: RunData, anchor: str, level: int = 2) -> str:
             rest = ", ".join(esc(p.name) for p in run.figures[len(shown):])
             out.append(f'<p class="note">{len(run.figures) - len(shown)} more figures in '
                        f"figures/: {rest}</p>")
+    if run.subruns:
+        rows = [[f'<td><a href="#{esc(anchor)}-{i}">{esc(s.path.relative_to(run.path))}</a></td>',
+                 f'<td class="text">{esc(s.command or "")}</td>']
+                for i, s in enumerate(run.subruns, 1)]
+        out.append(f"<{sub}>Parts</{sub}>" + _table(("run", "command"), rows, "parts")
+                   + '<p class="note">each reported in its own section below</p>')
     details = metrics_html(m, (), skip=[*skip, *(k for k, _ in headline)])
-    if details:
+    if details and run.subruns:  # mostly the parts' numbers again: folded
+        out.append(f'<details class="nested"><summary>Detailed metrics (its parts\' numbers '
+                   f"are in their sections)</summary>{details}</details>")
+    elif details:
         out.append(f"<{sub}>Detailed metrics</{sub}>{details}")
     out.append(f"<{sub}>Library versions</{sub}>")
     if run.versions:
