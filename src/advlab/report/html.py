@@ -450,7 +450,6 @@ def verdicts_html(verdicts: list[dict[str, Any]], path: Sequence[Any], recipe: A
             diff = f'<td class="num derived">{esc(shown)}</td>'
         else:
             diff = '<td class="none"></td>'
-
         rows.append([f'<th scope="row">{esc(label)}</th>', _td(src, [*path, i, "source"], pct),
                      _td(ours, [*path, i, "advlab"], pct), diff,
                      _td(v["tolerance"], [*path, i, "tolerance"], pct),
