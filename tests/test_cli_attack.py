@@ -299,3 +299,34 @@ def test_metrics_are_written_before_figures_and_survive_a_failing_figure(run_dir
     m = read_json(out / "metrics.json")
     assert m["robust_accuracy"] is not None and m["figures"] == []
     assert not list((out / "figures").glob("*.png"))  # no empty or partial PNG left
+
+
+@pytest.mark.parametrize("args, minimal", [
+    (["-a", "apgd", "--eps", "0.1", "--steps", "10"], False),
+    (["-a", "apgd-t", "--eps", "0.1", "--steps", "5", "-p", "n_target_classes=2"], False),
+    (["-a", "square", "--eps", "0.1", "-p", "queries=100"], False),
+    (["-a", "fab-t", "--steps", "5", "-p", "n_target_classes=2"], True),
+    (["-a", "hopskipjump", "-p", "max_queries=200"], True),
+])
+def test_autoattack_and_black_box_attacks_run_from_the_command_line(run_dir, tmp_path, args,
+                                                                    minimal):
+    out = tmp_path / "att"
+    res = invoke(str(run_dir), *args, "--n", "30", "--no-checks", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    m = read_json(out / "metrics.json")
+    assert m["minimal"] == minimal and m["robust_accuracy"] <= m["clean_accuracy"]
+    given = dict(a.split("=") for a in args[args.index("-p") + 1:][:1]) if "-p" in args else {}
+    for k, v in given.items():
+        assert str(m["params"][k]) == v
+    if minimal:
+        assert m["curve"]["minimal"] and m["curve"]["accuracy"][0] == m["clean_accuracy"]
+
+
+def test_param_cannot_shadow_an_option(run_dir, tmp_path):
+    res = invoke(str(run_dir), "-a", "pgd", "--eps", "0.1", "--steps", "5", "-p", "steps=3",
+                 "--out", str(tmp_path / "a"))
+    assert res.exit_code == 2 and "--steps" in res.output
+    res = invoke(str(run_dir), "-a", "square", "--eps", "0.1", "-p", "quries=3", "--out",
+                 str(tmp_path / "b"))
+    assert res.exit_code == 2 and "queries" in res.output  # the close name is suggested
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

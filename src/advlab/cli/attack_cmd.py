@@ -27,6 +27,7 @@ from advlab.cli.common import (
     console,
     eps_in_pixels,
     fail,
+    key_values,
     load_companion,
     parse_floats,
     relaunch,
@@ -80,6 +81,9 @@ def attack_command(
     binary_search_steps: int = typer.Option(None, help="CW: search steps over c."),
     overshoot: float = typer.Option(None, help="DeepFool: relative overshoot."),
     num_classes: int = typer.Option(None, help="DeepFool: candidate classes."),
+    param: list[str] = typer.Option(None, "--param", "-p", help="Any other parameter of the "
+                                    "attack as KEY=VALUE, repeatable (e.g. -p queries=1000 for "
+                                    "square, -p n_target_classes=3 for apgd-t)."),
     early_stop: bool = typer.Option(None, "--early-stop/--no-early-stop",
                                     help="PGD: stop a sample once fooled (default here: on)."),
     n: int = typer.Option(None, help="Evaluate a seeded random subset of n points (all if "
@@ -133,6 +137,12 @@ def attack_command(
             steps=steps, norm=norm, alpha=alpha, restarts=restarts, random_start=random_start,
             c=c, kappa=kappa, lr=lr, binary_search_steps=binary_search_steps,
             overshoot=overshoot, num_classes=num_classes, early_stop=early_stop, seed=seed))
+        extra_params = key_values(param or [], "--param")
+        both = sorted(set(extra_params) & {k for k in params if k not in ("seed", "early_stop")})
+        if both or "eps" in extra_params:
+            raise ValueError(f"--param {', '.join(both or ['eps'])}: give it with its own "
+                             f"option (--{(both or ['eps'])[0].replace('_', '-')})")
+        params.update(extra_params)
         units = bounds or run_domain(run)  # --bounds, or a data set outside the pixel box
         eps_given, eps_list = eps_list, eps_in_pixels(eps_list, units)  # in the data's units
         if params.get("alpha") is not None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+import yaml
 from rich.console import Console
 from typer.core import TyperGroup
 
@@ -429,3 +430,21 @@ def resolve_target(run: Path | None, *, model: str | None = None, weights: Path 
     if n is not None and n < len(ds):
         ds = data.subset(ds, n, seed=seed)
     return Target(net, label, ds, dev, train_dataset, record, box)
+
+
+def key_values(items: list[str], option: str) -> dict[str, object]:
+    """``["eps=0.3", "random_start=false"]`` -> ``{"eps": 0.3, "random_start": False}`` (YAML
+    scalars: numbers, booleans, strings)."""
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{option}: expected key=value, got {item!r}")
+        parsed = yaml.safe_load(value)
+        if isinstance(parsed, str):  # YAML 1.1 reads 1e-3 as a string
+            try:
+                parsed = float(parsed)
+            except ValueError:
+                pass
+        out[key.strip()] = parsed
+    return out

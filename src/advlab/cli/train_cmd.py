@@ -22,6 +22,9 @@ from advlab.cli.common import (
     setup_logging,
     training_errors,
 )
+from advlab.cli.common import (
+    key_values as _key_values,
+)
 
 app = typer.Typer(help="Train classifiers and generative models.", no_args_is_help=True)
 
@@ -165,24 +168,6 @@ def _ints(spec: str, option: str) -> list[int]:
         raise ValueError(f"{option}: expected comma-separated integers >= 1 (e.g. 500,150), "
                          f"got {spec!r}")
     return values
-
-
-def _key_values(items: list[str], option: str) -> dict[str, object]:
-    """``["eps=0.3", "random_start=false"]`` -> ``{"eps": 0.3, "random_start": False}`` (YAML
-    scalars: numbers, booleans, strings)."""
-    out: dict[str, object] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"{option}: expected key=value, got {item!r}")
-        parsed = yaml.safe_load(value)
-        if isinstance(parsed, str):  # YAML 1.1 reads 1e-3 as a string
-            try:
-                parsed = float(parsed)
-            except ValueError:
-                pass
-        out[key.strip()] = parsed
-    return out
 
 
 @app.command()
