@@ -25,6 +25,7 @@ from advlab.attacks.base import (
     expand_as,
     input_grad,
     is_adversarial,
+    top_other_classes,
 )
 from advlab.attacks.pgd import DEFAULT_EPS
 from advlab.attacks.registry import register
@@ -400,8 +401,8 @@ class APGDT(_APGDBase):
     def run(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
             rng: SampleRNG) -> RunOutput:
         clean = _clean_logits(model, x)  # (B, K)
-        k = min(self.n_target_classes, clean.shape[1] - 1)
-        targets = clean.scatter(1, y[:, None], -torch.inf).topk(k, dim=1).indices  # (B, k)
+        targets = top_other_classes(clean, y, self.n_target_classes)  # (B, k)
+        k = targets.shape[1]
         runs = [(j * self.restarts + r, targets[:, j]) for j in range(k)
                 for r in range(self.restarts)]
         return self._runs(model, x, y, clean.argmax(dim=1) != y, runs, "dlr", False, rng)

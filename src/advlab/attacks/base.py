@@ -179,6 +179,13 @@ def margin(logits: Tensor, label: Tensor, targeted: bool) -> Tensor:
     return other - own if targeted else own - other
 
 
+def top_other_classes(logits: Tensor, label: Tensor, k: int) -> Tensor:
+    """(B, k') the k' = min(k, K − 1) classes other than ``label`` with the highest logits,
+    highest first: the targets of AutoAttack's APGD-T and FAB-T."""
+    k = min(k, logits.shape[1] - 1)
+    return logits.scatter(1, label[:, None], -torch.inf).topk(k, dim=1).indices
+
+
 def is_adversarial(logits: Tensor, label: Tensor, targeted: bool) -> Tensor:
     """(B,) bool: the prediction is the target (targeted) or differs from the label."""
     pred = logits.argmax(dim=1)

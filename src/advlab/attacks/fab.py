@@ -22,6 +22,7 @@ from advlab.attacks.base import (
     expand_as,
     input_grad,
     is_adversarial,
+    top_other_classes,
 )
 from advlab.attacks.deepfool import candidate_grads
 from advlab.attacks.registry import register
@@ -293,8 +294,8 @@ class FABT(_FABBase):
     def run(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None,
             rng: SampleRNG) -> RunOutput:
         def plan(z: Tensor) -> list[tuple[Tensor | None, int]]:  # z: clean logits (B, K)
-            k = min(self.n_target_classes, z.shape[1] - 1)
-            ranked = z.scatter(1, y[:, None], -torch.inf).topk(k, dim=1).indices  # (B, k)
+            ranked = top_other_classes(z, y, self.n_target_classes)  # (B, k)
+            k = ranked.shape[1]
             return [(ranked[:, j], r) for j in range(k) for r in range(self.restarts)]
 
         return self._attack(model, x, y, None, rng, plan)
