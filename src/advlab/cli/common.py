@@ -291,7 +291,10 @@ def run_domain(run: Path | None) -> str | None:
     from advlab import data
     from advlab.weights import read_model_meta
 
-    name = read_model_meta(run).get("dataset")
+    try:
+        name = read_model_meta(run).get("dataset")
+    except (ValueError, FileNotFoundError):  # resolve_target reports what is wrong with RUN
+        return None
     if not name or name not in data.available():
         return None
     inf = data.info(name)
