@@ -420,15 +420,17 @@ def broadcast_buffers(model: nn.Module) -> None:
 
 
 class _Replica(nn.Module):
-    """What ``DistributedDataParallel`` wraps in ``data_parallel``: the model's own forward,
-    reached without the redirect that sends calls of the model through DDP."""
+    """What ``DistributedDataParallel`` wraps in ``data_parallel``: the model's own forward
+    (``own``: its class's, or one set on the instance before), reached without the redirect
+    that sends calls of the model through DDP."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, own: Callable[..., Any]) -> None:
         super().__init__()
         self.model = model
+        self._own = own
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return type(self.model).forward(self.model, *args, **kwargs)
+        return self._own(*args, **kwargs)
 
 
 @contextmanager
@@ -460,13 +462,18 @@ def data_parallel(model: nn.Module) -> Iterator[nn.Module | None]:
     no_sync = ({"forward_sync_buffers": False}
                if "forward_sync_buffers" in inspect.signature(ddp_cls).parameters
                else {"broadcast_buffers": False})
-    ddp = ddp_cls(_Replica(model), device_ids=device_ids, **no_sync)
+    before = model.__dict__.get("forward")  # a forward set on the instance is kept
+    own = before if before is not None else functools.partial(type(model).forward, model)
+    ddp = ddp_cls(_Replica(model, own), device_ids=device_ids, **no_sync)
     # an instance attribute that is not a Module: the state dict and modules() are unchanged
     object.__setattr__(model, "forward", ddp.__call__)
     try:
         yield ddp
     finally:
-        model.__dict__.pop("forward", None)
+        if before is None:
+            model.__dict__.pop("forward", None)
+        else:
+            object.__setattr__(model, "forward", before)
 
 
 # --- starting several processes ---------------------------------------------------------------
