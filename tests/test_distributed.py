@@ -103,6 +103,17 @@ def test_nproc_relaunches_the_same_command_line_through_torchrun():
     assert cmd[cmd.index("advlab") + 1:] == ["--", *stripped]
 
 
+def test_nproc_is_refused_inside_torchrun_and_outside_the_command_line(monkeypatch, tmp_path):
+    args = ["eval", "robust", str(tmp_path / "run"), "--eps", "0.1", "--nproc", "2"]
+    res = runner.invoke(app, args)  # called from Python, not as `advlab ...`
+    assert res.exit_code == 2 and "torchrun -m advlab" in res.output
+    monkeypatch.setattr(sys, "argv", ["advlab", *args])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and "inside a torchrun job" in res.output
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_nccl_serves_gpu_tensors_when_cuda_is_available(monkeypatch):

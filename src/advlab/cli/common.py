@@ -61,10 +61,14 @@ def relaunch(nproc: int | None) -> None:
         return
     from advlab import distributed
 
-    if Path(sys.argv[0]).name not in ("advlab", "__main__.py", "advlab.exe"):
-        raise ValueError("expected --nproc on the advlab command line, got a call from "
-                         f"{sys.argv[0]!r}; start it with torchrun -m advlab instead")
-    code = distributed.launch(nproc, distributed.strip_option(sys.argv[1:], "--nproc"))
+    entry = Path(sys.argv[0])  # the advlab script, or advlab/__main__.py (python -m advlab)
+    if entry.stem != "advlab" and entry.parent.name != "advlab":
+        fail(f"expected --nproc on the advlab command line, got a call from {sys.argv[0]!r}; "
+             f"start it with torchrun -m advlab instead")
+    try:
+        code = distributed.launch(nproc, distributed.strip_option(sys.argv[1:], "--nproc"))
+    except ValueError as e:  # --nproc inside a torchrun job
+        fail(str(e))
     raise typer.Exit(code)
 
 
