@@ -64,7 +64,7 @@ def test_train_then_eval_then_resume_with_more_epochs(tmp_path):
                               "--resume"])
     text = " ".join(res.output.split())
     assert res.exit_code == 2 and "differs" in text
-    assert "train.lr: 0.001 in the run, 0.5 given" in text
+    assert "train.lr: 0.003 in the run, 0.5 given" in text  # digits: its default lr
     # A bare --resume takes the run's own options (here: lrl on digits, not the defaults).
     res = runner.invoke(app, ["train", "classifier", "--epochs", "4", "--no-progress",
                               "--out", str(out), "--resume"])

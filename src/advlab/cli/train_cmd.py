@@ -33,10 +33,10 @@ app = typer.Typer(help="Train classifiers and generative models.", no_args_is_he
 def classifier(
     dataset: str = typer.Option(None, help="Data set name (advlab data list) [digits]."),
     model: str = typer.Option(None, help="Model name (the zoo in docs/guide-models.md) [mlp]."),
-    epochs: int = typer.Option(None, help="Epochs [10]."),
-    batch_size: int = typer.Option(None, help="Batch size [128]."),
+    epochs: int = typer.Option(None, help="Epochs [10; digits 30]."),
+    batch_size: int = typer.Option(None, help="Batch size [128; digits 64]."),
     optimizer: str = typer.Option(None, help="adam | sgd [adam]."),
-    lr: float = typer.Option(None, help="Learning rate [1e-3]."),
+    lr: float = typer.Option(None, help="Learning rate [1e-3; digits 3e-3]."),
     weight_decay: float = typer.Option(None, help="Weight decay [0]."),
     schedule: str = typer.Option(None, help="none | cosine | step | onecycle | cyclic [none]."),
     seed: int = typer.Option(None, help="Seed of init, shuffling and dropout [0]."),
@@ -60,7 +60,7 @@ def classifier(
     """Train a classifier of the zoo; writes weights, metrics and figures to a run directory."""
     from advlab.config import from_dict
     from advlab.train.classifier import ClassifierJob, train_classifier
-    from advlab.train.config import TrainConfig
+    from advlab.train.config import TrainConfig, dataset_defaults
 
     relaunch(nproc)
     setup_logging()
@@ -91,6 +91,9 @@ def classifier(
         cli_opts = {"dataset": dataset, "model": model, "n_train": n_train,
                     "init": str(init) if init else None}
         job_opts = {**base, **{k: v for k, v in cli_opts.items() if v is not None}}
+        # the data set's own defaults, below a config file's or the options' values
+        train_opts = {**dataset_defaults(job_opts.get("dataset", ClassifierJob.dataset)),
+                      **train_opts}
         job = from_dict(ClassifierJob, {**job_opts, "model_kwargs": model_kwargs,
                                         "train": from_dict(TrainConfig, train_opts)})
         objective, extra = None, None
