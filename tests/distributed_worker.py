@@ -16,7 +16,8 @@ import torch
 
 from advlab import data, defenses, distributed, models
 from advlab.train.config import TrainConfig
-from advlab.train.loop import fit
+from advlab.train.loop import TrainingDiverged, fit
+from advlab.train.objective import CrossEntropy
 
 TRAIN_N = 48  # three global batches of 16 (8 rows per rank)
 
@@ -115,11 +116,40 @@ def objectives() -> dict[str, object]:
     return out
 
 
+class NanOnRank1:
+    """Cross-entropy, NaN on rank 1's second batch only."""
+
+    name = "nan-on-rank-1"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, model, x, y):
+        self.calls += 1
+        out = CrossEntropy()(model, x, y)
+        if distributed.rank() == 1 and self.calls == 2:
+            out.loss = out.loss * float("nan")
+        return out
+
+
+def divergence() -> str | None:
+    """Every process stops at the batch where one process's loss is NaN."""
+    train = data.load("digits", "train").subset(torch.arange(TRAIN_N))
+    config = TrainConfig(epochs=1, batch_size=16, seed=0, device="cpu")
+    try:
+        fit(models.create("mlp", dataset="digits"), train, config, objective=NanOnRank1(),
+            progress=False)
+    except TrainingDiverged as e:
+        return str(e)
+    return None
+
+
 def main(path: str) -> None:
     torch.set_num_threads(1)
     if not distributed.init_from_env():
         raise SystemExit("expected to run under torchrun with WORLD_SIZE > 1")
-    found = {"collectives": collectives(), "objectives": objectives()}
+    found = {"collectives": collectives(), "objectives": objectives(),
+             "divergence": divergence()}
     with open(f"{path}.{distributed.rank()}.json", "w", encoding="utf-8") as f:
         json.dump(found, f)
     distributed.shutdown()

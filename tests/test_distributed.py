@@ -145,6 +145,9 @@ def test_collectives_and_every_defense_objective_under_two_processes(tmp_path):
                 assert row["max_param_diff"] < 1e-5, key
                 assert row["loss"] == pytest.approx(row["loss_alone"], rel=1e-5), key
     assert found[0]["objectives"] == found[1]["objectives"]  # every rank saw the same
+    # a NaN loss on rank 1 alone stops both at that batch (its flag rides on the gradients)
+    assert "loss became nan at epoch 1, batch 2" in found[1]["divergence"]
+    assert "not finite on another process at epoch 1, batch 2" in found[0]["divergence"]
 
 
 @pytest.fixture(scope="module")

@@ -419,15 +419,37 @@ def broadcast_buffers(model: nn.Module) -> None:
             start += b.numel()
 
 
+def with_flag(ddp: nn.Module, loss: Tensor, flag: Tensor) -> Tensor:
+    """``loss`` plus a term whose gradient with respect to the DDP replica's flag parameter
+    is ``flag`` (a 0/1 scalar of this process; the loss's value and its other gradients are
+    unchanged, also when the loss is NaN). Back-propagate the result: DDP averages that
+    gradient with the others, so afterwards ``flag_raised(ddp)`` is the same on every process
+    — True when some process raised its flag (e.g. its loss was not finite) — at no extra
+    collective."""
+    replica = ddp.module
+    replica.flag.grad = None
+    return loss + replica.flag * flag.detach().to(replica.flag.dtype)
+
+
+def flag_raised(ddp: nn.Module) -> bool:
+    """After the backward of ``with_flag``'s loss: whether any process raised its flag."""
+    grad = ddp.module.flag.grad
+    return grad is not None and bool(grad > 0)
+
+
 class _Replica(nn.Module):
     """What ``DistributedDataParallel`` wraps in ``data_parallel``: the model's own forward
     (``own``: its class's, or one set on the instance before), reached without the redirect
     that sends calls of the model through DDP."""
 
-    def __init__(self, model: nn.Module, own: Callable[..., Any]) -> None:
+    def __init__(self, model: nn.Module, own: Callable[..., Any],
+                 device: torch.device | None = None) -> None:
         super().__init__()
         self.model = model
         self._own = own
+        # a scalar whose gradient carries a per-step flag through DDP's own all-reduce
+        # (``with_flag``): every process learns it without a collective of its own
+        self.flag = nn.Parameter(torch.zeros((), device=device))
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self._own(*args, **kwargs)
@@ -464,7 +486,8 @@ def data_parallel(model: nn.Module) -> Iterator[nn.Module | None]:
                else {"broadcast_buffers": False})
     before = model.__dict__.get("forward")  # a forward set on the instance is kept
     own = before if before is not None else functools.partial(type(model).forward, model)
-    ddp = ddp_cls(_Replica(model, own), device_ids=device_ids, **no_sync)
+    replica = _Replica(model, own, params.device if params is not None else None)
+    ddp = ddp_cls(replica, device_ids=device_ids, **no_sync)
     # an instance attribute that is not a Module: the state dict and modules() are unchanged
     object.__setattr__(model, "forward", ddp.__call__)
     try:

@@ -181,7 +181,7 @@ def fit(
 
     stopped_early = False
     bar = EpochProgress(enabled=progress, total_batches=steps_per_epoch)
-    with bar, distributed.data_parallel(model):  # calls of model average gradients (torchrun)
+    with bar, distributed.data_parallel(model) as ddp:  # torchrun: gradients averaged
         for epoch in range(start_epoch, config.epochs + 1):
             t0 = time.perf_counter() - prep_seconds
             prep_seconds = 0.0
@@ -212,14 +212,17 @@ def fit(
                     rows = idx[:1]
                 xb, yb = x_epoch[rows], y_train[rows]
                 out = objective(model, xb, yb)
-                if not _all_finite(out.loss):
-                    raise TrainingDiverged(
-                        f"loss became {out.loss.item()} at epoch {epoch}, batch {b + 1}; "
-                        f"stopping. {kept_checkpoint(epoch, checkpoint)}. "
-                        "Try a lower learning rate."
-                    )
+                loss = out.loss if weight == 1 else out.loss * weight
+                bad = ~torch.isfinite(out.loss.detach())
+                if ddp is None and bad:
+                    raise TrainingDiverged(_diverged(out.loss, epoch, b, checkpoint))
                 opt.zero_grad(set_to_none=True)
-                (out.loss if weight == 1 else out.loss * weight).backward()
+                if ddp is None:
+                    loss.backward()
+                else:  # every process learns whether a loss was not finite, in the all-reduce
+                    distributed.with_flag(ddp, loss, bad).backward()
+                    if distributed.flag_raised(ddp):  # the same on every process: all stop
+                        raise TrainingDiverged(_diverged(out.loss, epoch, b, checkpoint))
                 lr_used = opt.param_groups[0]["lr"]  # before a per-batch schedule moves it
                 opt.step()
                 distributed.broadcast_buffers(model)  # rank 0's running statistics
@@ -304,11 +307,13 @@ def fit(
     return FitResult(history=history, best_epoch=int(best_epoch), stopped_early=stopped_early)
 
 
-def _all_finite(loss: torch.Tensor) -> bool:
-    """The step's loss is finite on every process (one small collective under torchrun, so
-    that all processes stop at the same batch)."""
-    bad = (~torch.isfinite(loss.detach())).reshape(1).float()
-    return not bool(distributed.all_reduce_sum(bad).item() if distributed.active() else bad)
+def _diverged(loss: torch.Tensor, epoch: int, batch: int, checkpoint: str | Path | None
+              ) -> str:
+    """The message of ``TrainingDiverged`` at ``batch`` (0-based) of ``epoch``."""
+    value = loss.item()
+    shown = value if not math.isfinite(value) else "not finite on another process"
+    return (f"loss became {shown} at epoch {epoch}, batch {batch + 1}; stopping. "
+            f"{kept_checkpoint(epoch, checkpoint)}. Try a lower learning rate.")
 
 
 def _sharded_inputs(make: Callable, model: nn.Module, x: torch.Tensor,
