@@ -237,3 +237,14 @@ def test_unknown_or_missing_devices_leave_no_run_directory(tmp_path):
             res = runner.invoke(app, [*args, "--device", device, "--out", str(tmp_path / "d")])
             assert res.exit_code == 2 and "device" in res.output, (args, device, res.output)
             assert not (tmp_path / "d").exists(), (args, device)
+
+
+def test_the_console_shows_summaries_and_the_log_goes_to_log_txt(tmp_path):
+    quiet = runner.invoke(app, ["train", "classifier", "--model", "lrl", "--epochs", "1",
+                                "--no-progress", "--device", "cpu", "--out", str(tmp_path / "q")])
+    assert quiet.exit_code == 0, quiet.output
+    assert "INFO" not in quiet.output and "test accuracy" in quiet.output
+    assert "INFO advlab.train.loop" in (tmp_path / "q" / "log.txt").read_text()
+    loud = runner.invoke(app, ["-v", "train", "classifier", "--model", "lrl", "--epochs", "1",
+                               "--no-progress", "--device", "cpu", "--out", str(tmp_path / "v")])
+    assert loud.exit_code == 0, loud.output

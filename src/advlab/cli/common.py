@@ -23,12 +23,24 @@ DataDirOption = typer.Option(None, "--data-dir", help="Data root (overrides ADVL
                              envvar=None)
 
 
+_VERBOSE = {"on": False}
+
+
+def set_verbose(on: bool) -> None:
+    """``advlab -v``: show the log lines on the console too."""
+    _VERBOSE["on"] = bool(on)
+
+
 def setup_logging(verbose: bool = False) -> None:
-    """Console logging of a command; under torchrun (``WORLD_SIZE`` > 1) the process first
-    joins the process group, and only rank 0 prints (the others log warnings and errors)."""
+    """Console logging of a command: warnings and errors (every log line with ``advlab -v``);
+    the INFO lines always reach each run's ``log.txt`` (``runs.log_to_run``). Under torchrun
+    (``WORLD_SIZE`` > 1) the process first joins the process group, and only rank 0 prints."""
     main = join_process_group()
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    verbose = verbose or _VERBOSE["on"]
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # the console's (basicConfig's) handler
+        if type(handler) is logging.StreamHandler:
+            handler.setLevel(logging.INFO if verbose and main else logging.WARNING)
     logging.getLogger("advlab").setLevel(logging.INFO if main else logging.WARNING)
 
 

@@ -7,12 +7,27 @@ from pathlib import Path
 import typer
 
 from advlab.cli import attack_cmd, data_cmd, defend_cmd, eval_cmd, report_cmd, runs_cmd, train_cmd
-from advlab.cli.common import DeviceOption, OutOption, console, fail, setup_logging
+from advlab.cli.common import (
+    DeviceOption,
+    OutOption,
+    console,
+    fail,
+    set_verbose,
+    setup_logging,
+)
+
+
+def _main(ctx: typer.Context,
+          verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the log lines on "
+                                       "the console (every run's log.txt has them anyway).")
+          ) -> None:
+    set_verbose(verbose)
+    report_cmd.collect(ctx)  # every run directory a command makes gets its report.html
+
 
 app = typer.Typer(help="advlab: generative models, adversarial attacks and defenses on PyTorch.",
                   no_args_is_help=True, add_completion=False,
-                  # every run directory a command makes gets its report.html when it ends
-                  callback=report_cmd.collect, result_callback=report_cmd.write_collected)
+                  callback=_main, result_callback=report_cmd.write_collected)
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(train_cmd.app, name="train")
 app.add_typer(eval_cmd.app, name="eval")
