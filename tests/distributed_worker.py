@@ -48,6 +48,11 @@ def collectives() -> dict[str, object]:
         out["shape_mismatch"] = "no error"
     except ValueError as e:
         out["shape_mismatch"] = str(e)
+    try:
+        distributed.all_gather_tensor(torch.zeros(2, dtype=torch.float32 if r else torch.int64))
+        out["dtype_mismatch"] = "no error"
+    except ValueError as e:
+        out["dtype_mismatch"] = str(e)
     # contiguous shares whose concatenation in rank order is the whole
     idx = torch.arange(7)
     out["shard"] = distributed.all_gather_tensor(distributed.shard(idx)).tolist()

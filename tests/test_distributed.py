@@ -135,7 +135,8 @@ def test_collectives_and_every_defense_objective_under_two_processes(tmp_path):
         c = f["collectives"]
         assert (c["rank"], c["world"], c["main"]) == (r, 2, r == 0)
         assert c["gather"] and c["gather_bool"] and c["shard"] == list(range(7))
-        assert "same trailing dimensions" in c["shape_mismatch"]
+        assert "same dtype and trailing dimensions" in c["shape_mismatch"]
+        assert "same dtype" in c["dtype_mismatch"]
         assert c["batches"] == ([[0, 1, 2], [3, 4, 5]] if r == 0 else [[6, 7, 8], [9]])
         assert c["on_main_error"] == "made on rank 0" and c["on_main_value"] == "from rank 0"
         assert "the same points" in c["different_data"] and c["local_world"] == 1

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 T = TypeVar("T")
 ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 _local = 0  # depth of ``local()`` blocks: inside one, every helper acts as a single process
+_MAX_DIMS = 8  # of a tensor that all_gather_tensor gathers
 
 
 # --- the process group ----------------------------------------------------------------------
@@ -207,21 +208,25 @@ def all_gather_tensor(t: Tensor) -> Tensor:
     if t.dim() == 0:
         raise ValueError("expected a tensor with a first dimension to gather along, got a "
                          "scalar")
+    if t.dim() > _MAX_DIMS:
+        raise ValueError(f"expected a tensor of at most {_MAX_DIMS} dimensions, got {t.dim()}")
     dev = _comm_device(t.device)
     x = t.detach().to(dev)
     if x.dtype == torch.bool:  # not every backend reduces bools: travel as bytes
         x = x.to(torch.uint8)
-    shape = torch.tensor([x.dim(), *x.shape], dtype=torch.int64, device=dev)
+    # (dtype, ndim, shape padded to _MAX_DIMS): the same length on every process
+    kind = str(t.dtype)
+    code = sum(ord(c) * 31**i for i, c in enumerate(kind)) % 2**31
+    head = [code, x.dim(), *x.shape, *[0] * (_MAX_DIMS - x.dim())]
+    shape = torch.tensor(head, dtype=torch.int64, device=dev)
     shapes = [torch.zeros_like(shape) for _ in range(world_size())]
-    try:
-        dist.all_gather(shapes, shape)
-    except RuntimeError:
-        raise ValueError(f"expected tensors of the same number of dimensions on every "
-                         f"process, got {x.dim()} here") from None
-    sizes = [tuple(int(v) for v in s[1:]) for s in shapes]
-    if any(s[1:] != tuple(x.shape[1:]) for s in sizes):
-        raise ValueError(f"expected tensors (B, ...) with the same trailing dimensions on every "
-                         f"process, got shapes {sizes}")
+    dist.all_gather(shapes, shape)
+    heads = [[int(v) for v in s] for s in shapes]
+    sizes = [tuple(h[2:2 + h[1]]) for h in heads]
+    if any(h[:2] != heads[0][:2] or s[1:] != sizes[0][1:] for h, s in zip(heads, sizes,
+                                                                       strict=True)):
+        raise ValueError(f"expected tensors (B, ...) of the same dtype and trailing dimensions "
+                         f"on every process, got shapes {sizes} ({kind} here)")
     rows = [s[0] for s in sizes]
     most = max(rows)
     if most == 0:
@@ -314,13 +319,12 @@ def gather_results(parts: list[Any], n: int, batch_size: int, *, like_adv: Tenso
     if parts:
         cols = {k: torch.cat([getattr(p, k).to(dev) for p in parts])
                 for k in AttackResult.FIELDS}
-    else:
-        n = 0
-        cols = {"adv": like_adv[:n], "success": torch.zeros(n, dtype=torch.bool, device=dev),
-                "l2": torch.zeros(n, device=dev), "linf": torch.zeros(n, device=dev),
-                "pred": torch.zeros(n, dtype=torch.int64, device=dev),
-                "logits": like_logits[:n].to(dev),
-                "iterations": torch.zeros(n, dtype=torch.int64, device=dev)}
+    else:  # no batch here: empty columns of the right shapes and dtypes
+        cols = {"adv": like_adv[:0], "success": torch.zeros(0, dtype=torch.bool, device=dev),
+                "l2": torch.zeros(0, device=dev), "linf": torch.zeros(0, device=dev),
+                "pred": torch.zeros(0, dtype=torch.int64, device=dev),
+                "logits": like_logits[:0].to(dev),
+                "iterations": torch.zeros(0, dtype=torch.int64, device=dev)}
     full = {k: all_gather_tensor(v) for k, v in cols.items()}
     infos = [i for rank_infos in all_gather_object([_to_cpu(p.info) for p in parts])
              for i in rank_infos]
