@@ -89,3 +89,24 @@ def test_every_registered_attack_has_a_kind_and_only_fitted_ones_fit():
         if a.kind != "fitted":
             with pytest.raises(ValueError, match="expected a fitted attack"):
                 a.fit(model, x[:4], y[:4])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_direct_call_runs_on_the_models_device_and_answers_on_the_callers():
+    model, x, y = trained_digits()
+    gpu = _copy(model).cuda()
+    r_cpu = attacks.create("pgd", eps=0.1, steps=5)(model, x[:16], y[:16])
+    r_gpu = attacks.create("pgd", eps=0.1, steps=5)(gpu, x[:16], y[:16])  # x, y on the CPU
+    for k in AttackResult.FIELDS:
+        assert getattr(r_gpu, k).device.type == "cpu", k
+    assert (r_gpu.success == r_cpu.success).float().mean() >= 0.9
+
+
+def test_attack_results_move_between_devices_with_their_info():
+    model, x, y = trained_digits()
+    r = attacks.create("square", eps=0.1, queries=20)(model, x[:4], y[:4])
+    same = r.to("cpu")
+    assert same is r and torch.equal(same.info["queries"], r.info["queries"])
+    meta = r.to("meta")
+    assert meta.adv.device.type == "meta" and meta.info["queries"].device.type == "meta"

@@ -48,6 +48,24 @@ class AttackResult:
     def __len__(self) -> int:
         return self.adv.shape[0]
 
+    def to(self, device: str | torch.device) -> AttackResult:
+        """The result with its tensors (and ``info``'s) on ``device`` (itself if there)."""
+        device = torch.device(device)
+        if self.adv.device == device:
+            return self
+
+        def move(v: Any) -> Any:
+            if isinstance(v, Tensor):
+                return v.to(device)
+            if isinstance(v, dict):
+                return {k: move(w) for k, w in v.items()}
+            if isinstance(v, list):
+                return [move(w) for w in v]
+            return v
+
+        return AttackResult(**{k: getattr(self, k).to(device) for k in self.FIELDS},
+                            info=move(self.info))
+
     @property
     def success_rate(self) -> float:
         return self.success.float().mean().item() if len(self) else float("nan")
@@ -451,14 +469,16 @@ class Attack(ABC):
         # probabilities do for them
         checked = _CheckedModel(model, labels, need_logits=not self.gradient_free)
         dtype = compute_dtype(model)
+        home, dev = x.device, compute_device(model, x.device)  # run where the model lives
+        x_dev = x.detach().to(dev, non_blocking=True)
         with eval_mode(model):
             with torch.inference_mode(False), torch.enable_grad():
                 # copies: tensors made under inference_mode cannot enter autograd
-                x32 = x.detach().to(dtype).clone()  # (B, ...)
-                y = y.clone()
-                target = None if target is None else target.clone()
-                checked.labels = [(n, lab.clone()) for n, lab in labels]
-                rng = SampleRNG(self.seed, index)
+                x32 = x_dev.to(dtype).clone()  # (B, ...)
+                y = y.to(dev).clone()
+                target = None if target is None else target.to(dev).clone()
+                checked.labels = [(n, lab.to(dev).clone()) for n, lab in labels]
+                rng = SampleRNG(self.seed, index.to(dev))
                 if batch:
                     out = self.run(checked, x32, y, target, rng)
                 else:  # nothing to attack; the forward below still checks the model
@@ -471,10 +491,22 @@ class Attack(ABC):
                     adv = torch.where(bad, x32, adv)
                 with torch.no_grad():
                     logits = checked(adv).detach().float()  # (B, K)
-        result = _make_result(x, adv, logits, y, target, out)
+        result = _make_result(x_dev, adv, logits, y, target, out).to(home)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s: %s", self.name, result.summary())
         return result
+
+
+def compute_device(model: object, default: torch.device) -> torch.device:
+    """Where an attack runs: the device of the model's first parameter (or buffer), else
+    ``default`` (x's device) for a model without tensors or a plain callable."""
+    if isinstance(model, nn.Module):
+        t = next(model.parameters(), None)
+        if t is None:
+            t = next(model.buffers(), None)
+        if t is not None:
+            return t.device
+    return default
 
 
 def compute_dtype(model: object) -> torch.dtype:
