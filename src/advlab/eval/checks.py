@@ -25,9 +25,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from advlab.attacks import Attack, create
+from advlab.attacks.base import logits_of
 from advlab.attacks.threat import ThreatModel
 from advlab.eval.robust import (
     Model,
@@ -38,6 +39,7 @@ from advlab.eval.robust import (
     robust_accuracy,
 )
 from advlab.eval.transfer import transfer_robust
+from advlab.modes import eval_mode
 
 
 @dataclass(frozen=True)
@@ -106,25 +108,17 @@ def input_gradients(model: Model, x: Tensor, y: Tensor, *, batch_size: int | Non
     check_batch_size(batch_size)
     batch_size = batch_size or 500
     dev = model_device(model, x, device)
-    modules = list(model.modules()) if isinstance(model, nn.Module) else []
-    flags = [m.training for m in modules]
     grads = []
-    try:
-        if isinstance(model, nn.Module):
-            model.eval()
-        with torch.enable_grad():
-            for i in range(0, x.shape[0], batch_size):
-                xb = x[i:i + batch_size].to(dev).float().requires_grad_(True)
-                loss = F.cross_entropy(model(xb), y[i:i + batch_size].to(dev).long(),
-                                       reduction="sum")
-                if not loss.requires_grad:
-                    raise ValueError("expected the model output to depend differentiably on "
-                                     "the input, got an output without gradient")
-                (g,) = torch.autograd.grad(loss, xb, materialize_grads=True)
-                grads.append(g.to(x.device))
-    finally:
-        for m, flag in zip(modules, flags, strict=True):
-            m.training = flag
+    with eval_mode(model), torch.enable_grad():
+        for i in range(0, x.shape[0], batch_size):
+            xb = x[i:i + batch_size].to(dev).float().requires_grad_(True)
+            loss = F.cross_entropy(logits_of(model(xb)), y[i:i + batch_size].to(dev).long(),
+                                   reduction="sum")
+            if not loss.requires_grad:
+                raise ValueError("expected the model output to depend differentiably on "
+                                 "the input, got an output without gradient")
+            (g,) = torch.autograd.grad(loss, xb, materialize_grads=True)
+            grads.append(g.to(x.device))
     return torch.cat(grads)
 
 

@@ -33,6 +33,7 @@ from advlab.attacks.base import check_inputs, check_labels, logits_of
 from advlab.attacks.checks_output import check_depends_on_input
 from advlab.attacks.threat import lp_norm
 from advlab.device import resolve_device
+from advlab.modes import eval_mode
 from advlab.tuning import auto_batch_size
 
 Model = Callable[[Tensor], Tensor]  # pixels in [0, 1] (B, ...) -> logits (B, K)
@@ -133,16 +134,9 @@ def predict(model: Model, x: Tensor, batch_size: int | None = 1000,
     check_batch_size(batch_size)
     batch_size = batch_size or 1000
     dev = model_device(model, x, device)
-    modules = list(model.modules()) if isinstance(model, nn.Module) else []
-    flags = [m.training for m in modules]
-    try:
-        if isinstance(model, nn.Module):
-            model.eval()
+    with eval_mode(model):
         out = [logits_of(model(x[i:i + batch_size].to(dev))).float().to(x.device)
                for i in range(0, max(x.shape[0], 1), batch_size)]  # no point: (0, K)
-    finally:
-        for m, flag in zip(modules, flags, strict=True):
-            m.training = flag
     return torch.cat(out)
 
 
