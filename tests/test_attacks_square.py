@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import statistics
 
@@ -267,7 +268,7 @@ def test_default_eps_on_a_cnn_and_a_float64_model():
     result = Square(queries=20)(model, x[:4], y[:4])
     assert (result.linf <= 8 / 255 + 1e-6).all()
     model64, x, y = digits_points(10)
-    model64 = nn.Sequential(*[m for m in model64]).double()
+    model64 = copy.deepcopy(model64).double()  # the fixture's model is shared: never in place
     for norm in ("linf", "l2"):
         result = Square(norm=norm, eps=0.3, queries=50)(model64, x.double(), y)
         assert result.adv.dtype == torch.float64 and result.success.any()
