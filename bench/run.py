@@ -14,7 +14,8 @@ import importlib
 
 from bench.common import FRAGMENTS, ROOT
 
-ORDER = ["classifiers", "loop", "attacks", "reproductions", "generative", "defenses"]
+ORDER = ["classifiers", "loop", "attacks", "autoattack", "reproductions", "generative",
+         "defenses", "evaluation"]
 
 
 def assemble() -> None:
