@@ -23,8 +23,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from advlab.attacks.checks_output import check_logits_like
-from advlab.attacks.rng import SampleRNG, content_keys
+from advlab.attacks.rng import SampleRNG
 from advlab.attacks.threat import ThreatModel, clip_box, lp_norm
+from advlab.inputs import (
+    check_index,
+    check_inputs,
+    check_labels,
+)
 from advlab.modes import eval_mode
 
 log = logging.getLogger(__name__)
@@ -278,86 +283,8 @@ class _CheckedModel:
             check_logits_like(out)
 
 
-def _check_int_vector(name: str, t: object, batch: int, meaning: str) -> Tensor:
-    """``t`` checked to be a (batch,) integer tensor of values >= 0 (``meaning`` says what they
-    are, for the messages)."""
-    if not isinstance(t, Tensor):
-        raise ValueError(f"expected {name} to be a torch.Tensor of {meaning}, "
-                         f"got {type(t).__name__}")
-    if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
-        raise ValueError(f"expected {name} to be an integer tensor, got dtype {t.dtype}")
-    if t.shape != (batch,):
-        raise ValueError(f"expected {name} of shape ({batch},) to match the batch of x, "
-                         f"got {tuple(t.shape)}")
-    if t.numel() and int(t.min()) < 0:
-        raise ValueError(f"expected {name} >= 0 ({meaning}), got {int(t.min())}")
-    return t
 
 
-def _check_labels(name: str, lab: object, batch: int, device: torch.device) -> Tensor:
-    if isinstance(lab, Tensor) and lab.device != device:
-        raise ValueError(f"expected {name} on x's device {device}, got {lab.device}")
-    return _check_int_vector(name, lab, batch, "class indices").long()
-
-
-def _check_index(index: object, batch: int, device: torch.device,
-                 x: Tensor | None = None) -> Tensor:
-    """The points' keys (B,) int64 on ``device``: their positions in the data set, or when None
-    a hash of each input's pixels (``content_keys``), so that two calls on different batches
-    (a user's training loop) never reuse the same random starts, while a point gets the same
-    draws in any batch. Without ``x``, ``arange(B)``."""
-    if index is None:
-        if x is None:
-            return torch.arange(batch, device=device)
-        return content_keys(x).to(device)
-    index = _check_int_vector("index", index, batch, "positions in the data set")
-    return index.to(device=device, dtype=torch.int64)
-
-
-# --- input checks, shared with the generative models (``GenerativeModel.check_data``) -------
-
-def check_floating(x: Tensor, what: str = "x", *, box: bool = True,
-                   uint8_hint: bool = False) -> None:
-    """Raise ``ValueError`` unless ``x`` has a floating-point dtype. ``box``: say that the
-    values belong in [0, 1]; ``uint8_hint``: for uint8 input, suggest dividing by 255."""
-    if not x.is_floating_point():
-        hint = (" (8-bit pixels: divide by 255, e.g. x.float() / 255)"
-                if uint8_hint and x.dtype == torch.uint8 else "")
-        raise ValueError(f"expected {what} to be a floating-point tensor"
-                         f"{' in [0, 1]' if box else ''}, got {x.dtype}{hint}")
-
-
-def check_values(x: Tensor, what: str = "x", *, box: bool = True) -> None:
-    """Raise ``ValueError`` unless every value of ``x`` is finite and, with ``box``, inside
-    [0, 1] (the message gives the observed range). One pass over ``x``."""
-    if not x.numel():
-        return
-    lo, hi = (v.item() for v in torch.aminmax(x.detach()))  # NaN and inf show up here
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        bad = int((~torch.isfinite(x)).sum())
-        raise ValueError(f"expected finite {what}, got {bad} NaN or inf values")
-    if box and (lo < 0 or hi > 1):
-        raise ValueError(f"expected {what} inside [0, 1] (pixels, before any normalization), "
-                         f"got values in [{lo:.4g}, {hi:.4g}]")
-
-
-def _check_inputs(x: object) -> None:
-    if not isinstance(x, Tensor):
-        raise ValueError(f"expected x to be a torch.Tensor, got {type(x).__name__}")
-    check_floating(x)
-    if x.dtype in (torch.float16, torch.bfloat16):
-        raise ValueError(f"expected x in float32 or float64, got {x.dtype}: rounding the result "
-                         f"to half precision would move it off the eps-ball and the reported "
-                         f"predictions; pass x.float()")
-    if x.dim() < 2:
-        raise ValueError(f"expected x of shape (B, ...) with a batch dimension, "
-                         f"got {tuple(x.shape)}")
-    check_values(x)
-
-
-# Public names for reuse outside the engine (advlab.eval.robust.check_data): the same checks.
-check_inputs = _check_inputs
-check_labels = _check_labels
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -451,20 +378,20 @@ class Attack(ABC):
         if not callable(model):
             raise ValueError(f"expected the model to be an nn.Module or a callable x -> logits, "
                              f"got {type(model).__name__} (the call is attack(model, x, y))")
-        _check_inputs(x)
+        check_inputs(x)
         batch = x.shape[0]
-        y = _check_labels("y", y, batch, x.device)
+        y = check_labels("y", y, batch, x.device)
         labels = [("y", y)]
         if self.targeted:
             if target is None:
                 raise ValueError(f"expected a target (B,) for the targeted attack {self.name!r}, "
                                  "got None")
-            target = _check_labels("target", target, batch, x.device)
+            target = check_labels("target", target, batch, x.device)
             labels.append(("target", target))
         elif target is not None:
             raise ValueError(f"got a target for the untargeted attack {self.name!r}: "
                              "create it with targeted=True, or pass target=None")
-        index = _check_index(index, batch, x.device, x)
+        index = check_index(index, batch, x.device, x)
         # gradient-free attacks rank outputs (Square) or read only the label (HopSkipJump):
         # probabilities do for them
         checked = _CheckedModel(model, labels, need_logits=not self.gradient_free)

@@ -29,10 +29,11 @@ from torch import Tensor, nn
 
 from advlab import distributed
 from advlab.attacks import Attack, AttackResult, create
-from advlab.attacks.base import check_inputs, check_labels, logits_of
+from advlab.attacks.base import logits_of
 from advlab.attacks.checks_output import check_depends_on_input
 from advlab.attacks.threat import lp_norm
 from advlab.device import resolve_device
+from advlab.inputs import check_inputs, check_labels
 from advlab.modes import eval_mode
 from advlab.tuning import auto_batch_size
 

@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from advlab.attacks.base import check_floating, check_values
 from advlab.data.base import info as dataset_info
+from advlab.inputs import check_floating, check_values
 from advlab.registry import Registry
 
 GENERATIVE: Registry[GenerativeModel] = Registry("generative model")
