@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from advlab.report.html import is_run_dir, read_json_file, read_yaml_file
+from advlab.report.html import flatten, is_run_dir, read_json_file, read_yaml_file
 
 INDEX = "index.sqlite"
 SCHEMA_VERSION = "1"
@@ -564,14 +564,7 @@ def config_differences(runs: Sequence[RunRecord]) -> list[tuple[str, list[Any]]]
     return out
 
 
-def flat_config(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    out: list[tuple[str, Any]] = []
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out += flat_config(v, f"{prefix}{k}.")
-        else:
-            out.append((f"{prefix}{k}", v))
-    return out
+flat_config = flatten  # {"train": {"lr": 0.1}} -> [("train.lr", 0.1)], as the report shows it
 
 
 def when(t: float) -> str:
