@@ -6,7 +6,16 @@ from pathlib import Path
 
 import typer
 
-from advlab.cli import attack_cmd, data_cmd, defend_cmd, eval_cmd, report_cmd, runs_cmd, train_cmd
+from advlab.cli import (
+    attack_cmd,
+    data_cmd,
+    defend_cmd,
+    eval_cmd,
+    report_cmd,
+    reproduce_cmd,
+    runs_cmd,
+    train_cmd,
+)
 from advlab.cli.common import (
     DeviceOption,
     OutOption,
@@ -35,6 +44,7 @@ app.add_typer(defend_cmd.app, name="defend")
 app.command("attack")(attack_cmd.attack_command)
 app.command("report")(report_cmd.report_command)
 app.add_typer(runs_cmd.app, name="runs")
+app.add_typer(reproduce_cmd.app, name="reproduce")
 
 
 @app.command()

@@ -12,14 +12,16 @@ import typer
 
 from advlab.cli.common import console, err_console, fail
 
-_STATE: dict[str, list[Path]] = {}  # the run directories the running command has made
+# the run directories each running command has made: a stack, since `advlab reproduce` runs
+# other commands inside its own
+_STACK: list[list[Path]] = []
 
 
 def collect(ctx: typer.Context) -> None:
     """Before a command: note every run directory it makes (``new_run_dir``) until it ends."""
     from advlab.report.html import collect_runs
 
-    _STATE["runs"] = ctx.with_resource(collect_runs())
+    _STACK.append(ctx.with_resource(collect_runs()))
 
 
 def write_collected(result: object = None, **_: object) -> object:
@@ -28,7 +30,7 @@ def write_collected(result: object = None, **_: object) -> object:
     report that cannot be written is a warning; the run's results stay as they are."""
     from advlab.report.html import write_reports
 
-    runs = _STATE.pop("runs", [])
+    runs = _STACK.pop() if _STACK else []
     if runs:
         def warn(message: str) -> None:
             err_console.print(f"[bold yellow]warning:[/] {message}", highlight=False)

@@ -67,6 +67,16 @@ def draw_grid(ev: RobustEvaluation, x: Tensor, y: Tensor, clean_probs: Tensor,
                                            pred_a, conf_a, classes, path, title=title)
 
 
+def _rho2(ev: RobustEvaluation, x: Tensor) -> float | None:
+    """ρ₂ of Moosavi-Dezfooli et al. (the DeepFool paper's ρ_adv): the mean of ‖r‖₂ / ‖x‖₂
+    over the points the attack fooled (points with ‖x‖₂ = 0 left out); None if none."""
+    x_norm = x.flatten(1).float().norm(dim=1).to(ev.result.l2.device)
+    use = ev.fooled & (x_norm > 0)
+    if not use.any():
+        return None
+    return (ev.result.l2[use] / x_norm[use]).mean().item()
+
+
 def attack_report(model: Model, x: Tensor, y: Tensor, classes: Sequence[str], attack: str,
                   eps: Sequence[float] | None, params: dict[str, Any], figures_dir: Path, *,
                   batch_size: int = 500, device: torch.device | str | None = None,
@@ -148,6 +158,7 @@ def attack_report(model: Model, x: Tensor, y: Tensor, classes: Sequence[str], at
         "fit_n": None if fit_on is None else int(fit_on[0].shape[0]),
         "eps": top_eps, "n": ev.n,
         **{k: v for k, v in ev.to_dict().items() if k not in ("attack", "n")},
+        "rho2": _rho2(ev, x) if minimal else None,
         "per_eps": per_eps,
         "curve": curve.to_dict() if curve is not None else None,
         "auc_clean": roc_clean.to_dict(), "auc_adversarial": roc_adv.to_dict(),
@@ -215,6 +226,8 @@ def summary_table(m: dict[str, Any], title: str | None = None) -> Table:
     t.add_row("success rate", _pct(m["success_rate"]))
     t.add_row("l2 mean / median", f"{_num(m['l2_mean'])} / {_num(m['l2_median'])}")
     t.add_row("linf mean / median", f"{_num(m['linf_mean'])} / {_num(m['linf_median'])}")
+    if m.get("rho2") is not None:
+        t.add_row("rho2 (mean ‖r‖₂/‖x‖₂, fooled)", _num(m["rho2"]))
     t.add_row("seconds", f"{m['seconds']:.2f}")
     t.add_row("macro AUC clean / adv", f"{_num(m['auc_clean']['macro_auc'])} / "
               f"{_num(m['auc_adversarial']['macro_auc'])}")
