@@ -43,6 +43,16 @@ def accuracy(
     run: Path = typer.Argument(None, help="Run directory (or model.safetensors) to evaluate; "
                                "or your own model with --model."),
     split: str = typer.Option("test", help="train | test"),
+    n: int = typer.Option(None, min=1, help="A seeded random subset of n points [all]."),
+    seed: int = typer.Option(0, help="Seed of the subset."),
+    rho2_report: bool = typer.Option(False, "--rho2-report", help="Also ρ₂ as the Deep Defense "
+                                     "report measures it: DeepFool (<= 5 steps, overshoot "
+                                     "0.02, not clipped to the pixel box) away from the "
+                                     "prediction, mean ‖r‖₂/‖x‖₂ over all points."),
+    eps_ref_: bool = typer.Option(False, "--eps-ref", help="Also ε_ref: the smallest FGSM ε "
+                                  "(ℓ∞) at which accuracy falls to 50% (bisection)."),
+    fgsm_eps: str = typer.Option(None, help="Also FGSM accuracy at these ε (ℓ∞, each afresh), "
+                                 "e.g. 0.01,0.02 or 0:0.1:0.02."),
     out: Path = OutOption,
     data_dir: Path = DataDirOption,
     device: str = DeviceOption,
@@ -55,23 +65,33 @@ def accuracy(
     data_file: Path = DataOption,
     dataset_name: str = DatasetOption,
 ) -> None:
-    """Accuracy, per-class accuracy and confusion matrix on a split of the run's data set
-    (or of your own --model on --data FILE / --dataset NAME)."""
+    """Accuracy, per-class accuracy, confusion matrix and ROC/AUC on a split of the run's data
+    set (or of your own --model on --data FILE / --dataset NAME); with options, the Deep
+    Defense report's ρ₂, ε_ref and FGSM accuracies."""
     from advlab.runs import log_to_run, new_run_dir
     from advlab.train.classifier import report_classifier
 
     setup_logging()
     apply_data_dir(data_dir)
     try:
+        eps_list = parse_floats(fgsm_eps, "--fgsm-eps", low=0.0) if fgsm_eps else None
+        if eps_list and max(eps_list) > 1:
+            raise ValueError(f"expected --fgsm-eps <= 1 (pixels in [0, 1]), got "
+                             f"{max(eps_list):g}")
         target = resolve_target(run, model=model_spec, weights=weights, mean=mean, std=std,
                                 bounds=bounds, output_key=output_key, data_file=data_file,
-                                dataset=dataset_name, split=split, device=device)
+                                dataset=dataset_name, split=split, n=n, seed=seed,
+                                device=device)
         model, dataset, ds = target.model, target.dataset, target.data
         report = new_run_dir("eval", out)
         report.write_config({"command": "eval", **target.record, "dataset": dataset,
-                             "split": ds.split})
+                             "split": ds.split, "n": n, "seed": seed,
+                             "rho2_report": rho2_report, "eps_ref": eps_ref_,
+                             "fgsm_eps": eps_list})
         with log_to_run(report):
             metrics = report_classifier(report, model, ds)
+            metrics.update(_extra_measures(model, ds, rho2_report, eps_ref_, eps_list,
+                                           target.device))
         metrics.update({**target.record, "dataset": dataset, "split": ds.split})
         report.write_metrics(metrics)
     except (ValueError, FileNotFoundError) as e:
@@ -82,6 +102,29 @@ def accuracy(
     table.add_row("[bold]all", f"[bold]{metrics['test_acc']:.4f}")
     console.print(table)
     console.print(f"results in [bold]{report.path}[/]")
+
+
+def _extra_measures(model, ds, rho2_report: bool, with_eps_ref: bool,
+                    fgsm_eps: list[float] | None, device) -> dict:
+    """Macro AUC always; the Deep Defense report's ρ₂, ε_ref and FGSM accuracies on request."""
+    from advlab.eval import per_class_roc, robust_accuracy_curve, softmax_scores
+
+    out: dict = {"auc": per_class_roc(softmax_scores(model, ds.x, device=device), ds.y,
+                                      ds.classes).to_dict()}
+    if rho2_report:
+        from advlab.defenses import deepfool_ratios
+
+        ratios = deepfool_ratios(model.to(device), ds.x.to(device), steps=5, overshoot=0.02)
+        out["rho2_report"] = ratios.mean().item()
+    if with_eps_ref:
+        from advlab.eval import eps_ref
+
+        out["eps_ref"] = eps_ref(model, ds.x, ds.y, device=device).to_dict()
+    if fgsm_eps:
+        curve = robust_accuracy_curve(model, ds.x, ds.y, "fgsm", list(fgsm_eps),
+                                      cumulative=False, device=device)
+        out["fgsm"] = {"eps": curve.eps, "accuracy": curve.accuracy}
+    return out
 
 
 @app.command()

@@ -13,6 +13,8 @@ A recipe is a YAML file shipped in this package (``<name>.yaml``)::
         command: train classifier        # any advlab command that writes a run directory
         options: {dataset: mnist, model: lenet5, epochs: 10}
         quick: {n-train: 1000, epochs: 1}   # merged over options by --quick (null drops one)
+        config: {train: {momentum: 0.9}}    # training commands: a --config file's content
+                                            # (the settings that have no option)
       - name: lenet-deepfool
         command: attack
         run: lenet                       # the positional RUN: that job's run directory
@@ -56,7 +58,7 @@ COMPARES = ("within", "at_least", "at_most")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 _REF = re.compile(r"\{([a-z0-9][a-z0-9-]*)(?::([^{}]+))?\}")
 _RECIPE_KEYS = {"name", "title", "source", "data", "minutes", "notes", "jobs", "verdicts"}
-_JOB_KEYS = {"name", "command", "run", "options", "quick", "notes"}
+_JOB_KEYS = {"name", "command", "run", "options", "quick", "config", "notes"}
 _VERDICT_KEYS = {"quantity", "value", "source", "tolerance", "compare", "relative", "note"}
 
 
@@ -72,6 +74,7 @@ class Job:
     options: Mapping[str, Any] = field(default_factory=dict)
     quick: Mapping[str, Any] = field(default_factory=dict)
     notes: str = ""
+    config: Mapping[str, Any] = field(default_factory=dict)  # a --config file's content
 
     def settings(self, quick: bool) -> dict[str, Any]:
         """The options of this job, with ``quick``'s merged over them for ``--quick``."""
@@ -233,7 +236,12 @@ def parse(doc: Any, where: str = "recipe", path: str = "") -> Recipe:
                 if ref not in earlier:
                     raise RecipeError(f"{jw}: '{{{ref}}}' names no earlier job (earlier: "
                                       f"{', '.join(earlier) or 'none'})")
-        jobs.append(Job(name, j["command"], run, options, quick, str(j.get("notes", ""))))
+        config = _mapping(j.get("config"), jw)
+        if config and j["command"] not in RESUMABLE:
+            raise RecipeError(f"{jw}: 'config' is for the training commands "
+                              f"({', '.join(RESUMABLE)}), not {j['command']!r}")
+        jobs.append(Job(name, j["command"], run, options, quick, str(j.get("notes", "")),
+                        config))
     verdicts = []
     for i, v in enumerate(doc.get("verdicts") or []):
         vw = f"{where}, verdicts[{i}]"

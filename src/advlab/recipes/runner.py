@@ -21,7 +21,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from advlab.io import write_json
+import yaml
+
+from advlab.io import write_json, write_text
 from advlab.recipes import Recipe, RecipeError, argv, metric, substitute
 from advlab.runs import RunDir, new_run_dir
 
@@ -157,6 +159,12 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, *, quick: bool = F
         if "--progress" in accepts:
             options.setdefault("progress", progress)
         args = argv(job, options, str(root / job.run) if job.run else None)
+        if job.config:  # the settings without an option: a --config file beside the sub-run
+            cfg = root / "configs" / f"{job.name}.yaml"
+            cfg.parent.mkdir(exist_ok=True)
+            write_text(cfg, yaml.safe_dump(json.loads(json.dumps(dict(job.config))),
+                                           sort_keys=False))
+            args += ["--config", str(cfg)]
         args += ["--out", str(where)]
         if where.exists() and any(where.iterdir()):  # an unfinished job of an earlier try
             if job.resumable and any(where.glob("checkpoint*")):
