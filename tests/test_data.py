@@ -69,7 +69,8 @@ def fake_cifar(directory, rows=4, seed=0):
 # -------------------------------------------------------------------------------- names, info
 
 def test_available_names_and_info():
-    assert data.available() == ["mnist", "fashion-mnist", "cifar10", "digits", "ring8", "grid25"]
+    assert data.available() == ["mnist", "fashion-mnist", "cifar10", "cifar10-jpeg", "digits",
+                                "ring8", "grid25"]
     assert data.info("cifar10").shape == (3, 32, 32)
     with pytest.raises(ValueError, match="Did you mean 'mnist'"):
         data.load("mnsit")

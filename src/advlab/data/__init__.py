@@ -5,9 +5,10 @@
 >>> ds.x.shape, ds.y.dtype                         # doctest: +SKIP
 (torch.Size([359, 1, 8, 8]), torch.int64)
 
-Names: mnist, fashion-mnist, cifar10 (files, found locally or downloaded when asked), digits
-(bundled with scikit-learn), ring8, grid25 (generated 2-D mixtures). See ``sources`` for where
-files are looked for and ``docs/guide-data.md`` for the user guide.
+Names: mnist, fashion-mnist, cifar10 (files, found locally or downloaded when asked),
+cifar10-jpeg (CIFAR-10 as local JPEG files, see ``jpeg``), digits (bundled with scikit-learn),
+ring8, grid25 (generated 2-D mixtures). See ``sources`` for where files are looked for and
+``docs/guide-data.md`` for the user guide.
 """
 
 from advlab.data.base import (

@@ -58,6 +58,19 @@ class DatasetInfo:
     # stated box for the 2-D toys. Attacks run on pixels in [0, 1]: a model of another domain
     # is evaluated through advlab.wrap(model, bounds=...), its ε in the data's units.
     bounds: tuple[float, float] = (0.0, 1.0)
+    # How the set is named wherever it is shown with a result ("CIFAR-10 (JPEG re-encoding)");
+    # the name when empty.
+    title: str = ""
+    # The set whose images these are, encoded otherwise (cifar10-jpeg: cifar10): a model built
+    # for this set takes the family's defaults (normalization). The name when empty.
+    family: str = ""
+    # True for a set read only from the user's own files: no official download exists.
+    local_only: bool = False
+
+    def __post_init__(self) -> None:
+        for field in ("title", "family"):
+            if not getattr(self, field):
+                object.__setattr__(self, field, self.name)
 
     @property
     def unit_box(self) -> bool:
@@ -77,9 +90,15 @@ class DatasetInfo:
 
 
 INFOS: dict[str, DatasetInfo] = {
-    "mnist": DatasetInfo("mnist", "image", (1, 28, 28), MNIST_CLASSES, True),
-    "fashion-mnist": DatasetInfo("fashion-mnist", "image", (1, 28, 28), FASHION_CLASSES, True),
-    "cifar10": DatasetInfo("cifar10", "image", (3, 32, 32), CIFAR10_CLASSES, True),
+    "mnist": DatasetInfo("mnist", "image", (1, 28, 28), MNIST_CLASSES, True, title="MNIST"),
+    "fashion-mnist": DatasetInfo("fashion-mnist", "image", (1, 28, 28), FASHION_CLASSES, True,
+                                 title="Fashion-MNIST"),
+    "cifar10": DatasetInfo("cifar10", "image", (3, 32, 32), CIFAR10_CLASSES, True,
+                           title="CIFAR-10"),
+    # the 60,000 CIFAR-10 images as JPEG files (quality 75): pixels differ from cifar10's
+    "cifar10-jpeg": DatasetInfo("cifar10-jpeg", "image", (3, 32, 32), CIFAR10_CLASSES, False,
+                                title="CIFAR-10 (JPEG re-encoding)", family="cifar10",
+                                local_only=True),
     "digits": DatasetInfo("digits", "image", (1, 8, 8), MNIST_CLASSES, False),
     # the toys' boxes hold every mode with > 40 standard deviations to spare (toy.py)
     "ring8": DatasetInfo("ring8", "points", (2,), tuple(f"mode{i}" for i in range(8)), False,

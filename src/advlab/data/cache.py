@@ -7,6 +7,9 @@ from the first bytes of the gzip stream); anything else, including an unreadable
 decoded again and rewritten. Entries are written to a temporary file and renamed into place.
 Failing to write the cache (read-only home, full disk) only logs a warning; a source that
 cannot be read raises ``DataReadError`` naming it.
+
+Other decoded sources (the JPEG files of ``cifar10-jpeg``, see ``jpeg``) use the same store
+through ``keyed_entry``, ``load_entry`` and ``save_entry``, with a key of their own.
 """
 
 from __future__ import annotations
@@ -86,29 +89,54 @@ def read_idx_cached(path: str | os.PathLike, *, ndim: int, dtype_code: int = UBY
     except OSError as err:
         raise read_error(path, err) from err
     if _cached(entry):
-        expected = _header_shape(path, ndim)
-        try:
-            # mapped, not read: the header's shape is checked against the file's size (and
-            # then the source's) before anything of that size is allocated
-            cached = np.load(entry, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError, EOFError) as err:
-            log.warning("ignoring unreadable cache entry %s (%s)", entry, err)
-        else:
-            if (expected is not None and cached.shape == expected
-                    and cached.dtype == IDX_DTYPES[dtype_code].newbyteorder("=")):
-                return np.array(cached)
-            log.warning("ignoring cache entry %s: %s %s does not match the source header %s",
-                        entry, cached.dtype, cached.shape, expected)
+        cached = load_entry(entry, _header_shape(path, ndim),
+                            IDX_DTYPES[dtype_code].newbyteorder("="), "the source header")
+        if cached is not None:
+            return cached
     array = read_idx(path, dtype_code=dtype_code, ndim=ndim)
     native = array.astype(array.dtype.newbyteorder("="), copy=False)
+    save_entry(entry, native)
+    return native
+
+
+def keyed_entry(stem: str, key: bytes) -> Path:
+    """The cache file ``<cache dir>/decoded/<stem>-<digest>.npy`` for a source described by
+    ``key`` (bytes that change whenever the source does)."""
+    return cache_dir() / "decoded" / f"{stem}-{hashlib.sha256(key).hexdigest()[:24]}.npy"
+
+
+def load_entry(entry: Path, shape: tuple[int, ...] | None, dtype: np.dtype,
+               what: str = "the source") -> np.ndarray | None:
+    """The array cached at ``entry`` if it exists and has ``shape`` and ``dtype``, else None.
+
+    A missing entry is a silent miss; an unreadable or mismatching one (``shape`` None: the
+    source's shape is unknown) is logged and ignored, so the caller decodes and rewrites it.
+    """
+    if not _cached(entry):
+        return None
     try:
-        _save_atomic(entry, native)
+        # mapped, not read: the header's shape is checked against the file's size (and
+        # then the source's) before anything of that size is allocated
+        cached = np.load(entry, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        log.warning("ignoring unreadable cache entry %s (%s)", entry, err)
+        return None
+    if shape is not None and cached.shape == tuple(shape) and cached.dtype == dtype:
+        return np.array(cached)
+    log.warning("ignoring cache entry %s: %s %s does not match %s %s",
+                entry, cached.dtype, cached.shape, what, shape)
+    return None
+
+
+def save_entry(entry: Path, array: np.ndarray) -> None:
+    """Write ``array`` to the cache file ``entry`` atomically; a failure only logs a warning."""
+    try:
+        _save_atomic(entry, array)
     except OSError as err:
         # Once per directory: an unwritable cache should not flood the log on every load.
         level = logging.DEBUG if entry.parent in _unwritable else logging.WARNING
         _unwritable.add(entry.parent)
         log.log(level, "could not write the decoded-array cache %s (%s)", entry, err)
-    return native
 
 
 def clear(directory: str | os.PathLike | None = None) -> int:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from advlab.data import jpeg
 from advlab.data.archive import safe_extract
 from advlab.data.base import (
     DataError,
@@ -74,9 +75,14 @@ def prepare(name: str, root: str | os.PathLike | None = None) -> Path | None:
     root is the argument, else the data directory, else the cache dir. Files already there are
     validated and kept; an invalid one raises ``DataError`` (it is not overwritten). Returns
     the directory, or None for sets that need no download (digits, ring8, grid25).
+    A set with no download (``info(name).local_only``: cifar10-jpeg) is looked for as ``load``
+    does and decoded into the cache; returns the copy found (its zip or folder), and raises
+    ``DatasetNotFoundError`` saying where to put it when there is none.
     """
     meta = info(name)
     check_root(root)
+    if meta.local_only:
+        return _check_local(name, root)
     if not meta.needs_download:
         log.info("%s needs no download", name)
         return None
@@ -115,6 +121,15 @@ def _complete_copy(name: str, target_root: Path) -> Path | None:
             raise DataError(f"{err}; remove it and run prepare again") from err
         return target_root / rel
     return None
+
+
+def _check_local(name: str, root) -> Path:
+    """The copy of a local-only set that ``load`` reads, both splits decoded (and cached)."""
+    sources = {split: jpeg.locate(split, root, download=True) for split in SPLITS}
+    for split, source in sources.items():
+        jpeg.read_split(source, split)
+    log.info("%s is present and valid in %s", name, sources["train"].path)
+    return sources["train"].path
 
 
 def _reject_n(name: str, n: int | None) -> None:
@@ -252,6 +267,16 @@ for _name in ("mnist", "fashion-mnist"):
     PREPARERS[_name] = _prepare_idx(_name)
 LOADERS.add("cifar10", _load_cifar)
 PREPARERS["cifar10"] = _prepare_cifar
+
+
+def _load_cifar_jpeg(split: str, root, download: bool, n: int | None) -> TensorSet:
+    _reject_n(jpeg.NAME, n)  # download=True: a not-found error starts with why there is none
+    meta = info(jpeg.NAME)
+    images, labels = jpeg.read_split(jpeg.locate(split, root, download=download), split)
+    return TensorSet(_images_to_tensor(images, meta), torch.from_numpy(labels), meta, split)
+
+
+LOADERS.add(jpeg.NAME, _load_cifar_jpeg)
 
 
 def _load_digits(split: str, root, download: bool, n: int | None) -> TensorSet:

@@ -81,10 +81,16 @@ CIFAR_SPLITS: dict[str, tuple[str, ...]] = {
 CIFAR_META = "batches.meta"
 CIFAR_ROWS_PER_BATCH = 10_000  # official value; batches.meta's num_cases_per_batch overrides it
 
+# cifar10-jpeg (no download: a local re-encoding): <root>/JPEG_DIR/JPEG_ZIP, or the folder
+# <root>/JPEG_DIR/ holding train/ and test/ (see jpeg.py).
+JPEG_DIR = "cifar10-jpeg"
+JPEG_ZIP = "cifar10-jpeg.zip"
+
 # Expected sizes of the official splits (a local copy with other counts is still accepted when
 # internally consistent; these serve for documentation and the real-data tests).
 OFFICIAL_SIZES: dict[str, dict[str, int]] = {
     "mnist": {"train": 60_000, "test": 10_000},
     "fashion-mnist": {"train": 60_000, "test": 10_000},
     "cifar10": {"train": 50_000, "test": 10_000},
+    "cifar10-jpeg": {"train": 50_000, "test": 10_000},
 }

@@ -33,7 +33,8 @@ TRANSFORMS: Registry[nn.Module] = Registry("model transform")
 TRANSFORM_PROVIDERS = ("advlab.defenses",)
 
 # Per-channel statistics of each data set's training images in [0, 1], used when
-# ``normalize=True`` and no ``mean``/``std`` are given.
+# ``normalize=True`` and no ``mean``/``std`` are given. Keyed by family (``DatasetInfo.family``):
+# a re-encoding of a set (cifar10-jpeg) takes its family's statistics and defaults.
 NORMALIZATION_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "mnist": ((0.1307,), (0.3081,)),
     "fashion-mnist": ((0.2860,), (0.3530,)),
@@ -166,8 +167,9 @@ def _statistics(value: Any, what: str) -> tuple[float, ...]:
 def _resolve_normalize(
     dataset: str | None, shape: tuple[int, ...], normalize: Any, mean: Any, std: Any
 ) -> tuple[bool, tuple[float, ...] | None, tuple[float, ...] | None]:
+    family = dataset_info(dataset).family if dataset is not None else None
     if normalize is None:
-        normalize = mean is not None or std is not None or dataset in NORMALIZE_BY_DEFAULT
+        normalize = mean is not None or std is not None or family in NORMALIZE_BY_DEFAULT
     if not isinstance(normalize, bool):
         raise ValueError(f"expected normalize as a bool, got {normalize!r}")
     if not normalize:
@@ -177,12 +179,12 @@ def _resolve_normalize(
     if (mean is None) != (std is None):
         raise ValueError(f"expected both mean and std or neither, got {mean=}, {std=}")
     if mean is None:
-        if dataset not in NORMALIZATION_STATS:
+        if family not in NORMALIZATION_STATS:
             raise ValueError(
                 f"normalize=True needs mean and std: no default statistics for dataset "
                 f"{dataset!r} (defaults exist for {', '.join(NORMALIZATION_STATS)})"
             )
-        mean, std = NORMALIZATION_STATS[dataset]
+        mean, std = NORMALIZATION_STATS[family]
     mean, std = _statistics(mean, "mean"), _statistics(std, "std")
     if len(mean) != len(std) or len(mean) not in (1, shape[0]):
         raise ValueError(
@@ -197,9 +199,10 @@ def create(name: str, dataset: str | None = "mnist", **kwargs: Any) -> Classifie
 
     Keywords valid for every model: ``in_shape=(C, H, W)`` or ``(D,)`` / ``in_features=D``
     and ``num_classes`` (an int >= 2) override the data set's; ``normalize`` (a bool, default:
-    on for cifar10), ``mean``, ``std`` (default: the data set's statistics; lists of finite
-    numbers, one per channel or one for all, std > 0). Other keywords are the architecture's
-    own (see each factory). Keywords set to ``None`` are ignored.
+    on for the cifar10 family: cifar10, cifar10-jpeg), ``mean``, ``std`` (default: the
+    statistics of the data set's family; lists of finite numbers, one per channel or one for
+    all, std > 0). Other keywords are the architecture's own (see each factory). Keywords
+    set to ``None`` are ignored.
     Raises ``ValueError`` for an unknown name or keyword, an invalid value, or a data set the
     model cannot take.
     """
