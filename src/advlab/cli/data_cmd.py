@@ -17,11 +17,12 @@ def list_() -> None:
     """The data sets advlab knows, with their shapes and whether they need a download."""
     from advlab import data
 
-    table = Table("name", "kind", "shape", "classes", "download")
+    table = Table("name", "title", "kind", "shape", "classes", "download")
     for name in data.available():
         i = data.info(name)
-        table.add_row(name, i.kind, "x".join(map(str, i.shape)), str(i.num_classes),
-                      "yes" if i.needs_download else "no (embedded)")
+        table.add_row(name, i.title, i.kind, "x".join(map(str, i.shape)), str(i.num_classes),
+                      "yes" if i.needs_download
+                      else "no (local files)" if i.local_only else "no (embedded)")
     console.print(table)
 
 
@@ -41,7 +42,7 @@ def info(name: str, data_dir: Path | None = DataDirOption) -> None:
                           f"[{ds.x.min().item():.2f}, {ds.x.max().item():.2f}]", str(counts))
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
-    console.print(f"[bold]{name}[/]: {i.kind}, classes: {', '.join(i.classes)}")
+    console.print(f"[bold]{name}[/] ({i.title}): {i.kind}, classes: {', '.join(i.classes)}")
     console.print(table)
 
 
