@@ -459,6 +459,36 @@ class _Replica(nn.Module):
         return self._own(*args, **kwargs)
 
 
+def _wrap(model: nn.Module, own: Callable[..., Any]) -> nn.Module:
+    """``DistributedDataParallel`` of a ``_Replica`` of ``model`` calling ``own``: on the
+    model's GPU where it has one; buffers equal at the start (rank 0's), never synchronized
+    inside a forward (``broadcast_buffers`` does it once per step)."""
+    params = next(model.parameters(), None)
+    device_ids = None
+    if params is not None and params.device.type == "cuda":
+        device_ids = [params.device.index if params.device.index is not None
+                      else torch.cuda.current_device()]
+    # the name of that setting changed in torch 2.13 (broadcast_buffers -> forward_sync_buffers)
+    ddp_cls = nn.parallel.DistributedDataParallel
+    no_sync = ({"forward_sync_buffers": False}
+               if "forward_sync_buffers" in inspect.signature(ddp_cls).parameters
+               else {"broadcast_buffers": False})
+    replica = _Replica(model, own, params.device if params is not None else None)
+    return ddp_cls(replica, device_ids=device_ids, **no_sync)
+
+
+def data_parallel_call(model: nn.Module, fn: Callable[..., Any]) -> nn.Module | None:
+    """A ``DistributedDataParallel`` module whose call is ``fn(*args, **kwargs)``, averaging
+    the gradients of ``model``'s parameters over the processes in the backward of what it
+    returns (None for a single process).
+
+    For objectives that are not ``model``'s forward, e.g. a VAE's ``model.loss``, which calls
+    the encoder and decoder itself: every parameter of ``model`` must get a gradient in each
+    such backward, and the backward must go through ``with_flag`` (the module carries the flag
+    parameter that ``data_parallel``'s does). The model is not changed."""
+    return _wrap(model, fn) if active() else None
+
+
 @contextmanager
 def data_parallel(model: nn.Module) -> Iterator[nn.Module | None]:
     """Inside the block, every call of ``model`` goes through ``DistributedDataParallel``
@@ -477,21 +507,9 @@ def data_parallel(model: nn.Module) -> Iterator[nn.Module | None]:
     if not active():
         yield None
         return
-    params = next(model.parameters(), None)
-    device_ids = None
-    if params is not None and params.device.type == "cuda":
-        device_ids = [params.device.index if params.device.index is not None
-                      else torch.cuda.current_device()]
-    # buffers equal at the start (rank 0's), never synchronized inside a forward; the name
-    # of that setting changed in torch 2.13 (broadcast_buffers -> forward_sync_buffers)
-    ddp_cls = nn.parallel.DistributedDataParallel
-    no_sync = ({"forward_sync_buffers": False}
-               if "forward_sync_buffers" in inspect.signature(ddp_cls).parameters
-               else {"broadcast_buffers": False})
     before = model.__dict__.get("forward")  # a forward set on the instance is kept
     own = before if before is not None else functools.partial(type(model).forward, model)
-    replica = _Replica(model, own, params.device if params is not None else None)
-    ddp = ddp_cls(replica, device_ids=device_ids, **no_sync)
+    ddp = _wrap(model, own)
     # an instance attribute that is not a Module: the state dict and modules() are unchanged
     object.__setattr__(model, "forward", ddp.__call__)
     try:

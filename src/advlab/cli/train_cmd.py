@@ -215,6 +215,7 @@ def generative(
     device: str = DeviceOption,
     data_dir: Path = DataDirOption,
     progress: bool = typer.Option(True, help="Show a progress bar."),
+    nproc: int = NprocOption,
 ) -> None:
     """Train a generative model; writes weights, metrics and figures to a run directory."""
     from advlab import data
@@ -223,6 +224,7 @@ def generative(
     from advlab.generative.train import GenerativeTrainConfig, default_config
     from advlab.runs import saved_run_config
 
+    relaunch(nproc)
     setup_logging()
     apply_data_dir(data_dir)
     try:

@@ -139,15 +139,19 @@ class VAE(Autoencoder):
         """KL(N(mu, exp(logvar)) || N(0, I)) per example, analytic. (B,)"""
         return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)
 
-    def elbo_terms(self, x: torch.Tensor, generator: torch.Generator | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    def elbo_terms(self, x: torch.Tensor, generator: torch.Generator | None = None,
+                   eps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(log p(x | z) with one reparameterized z ~ q(z | x), KL(q || p)), each (B,).
 
         eps is drawn as ``torch.randn(B, latent_dim, generator=generator)`` (on the
-        generator's device when given).
+        generator's device when given), unless given (B, latent_dim): data-parallel training
+        draws a global batch's noise on every process and passes each its rows.
         """
         mu, logvar = self.posterior(x)
-        eps = _randn_like(mu, generator)
+        if eps is None:
+            eps = _randn_like(mu, generator)
+        elif eps.shape != mu.shape:
+            raise ValueError(f"expected eps of shape {tuple(mu.shape)}, got {tuple(eps.shape)}")
         z = mu + (0.5 * logvar).exp() * eps
         return self.log_likelihood(x, self.decoder_output(z)), self.kl(mu, logvar)
 
@@ -156,9 +160,11 @@ class VAE(Autoencoder):
         rec, kl = self.elbo_terms(x, generator)
         return rec - kl
 
-    def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Mean negative ELBO, and its terms to log (reconstruction NLL, KL)."""
-        rec, kl = self.elbo_terms(x)
+    def loss(self, x: torch.Tensor, eps: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Mean negative ELBO, and its terms to log (reconstruction NLL, KL); ``eps``: the
+        reparameterization noise (``elbo_terms``)."""
+        rec, kl = self.elbo_terms(x, eps=eps)
         loss = (kl - rec).mean()
         return loss, {"recon_nll": -rec.mean().detach(), "kl": kl.mean().detach()}
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from advlab import data
+from advlab import data, distributed
 from advlab.config import from_dict, to_dict
 from advlab.device import resolve_device
 from advlab.eval import generative as scores
@@ -112,6 +112,9 @@ def train_generative(job: GenerativeJob, out: str | Path | None = None, *, resum
     configuration must match ``job`` (more epochs are allowed). ``given``: the training
     settings the user set explicitly (a model-specific one is refused for another model even
     at its default value).
+
+    Under torchrun (``advlab.distributed``) the processes train data-parallel
+    (``advlab.generative.train``) and rank 0 alone writes the run directory.
     """
     if resume and out is None:
         raise ValueError("--resume needs --out DIR naming the run to continue")
@@ -150,12 +153,18 @@ def train_generative(job: GenerativeJob, out: str | Path | None = None, *, resum
             on_epoch=lambda row, m: _progress_figures(run, m.family, ckpt, job, test, row),
             metadata={"dataset": job.dataset, "run_config": config})
         model.cpu().eval()
-        metrics = report_generative(run, model, train, test, result, job, classifier)
-        save_generative(run.path, model, {"dataset": job.dataset, "config": config,
-                                          "metrics": _headline(metrics)})
-        metrics["versions"] = library_versions()
-        run.write_metrics(metrics)
-        return run, metrics
+
+        def finish() -> dict[str, Any]:  # scores, figures, weights and metrics.json
+            with distributed.local():
+                metrics = report_generative(run, model, train, test, result, job, classifier)
+                save_generative(run.path, model, {"dataset": job.dataset, "config": config,
+                                                  "metrics": _headline(metrics)})
+                metrics["versions"] = library_versions()
+                run.write_metrics(metrics)
+                return metrics
+
+        # under torchrun rank 0 alone scores, draws and writes; every process gets its numbers
+        return run, distributed.on_main(finish)
 
 
 def _load_classifier(job: GenerativeJob):

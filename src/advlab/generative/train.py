@@ -13,6 +13,19 @@ killed and resumed from its last checkpoint (written atomically after every epoc
 weights, both optimizers, the history and the snapshots) ends with the same weights as an
 uninterrupted one. A NaN or infinite loss raises ``TrainingDiverged``, keeping the last good
 checkpoint.
+
+Under torchrun (``advlab.distributed``) the processes train data-parallel as the classifier
+loop does: every process holds the data and draws the same batch order, and each global batch
+of ``batch_size`` rows is split over the processes (rank r takes the r-th contiguous part).
+Every random tensor of a step (latent codes, VAE noise, the gradient penalty's interpolation
+weights) is drawn for the whole global batch on every process, which keeps its rows: the
+processes share one random stream, the single process's, and a step is that process's step on
+the same batch. Gradients are averaged by ``DistributedDataParallel``: the autoencoder's loss
+through one DDP module (``distributed.data_parallel_call``), the generator and the critic each
+through their own (``distributed.data_parallel``); each process's loss is weighted by its share
+of the rows, so the average is the global batch's mean. Batch-norm buffers are rank 0's after
+every step, the epoch's numbers are summed over the processes, and rank 0 alone writes the
+checkpoint and calls ``on_epoch``.
 """
 
 from __future__ import annotations
@@ -22,18 +35,19 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from advlab import distributed
 from advlab.config import check_types, to_dict
 from advlab.data.base import TensorSet
 from advlab.device import resolve_device
 from advlab.generative.adversarial import AdversarialModel
-from advlab.generative.autoencoder import AE, Autoencoder
+from advlab.generative.autoencoder import AE, VAE, Autoencoder
 from advlab.generative.base import GenerativeModel
 from advlab.generative.losses import (
     GENERATOR_LOSSES,
@@ -257,8 +271,14 @@ def fit_generative(
     codes are recorded; ``epoch_metrics(model, samples)`` may add numbers computed from them
     to the epoch's history row (e.g. modes covered on the toys). ``on_epoch(row, model)`` runs
     after each epoch's checkpoint. ``resume=True`` continues from ``checkpoint``.
+
+    Under torchrun the processes train data-parallel (module docstring); rank 0 alone writes
+    the checkpoint, shows progress, computes ``epoch_metrics`` (every process gets its numbers)
+    and calls ``on_epoch``.
     """
     check_objective(model, config)
+    main = distributed.is_main()
+    progress = progress and main
     device = resolve_device(config.device)
     model.to(device)
     model.check_data(train.x[:1], "training data")
@@ -292,26 +312,28 @@ def fit_generative(
         log.info("resumed from %s after epoch %d", checkpoint, state["epoch"])
 
     bar = _Progress(enabled=progress, total_batches=steps)
-    with bar:
+    with bar, _data_parallel(model) as ddp:  # torchrun: gradients averaged
         for epoch in range(start_epoch, config.epochs + 1):
             t0 = time.perf_counter()
             bar.start_epoch(epoch, config.epochs)
             row = _train_epoch(model, x_train, config, epoch, steps, opt_g, opt_d, ema, bar,
-                               checkpoint)
+                               checkpoint, ddp)
             if isinstance(model, AE):
                 _fit_ae_prior(model, x_train)
+                distributed.broadcast_buffers(model)  # rank 0's fit, to the last bit
             if (config.snapshot_every and epoch % config.snapshot_every == 0) \
                     or epoch == config.epochs:
                 with _ema_weights(model, ema):  # the metrics see the averaged generator too
                     samples = _decode_fixed(model, fixed_z)
-                    if epoch_metrics is not None:
-                        row.update(epoch_metrics(model, samples))
+                    if epoch_metrics is not None:  # rank 0's numbers on every process
+                        row.update(distributed.on_main(_alone, epoch_metrics, model,
+                                                       samples))
                 snapshots.append((epoch, samples))
             row["epoch_seconds"] = time.perf_counter() - t0
             history.append(row)
             bar.end_epoch(row)
             log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in row.items()})
-            if checkpoint is not None:
+            if checkpoint is not None and main:
                 save_state(checkpoint, {
                     "kind": CHECKPOINT_KIND, "epoch": epoch, "spec": model.spec,
                     "config": to_dict(config), "model": model.state_dict(),
@@ -322,7 +344,7 @@ def fit_generative(
                     "fixed_z": fixed_z, "ema": ema.state_dict() if ema is not None else None,
                     "metadata": metadata or {},
                 })
-            if on_epoch is not None:
+            if on_epoch is not None and main:
                 on_epoch(row, model)
     if ema is not None:  # the averaged generator is the result
         ema.copy_to(model.generator)
@@ -403,11 +425,76 @@ def _ema_weights(model: GenerativeModel, ema: _Ema | None) -> Iterator[None]:
         model.generator.load_state_dict(saved)
 
 
+@dataclass(frozen=True)
+class _Ddp:
+    """The DDP modules of a data-parallel run (``_data_parallel``): ``loss`` for the
+    autoencoders (their ``loss``), ``generator`` and ``critic`` for the adversarial models."""
+
+    loss: torch.nn.Module | None = None
+    generator: torch.nn.Module | None = None
+    critic: torch.nn.Module | None = None
+
+
+@contextmanager
+def _data_parallel(model: GenerativeModel) -> Iterator[_Ddp | None]:
+    """Under torchrun, the block's gradients of ``model`` averaged over the processes (None
+    for a single process). An autoencoder's ``loss`` becomes one DDP module; the generator and
+    the critic each get their own (their calls are routed through DDP for the block,
+    ``distributed.data_parallel``), since each is stepped by its own optimizer."""
+    if not distributed.active():
+        yield None
+        return
+    if isinstance(model, AdversarialModel):
+        with distributed.data_parallel(model.generator) as g, \
+                distributed.data_parallel(model.critic) as d:
+            yield _Ddp(generator=g, critic=d)
+    else:
+        yield _Ddp(loss=distributed.data_parallel_call(model, model.loss))
+
+
+def _alone(fn: Callable[..., dict[str, float]], *args: Any) -> dict[str, float]:
+    """``fn(*args)`` as one process (on rank 0, through ``distributed.on_main``)."""
+    with distributed.local():
+        return fn(*args)
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """This process's rows of a global batch of ``size``: ``part`` (a slice) and the ``weight``
+    of its mean loss, ``world * rows / size``, so that DDP's average of the gradients is the
+    global batch's mean. A process with no rows (fewer rows than processes) takes the first
+    with weight 0 so that every process steps; ``used`` is the number of rows it counts."""
+
+    size: int
+    part: slice
+    weight: float
+    used: int
+
+    @classmethod
+    def of(cls, size: int) -> _Rows:
+        lo, hi = distributed.split_batch(size)
+        weight = distributed.world_size() * (hi - lo) / size
+        return cls(size, slice(lo, hi) if hi > lo else slice(0, 1), weight, hi - lo)
+
+
+def _backward(loss: torch.Tensor, rows: _Rows, ddp: torch.nn.Module | None) -> bool:
+    """Back-propagate this process's ``loss`` (weighted by its rows); under torchrun, True
+    when the loss was not finite on some process (the flag rides on the gradients,
+    ``distributed.with_flag``: the same answer on every process)."""
+    if ddp is None:
+        loss.backward()
+        return False
+    weighted = loss if rows.weight == 1 else loss * rows.weight
+    distributed.with_flag(ddp, weighted, ~torch.isfinite(loss.detach())).backward()
+    return distributed.flag_raised(ddp)
+
+
 def _train_epoch(model: GenerativeModel, x_train: torch.Tensor, config: GenerativeTrainConfig,
                  epoch: int, steps: int, opt_g: torch.optim.Optimizer,
                  opt_d: torch.optim.Optimizer | None, ema: _Ema | None, bar: _Progress,
-                 checkpoint: str | Path | None) -> dict[str, float]:
-    """One epoch of ``steps`` steps; returns its history row (mean losses, seconds)."""
+                 checkpoint: str | Path | None, ddp: _Ddp | None = None) -> dict[str, float]:
+    """One epoch of ``steps`` steps; returns its history row (mean losses, seconds). Under
+    torchrun (``ddp``) the means are over every process's rows."""
     t0 = time.perf_counter()
     adversarial = isinstance(model, AdversarialModel)
     torch.manual_seed(_epoch_seed(config.seed, epoch))
@@ -415,6 +502,7 @@ def _train_epoch(model: GenerativeModel, x_train: torch.Tensor, config: Generati
     per_step = config.d_steps if adversarial else 1
     index = _batch_index(x_train.shape[0], steps * per_step, config.batch_size, g)
     index = index.to(x_train.device).reshape(steps, per_step, config.batch_size)
+    rows = _Rows.of(config.batch_size)
     model.train()
     sums: dict[str, torch.Tensor] = {}
     for step in range(steps):
@@ -424,19 +512,32 @@ def _train_epoch(model: GenerativeModel, x_train: torch.Tensor, config: Generati
             if opt_d is not None:
                 _set_lr(opt_d, (config.lr_critic or config.lr) * (1 - done))
         if adversarial:
-            terms = _adversarial_step(model, x_train, index[step], config, opt_g, opt_d)
+            terms, flagged = _adversarial_step(model, x_train, index[step], config, opt_g,
+                                               opt_d, rows, ddp)
             if ema is not None:
                 ema.update(model.generator)
         else:
-            terms = _autoencoder_step(model, x_train[index[step, 0]], opt_g)
-        if not all(torch.isfinite(v) for v in terms.values()):
+            terms, flagged = _autoencoder_step(model, x_train[index[step, 0]], opt_g, rows,
+                                               ddp)
+        if ddp is not None:
+            distributed.broadcast_buffers(model)  # rank 0's batch-norm statistics
+        # under torchrun the flags alone decide, the same on every process: all stop together
+        if flagged if ddp is not None else not all(torch.isfinite(v) for v in terms.values()):
             bad = {k: float(v) for k, v in terms.items()}
+            where = "" if not all(math.isfinite(v) for v in bad.values()) \
+                else ", not finite on another process"
             raise TrainingDiverged(
-                f"a loss became NaN or infinite at epoch {epoch}, step {step + 1} ({bad}); "
-                f"stopping. {kept_checkpoint(epoch, checkpoint)}. Try a lower learning rate.")
-        for k, v in terms.items():
+                f"a loss became NaN or infinite at epoch {epoch}, step {step + 1} ({bad}"
+                f"{where}); stopping. {kept_checkpoint(epoch, checkpoint)}. Try a lower "
+                f"learning rate.")
+        for k, v in terms.items():  # under torchrun: this process's share of the global mean
+            v = v if ddp is None else v * (rows.used / rows.size)
             sums[k] = sums.get(k, 0.0) + v
         bar.advance(terms["loss"] if "loss" in terms else terms["loss_g"])
+    if ddp is not None:  # the global batches' means: the sum of every process's shares
+        keys = sorted(sums)
+        total = distributed.all_reduce_sum(torch.stack([sums[k].double() for k in keys]))
+        sums = dict(zip(keys, total, strict=True))
     row: dict[str, float] = {"epoch": epoch, "steps": steps}
     row.update({k: float(v) / steps for k, v in sums.items()})
     row["train_seconds"] = time.perf_counter() - t0
@@ -448,46 +549,74 @@ def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def _autoencoder_step(model: Autoencoder, xb: torch.Tensor, opt: torch.optim.Optimizer
-                      ) -> dict[str, torch.Tensor]:
-    loss, terms = model.loss(xb)
+def _autoencoder_step(model: Autoencoder, xb: torch.Tensor, opt: torch.optim.Optimizer,
+                      rows: _Rows | None = None, ddp: _Ddp | None = None
+                      ) -> tuple[dict[str, torch.Tensor], bool]:
+    """One step on the global batch ``xb``: (its loss terms, detached; whether a process
+    flagged a loss that is not finite). Under torchrun this process's ``rows`` of it, the
+    VAE's noise drawn for the whole batch (as one process draws it) and cut the same way."""
+    if ddp is None:
+        loss, terms = model.loss(xb)
+    else:
+        kw = {}
+        if isinstance(model, VAE):  # randn_like(mu) of the whole batch, as model.loss draws it
+            p = next(model.parameters())
+            kw["eps"] = torch.randn(len(xb), model.latent_dim, device=p.device,
+                                    dtype=p.dtype)[rows.part]
+        loss, terms = ddp.loss(xb[rows.part], **kw)
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    flagged = _backward(loss, rows, None if ddp is None else ddp.loss)
     opt.step()
-    return {"loss": loss.detach(), **terms}
+    return {"loss": loss.detach(), **terms}, flagged
 
 
 def _adversarial_step(model: AdversarialModel, x_train: torch.Tensor, index: torch.Tensor,
                       config: GenerativeTrainConfig, opt_g: torch.optim.Optimizer,
-                      opt_d: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+                      opt_d: torch.optim.Optimizer, rows: _Rows | None = None,
+                      ddp: _Ddp | None = None) -> tuple[dict[str, torch.Tensor], bool]:
     """``d_steps`` critic updates on the real batches ``index`` (d_steps, B), then one generator
-    update. Returns the mean critic terms and the generator loss (detached scalars)."""
+    update. Returns the mean critic terms and the generator loss (detached scalars), and
+    whether a process flagged a loss that is not finite (under torchrun).
+
+    Under torchrun each process takes its ``rows`` of every batch; the codes and the gradient
+    penalty's weights are drawn for the whole batch (so the random stream is one process's)
+    and cut the same way. The penalty differentiates the critic twice (its input gradient,
+    then the loss's gradient through it): DDP handles that, since ``autograd.grad`` with
+    respect to the input does not reach the parameters' gradient hooks, and the one backward
+    of the loss reaches each parameter once, its first- and second-order parts summed."""
     wgan = model.objective == "wgan-gp"
     b = index.shape[1]
+    part = slice(None) if rows is None else rows.part
     d_sum = torch.zeros((), device=x_train.device)
     gp_sum = torch.zeros((), device=x_train.device)
     w_sum = torch.zeros((), device=x_train.device)
+    flagged = False
     for k in range(index.shape[0]):
-        real = x_train[index[k]]
+        real = x_train[index[k][part]]
         with torch.no_grad():
-            fake = model.decode(model.prior_sample(b))
+            fake = model.decode(model.prior_sample(b)[part])
         real_s, fake_s = model.score(real), model.score(fake)
-        if wgan:
-            gp = gradient_penalty(model.score, real, fake, weight=config.gp_weight)
+        if wgan:  # the weights gradient_penalty would draw, (b,) cut like the batch
+            alpha = torch.rand(b, device=real.device, dtype=real.dtype)[part]
+            gp = gradient_penalty(model.score, real, fake, weight=config.gp_weight,
+                                  alpha=alpha)
             loss_d = critic_loss(real_s, fake_s) + gp
             gp_sum += gp.detach()
             w_sum += (real_s.mean() - fake_s.mean()).detach()
         else:
             loss_d = discriminator_loss(real_s, fake_s, config.real_label)
         opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
+        flagged |= _backward(loss_d, rows, None if ddp is None else ddp.critic)
         opt_d.step()
         d_sum += loss_d.detach()
     model.critic.requires_grad_(False)  # the generator step needs no critic weight gradients
     try:
-        loss_g = generator_loss(model.score(model.decode(model.prior_sample(b))), config.loss)
+        z = model.prior_sample(b)[part]
+        # the critic's DDP expects no gradient of this pass: it is not synchronized
+        with nullcontext() if ddp is None else ddp.critic.no_sync():
+            loss_g = generator_loss(model.score(model.decode(z)), config.loss)
         opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
+        flagged |= _backward(loss_g, rows, None if ddp is None else ddp.generator)
         opt_g.step()
     finally:
         model.critic.requires_grad_(True)
@@ -495,7 +624,7 @@ def _adversarial_step(model: AdversarialModel, x_train: torch.Tensor, index: tor
     terms = {"loss_d": d_sum / k, "loss_g": loss_g.detach()}
     if wgan:
         terms.update(wasserstein=w_sum / k, gp=gp_sum / k)
-    return terms
+    return terms, flagged
 
 
 @torch.no_grad()
