@@ -120,7 +120,8 @@ class Verdict:
     def tolerance_text(self) -> float | str | None:
         sign = {"at_least": "≥ source", "at_most": "≤ source"}.get(self.compare)
         if sign is not None:
-            return sign + (f" − {self.tolerance:g}" if self.tolerance else "")
+            op = " − " if self.compare == "at_least" else " + "
+            return sign + (f"{op}{self.tolerance:g}" if self.tolerance else "")
         if self.tolerance is None:
             return None
         return f"±{self.tolerance:g}×source" if self.relative else self.tolerance
