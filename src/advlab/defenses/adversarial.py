@@ -64,7 +64,7 @@ from advlab.defenses.common import (
     mode,
     step_generator,
 )
-from advlab.defenses.registry import build, per_dataset, register
+from advlab.defenses.registry import build, family, per_dataset, register
 from advlab.train.objective import StepOutput
 
 
@@ -181,7 +181,7 @@ def _checked(name: str, dataset: str | None, params: Mapping[str, Any]) -> None:
 
 
 def _eps(table: dict[str, float], dataset: str | None) -> float:
-    return table.get(dataset or "*", table["*"])
+    return table.get(family(dataset), table["*"])
 
 
 @register("fgsm-at")

@@ -62,8 +62,21 @@ def build(cls: type, name: str, params: Mapping[str, Any],
 
 
 def per_dataset(table: Mapping[str, Mapping[str, Any]], dataset: str | None) -> dict[str, Any]:
-    """The defaults of ``dataset`` in ``table``, falling back to the ``"*"`` row."""
-    return dict(table.get(dataset or "*", table["*"]))
+    """The defaults of ``dataset`` in ``table`` (or of its family: cifar10-jpeg takes
+    cifar10's), falling back to the ``"*"`` row."""
+    return dict(table.get(family(dataset), table["*"]))
+
+
+def family(dataset: str | None) -> str:
+    """The data set whose defaults ``dataset`` shares (``DatasetInfo.family``), or "*"."""
+    if not dataset:
+        return "*"
+    from advlab import data
+
+    try:
+        return data.info(dataset).family or dataset
+    except ValueError:
+        return dataset
 
 
 def config(objective: Any) -> dict[str, Any]:
