@@ -50,6 +50,13 @@ def classifier(
     defense_param: list[str] = typer.Option(None, "--defense-param",
                                             help="A defense parameter key=value (repeatable)."),
     init: Path = typer.Option(None, help="Start from these weights (run directory): fine-tune."),
+    select_by: str = typer.Option(None, help="Keep the epoch that scores best on --holdout "
+                                  "points: clean | fgsm | pgdN (e.g. pgd20, at the defense's "
+                                  "ε and norm)."),
+    holdout: int = typer.Option(None, help="Training points held out (never trained on) for "
+                                "--select-by."),
+    select_eps: float = typer.Option(None, help="ε of the --select-by attack [the defense's]."),
+    select_alpha: float = typer.Option(None, help="PGD step of --select-by pgdN [2.5·ε/N]."),
     out: Path = OutOption,
     resume: bool = typer.Option(False, help="Continue the run in --out from its last epoch."),
     device: str = DeviceOption,
@@ -89,7 +96,8 @@ def classifier(
         if widths:
             model_kwargs["widths"] = _ints(widths, "--widths")
         cli_opts = {"dataset": dataset, "model": model, "n_train": n_train,
-                    "init": str(init) if init else None}
+                    "init": str(init) if init else None, "select_by": select_by,
+                    "holdout": holdout, "select_eps": select_eps, "select_alpha": select_alpha}
         job_opts = {**base, **{k: v for k, v in cli_opts.items() if v is not None}}
         # the data set's own defaults, below a config file's or the options' values
         train_opts = {**dataset_defaults(job_opts.get("dataset", ClassifierJob.dataset)),
@@ -118,6 +126,11 @@ def classifier(
     table = Table("metric", "value")
     table.add_row("test accuracy", f"{metrics['test_acc']:.4f}")
     table.add_row("epochs", str(metrics["epochs_completed"]))
+    if "selected_epoch" in metrics:
+        key = f"holdout_{metrics['select_by']}_acc"
+        table.add_row("selected epoch", f"{metrics['selected_epoch']} (held-out "
+                      f"{metrics['select_by']} accuracy {metrics[key]:.4f} on "
+                      f"{metrics['holdout']} points)")
     table.add_row("seconds / epoch", f"{metrics['mean_epoch_seconds']:.2f}")
     console.print(table)
     console.print(f"results in [bold]{run.path}[/]")

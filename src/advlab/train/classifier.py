@@ -20,10 +20,12 @@ from advlab.runs import RunDir, check_epochs, check_out, check_resume, new_run_d
 from advlab.train.config import TrainConfig
 from advlab.train.loop import check_checkpoint, fit
 from advlab.train.objective import Objective
+from advlab.train.select import HoldoutScore, check_options, holdout_attack, split_holdout
 from advlab.weights import library_versions, load_weights_into, save_model
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.safetensors"
+SELECT_KEYS = ("select_by", "holdout", "select_eps", "select_alpha")  # ClassifierJob's fields
 
 
 @dataclass(frozen=True)
@@ -35,13 +37,25 @@ class ClassifierJob:
     data_dir: str | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
     init: str | None = None  # weights (run directory or file) to start from: fine-tuning
+    # epoch selection (advlab.train.select): the epoch whose weights score best on ``holdout``
+    # training points held out of training is kept; clean | fgsm | pgdN (e.g. pgd20)
+    select_by: str | None = None
+    holdout: int | None = None  # points held out of the training split for select_by
+    select_eps: float | None = None  # the attack's ε (default: the defense's)
+    select_alpha: float | None = None  # the PGD step (default: 2.5·ε/N)
+
+    def __post_init__(self) -> None:
+        check_options(self.select_by, self.holdout, self.select_eps, self.select_alpha)
 
     def to_dict(self) -> dict[str, Any]:
+        # optional keys only when set: a run saved before they existed resumes unchanged
+        optional = {k: getattr(self, k) for k in ("init", *SELECT_KEYS)
+                    if getattr(self, k) is not None}
         return {"command": "train classifier", "dataset": self.dataset, "model": self.model,
                 # JSON round trip: tuples become lists, so YAML can hold them.
                 "model_kwargs": json.loads(json.dumps(dict(self.model_kwargs))),
                 "n_train": self.n_train, "data_dir": self.data_dir, "train": to_dict(self.train),
-                **({"init": self.init} if self.init is not None else {})}
+                **optional}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ClassifierJob:
@@ -49,16 +63,36 @@ class ClassifierJob:
         return from_dict(cls, d)
 
 
-def load_splits(job: ClassifierJob):
+@dataclass(frozen=True)
+class Splits:
+    train: data.TensorSet  # what is trained on
+    val: data.TensorSet | None  # --val-fraction of the training split
+    test: data.TensorSet
+    holdout: data.TensorSet | None  # --holdout points for --select-by, never trained on
+
+
+def load_sets(job: ClassifierJob) -> Splits:
+    """The job's data: the held-out points come out of the training split first (a
+    permutation seeded by the training seed), then the --n-train subset and the validation
+    split are drawn from the rest."""
     root = job.data_dir
     train = data.load(job.dataset, "train", root=root)
     test = data.load(job.dataset, "test", root=root)
+    holdout = None
+    if job.holdout is not None:
+        train, holdout = split_holdout(train, job.holdout, job.train.seed)
     if job.n_train is not None:
         train = data.subset(train, job.n_train, seed=job.train.seed, balanced=True)
     val = None
     if job.train.val_fraction > 0:
         train, val = data.train_val_split(train, job.train.val_fraction, seed=job.train.seed)
-    return train, val, test
+    return Splits(train, val, test, holdout)
+
+
+def load_splits(job: ClassifierJob):
+    """(train, val, test) of ``load_sets``."""
+    sets = load_sets(job)
+    return sets.train, sets.val, sets.test
 
 
 def train_classifier(job: ClassifierJob, out: str | Path | None = None, *, resume: bool = False,
@@ -71,14 +105,19 @@ def train_classifier(job: ClassifierJob, out: str | Path | None = None, *, resum
     """
     if resume and out is None:
         raise ValueError("--resume needs --out DIR naming the run to continue")
-    if job.train.patience and not job.train.val_fraction:
+    if job.train.patience and not job.train.val_fraction and job.select_by is None:
         raise ValueError(f"--patience {job.train.patience}: early stopping watches the "
-                         f"validation accuracy, and there is no validation split; pass "
-                         f"--val-fraction (e.g. 0.1) or drop --patience")
+                         f"validation accuracy (or the --select-by criterion), and there is no "
+                         f"validation split; pass --val-fraction (e.g. 0.1) or drop --patience")
     check_out(out, exist_ok=resume, resumable=True)
     # Everything that can fail on the user's input fails here, before the run directory exists.
     resolve_device(job.train.device)
-    train, val, test = load_splits(job)
+    sets = load_sets(job)
+    train, val, test = sets.train, sets.val, sets.test
+    select = None
+    if job.select_by is not None:  # the defense's ε and norm: the objective knows them
+        attack = holdout_attack(job.select_by, objective, job.select_eps, job.select_alpha)
+        select = HoldoutScore(job.select_by, sets.holdout, attack, job.train.eval_batch_size)
     torch.manual_seed(job.train.seed)
     model = models.create(job.model, dataset=job.dataset, **job.model_kwargs)
     if job.init is not None:
@@ -100,16 +139,25 @@ def train_classifier(job: ClassifierJob, out: str | Path | None = None, *, resum
                  len(train), run.path)
         result = fit(model, train, job.train, objective=objective, val=val, test=test,
                      checkpoint=ckpt, resume=resume and ckpt.is_file(), progress=progress,
-                     metadata={"run_config": config})
+                     metadata={"run_config": config}, select=select)
         model.cpu()
         extra = {"best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
                  "epochs_completed": len(result.history),
                  "mean_epoch_seconds": sum(r["train_seconds"] for r in result.history)
                  / max(len(result.history), 1), "versions": library_versions()}
+        if select is not None:  # the model holds the selected epoch's weights
+            chosen = next(r for r in result.history if r["epoch"] == result.best_epoch)
+            log.info("selected epoch %d of %d by %s on %d held-out points: %.4f",
+                     result.best_epoch, len(result.history), job.select_by,
+                     len(sets.holdout), chosen[select.key])
+            extra.update({"selected_epoch": result.best_epoch, "select_by": job.select_by,
+                          "holdout": len(sets.holdout), select.key: chosen[select.key],
+                          "select_attack": select.attack.config() if select.attack else None})
 
         def save_numbers(m: dict[str, Any]) -> None:  # weights and metrics before figures
+            selected = {k: extra[k] for k in ("selected_epoch",) if k in extra}
             save_model(run.path, model, {"dataset": job.dataset, "config": config,
-                                         "metrics": {"test_acc": m["test_acc"]}})
+                                         "metrics": {"test_acc": m["test_acc"], **selected}})
             run.write_metrics({**m, **extra})
 
         # under torchrun rank 0 alone saves and draws; every process gets its numbers

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -55,6 +55,15 @@ def kept_checkpoint(epoch: int, checkpoint: str | Path | None) -> str:
     if epoch <= 1:
         return "No epoch finished, so there is no checkpoint to resume from"
     return f"The weights of epoch {epoch - 1} were not checkpointed (no checkpoint path)"
+
+
+class EpochScore(Protocol):
+    """Scores the weights after every epoch, higher is better (``fit(..., select=...)``;
+    e.g. ``advlab.train.select.HoldoutScore``)."""
+
+    key: str  # the history column of the score
+
+    def __call__(self, model: nn.Module) -> float: ...
 
 
 @dataclass
@@ -110,6 +119,7 @@ def fit(
     progress: bool = True,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     metadata: dict[str, Any] | None = None,
+    select: EpochScore | None = None,
 ) -> FitResult:
     """Train ``model`` in place on ``train`` with ``objective`` (cross-entropy by default).
 
@@ -121,15 +131,22 @@ def fit(
     checkpoint of everything needed to resume: weights, optimizer and scheduler state, RNG
     state, history. ``resume=True`` continues from that file's last completed epoch.
 
+    ``select`` (epoch selection, e.g. held-out PGD accuracy) scores the weights after every
+    epoch; the score goes in the epoch's row under ``select.key`` and replaces the validation
+    accuracy as what picks the weights kept at the end and what ``patience`` watches. The best
+    epoch's weights travel in the checkpoint, so a resumed run keeps them. Under torchrun
+    every process calls it (it may shard its work) and it must return the same number on all.
+
     Under torchrun the processes train data-parallel (module docstring); rank 0 alone writes
     the checkpoint, shows progress and calls ``on_epoch``.
     """
     train = as_tensor_set(train, "train")  # also (x, y), a TensorDataset or a DataLoader
     val = None if val is None else as_tensor_set(val, "val")
     test = None if test is None else as_tensor_set(test, "test")
-    if config.patience and val is None:
+    if config.patience and val is None and select is None:
         raise ValueError(f"patience {config.patience}: early stopping watches the validation "
                          f"accuracy, expected validation data (--val-fraction > 0), got none")
+    tracked = val is not None or select is not None  # the best epoch's weights are kept
     objective = objective or CrossEntropy()
     device = resolve_device(config.device)
     model.to(device)
@@ -259,17 +276,20 @@ def fit(
                     loss, acc = _evaluate(model, ds, config.eval_batch_size, device)
                     row[f"{split_name}_loss"] = loss
                     row[f"{split_name}_acc"] = acc
+            if select is not None:  # every process: the same number
+                row[select.key] = float(select(model))
             row["epoch_seconds"] = time.perf_counter() - t0
             history.append(row)
             bar.end_epoch(row)
             log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in row.items()})
 
-            score = row.get("val_acc", row["train_acc"] if val is None else -math.inf)
-            if val is not None and score > best["score"]:
+            score = row[select.key] if select is not None else \
+                row.get("val_acc", row["train_acc"] if val is None else -math.inf)
+            if tracked and score > best["score"]:
                 best = {"epoch": epoch, "score": score,
                         "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
                 bad_epochs = 0
-            elif val is not None:
+            elif tracked:
                 bad_epochs += 1
             rng_ranks = distributed.all_gather_tensor(torch.get_rng_state()[None])  # (W, S)
             if checkpoint is not None and main:
@@ -294,13 +314,13 @@ def fit(
                 })
             if on_epoch is not None and main:
                 on_epoch(row)
-            if val is not None and config.patience and bad_epochs >= config.patience:
+            if tracked and config.patience and bad_epochs >= config.patience:
                 log.info("early stopping after epoch %d (best epoch %d)", epoch, best["epoch"])
                 stopped_early = True
                 break
 
     best_epoch = len(history) and history[-1]["epoch"]
-    if val is not None and best["state"] is not None:
+    if tracked and best["state"] is not None:
         model.load_state_dict(best["state"])
         best_epoch = best["epoch"]
     model.eval()
