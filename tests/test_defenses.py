@@ -136,7 +136,7 @@ def test_unknown_parameters_name_the_valid_ones():
 @pytest.mark.parametrize("name", sorted(defenses.available()))
 def test_unknown_dataset_is_refused_with_the_known_ones(name):
     with pytest.raises(ValueError, match=r"unknown dataset 'nope'\..*Valid datasets: mnist, "
-                                         r"fashion-mnist, cifar10, digits"):
+                                         r"fashion-mnist, cifar10, cifar10-jpeg, digits"):
         defenses.create_objective(name, dataset="nope")
     with pytest.raises(ValueError, match=r"expected dataset to be a dataset name or None, "
                                          r"got \['mnist'\]"):
