@@ -258,3 +258,156 @@ def robust(
         console.print("[bold red]unreliable:[/] a soundness check failed; the robust accuracy "
                       "above is an overestimate until the failure is explained.")
     console.print(f"results in [bold]{report.path}[/]")
+
+
+NEEDED_TARGETS = ("next", "random")
+
+
+@app.command()
+def needed(
+    run: Path = typer.Argument(None, help="Classifier run directory (or model.safetensors), a "
+                               "`defend latent` run included; or your own model with --model."),
+    confidence: float = typer.Option(0.95, help="Target probability at which a point stops, in "
+                                     "(0, 1] (the report's 95%)."),
+    target: str = typer.Option("next", help="next: class (y + 1) mod K (the report's) | random: "
+                               "a seeded class other than y."),
+    lams: str = typer.Option("0.1,0.01,0", help="Penalty weights λ of the optim attack, tried "
+                             "in turn on the points a larger λ left short of --confidence "
+                             "(the report's λ = 0.1 first)."),
+    steps: int = typer.Option(500, help="Gradient steps per λ."),
+    lr: float = typer.Option(0.01, help="Step size of the gradient descent."),
+    n: int = typer.Option(180, min=1, help="A seeded random subset of n points (the report: "
+                          "180)."),
+    split: str = typer.Option("test", help="train | test"),
+    seed: int = typer.Option(0, help="Seed of the subset and of --target random."),
+    save_adv: bool = typer.Option(False, "--save-adv", help="Write adversarial.safetensors: x "
+                                  "(the adversaries), y (the labels), target, reached, ratio, "
+                                  "lam; `advlab eval RUN2 --data FILE` passes them to another "
+                                  "model."),
+    out: Path = OutOption,
+    data_dir: Path = DataDirOption,
+    device: str = DeviceOption,
+    model_spec: str = ModelOption,
+    weights: Path = WeightsOption,
+    mean: str = MeanOption,
+    std: str = StdOption,
+    bounds: str = BoundsOption,
+    output_key: str = OutputKeyOption,
+    data_file: Path = DataOption,
+    dataset_name: str = DatasetOption,
+) -> None:
+    """The perturbation needed for a confident targeted misclassification ("Making Neural Nets
+    Robust Again"): mean ‖x_adv − x‖₂/‖x‖₂ of the optim attack run until the target class has
+    --confidence (`advlab.eval.perturbation_needed`)."""
+    import time
+
+    import torch
+
+    from advlab import attacks
+    from advlab.eval import perturbation_needed
+    from advlab.eval.needed import _check_lams
+    from advlab.eval.robust import predict
+    from advlab.report import attack_figures
+    from advlab.runs import log_to_run, new_run_dir
+    from advlab.weights import library_versions
+
+    setup_logging()
+    apply_data_dir(data_dir)
+    try:
+        if target not in NEEDED_TARGETS:
+            raise ValueError(f"expected --target in {', '.join(NEEDED_TARGETS)}, got {target!r}")
+        lam_list = _check_lams(parse_floats(lams, "--lams", low=0.0))
+        for lam in lam_list:  # the attack's own checks of confidence, steps and lr
+            attacks.create("optim", lam=lam, lr=lr, steps=steps, confidence=confidence)
+        found = resolve_target(run, model=model_spec, weights=weights, mean=mean, std=std,
+                               bounds=bounds, output_key=output_key, data_file=data_file,
+                               dataset=dataset_name, split=split, n=n, seed=seed,
+                               device=device)
+        ds, dev = found.data, found.device
+        k = len(ds.classes)
+        if k < 2:
+            raise ValueError(f"expected a data set of at least 2 classes, got {k}")
+        y = ds.y
+        if target == "next":
+            goal = (y + 1) % k
+        else:  # a class other than y: y shifted by 1 .. K-1
+            g = torch.Generator().manual_seed(seed)
+            goal = (y + torch.randint(1, k, y.shape, generator=g)) % k
+        report = new_run_dir("eval-needed", out)
+        config = {"command": "eval needed", **found.record, "dataset": found.dataset,
+                  "split": ds.split, "n": len(ds), "seed": seed, "target": target,
+                  "confidence": confidence, "lams": list(lam_list), "steps": steps, "lr": lr,
+                  "save_adv": save_adv}
+        report.write_config(config)
+        x = ds.x.to(dev)
+        with log_to_run(report):
+            t0 = time.perf_counter()
+            res = perturbation_needed(found.model, x, y.to(dev), goal.to(dev), lams=lam_list,
+                                      confidence=confidence, steps=steps, lr=lr)
+            seconds = time.perf_counter() - t0
+            clean = predict(found.model, x).softmax(1).cpu()
+            adv_probs = predict(found.model, res.adv).softmax(1).cpu()
+        metrics = {**res.to_dict(), "robustness": res.mean_all,
+                   "ratio_median": res.ratio[~res.ratio.isnan()].median().item()
+                   if res.n > res.n_zero_norm else float("nan"),
+                   "clean_accuracy": (clean.argmax(1) == y).float().mean().item(),
+                   "target_rate": (adv_probs.argmax(1) == goal).float().mean().item(),
+                   "seconds": seconds, **config, "versions": library_versions()}
+        if save_adv:
+            from advlab.io import save_state
+
+            save_state(report.path / "adversarial.safetensors",
+                       {"x": res.adv.float().cpu().contiguous(), "y": y, "target": goal,
+                        "reached": res.reached, "ratio": res.ratio, "lam": res.lam})
+        metrics["figures"] = _needed_figures(attack_figures, report.figures, res, ds, goal,
+                                             clean, adv_probs)
+        report.write_metrics(metrics)
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    table = Table("measure", "value", title=f"{found.dataset}, {len(ds)} points, target "
+                  f"{target}, confidence {confidence:g}")
+    table.add_row("[bold]robustness: mean ‖x_adv − x‖₂/‖x‖₂ (all points)",
+                  f"[bold]{res.mean_all:.4f}")
+    table.add_row(f"reached {confidence:g} confidence", f"{res.reached_fraction:.4f}")
+    table.add_row(f"λ = {lam_list[0]:g} alone: mean (share reached)",
+                  f"{res.mean_first:.4f} ({res.reached_first_fraction:.4f})")
+    table.add_row("clean accuracy on these points", f"{metrics['clean_accuracy']:.4f}")
+    console.print(table)
+    if res.reached_fraction < 1:
+        console.print(f"{1 - res.reached_fraction:.1%} of the points never reached "
+                      f"{confidence:g}: they count with their last perturbation, so the mean is "
+                      "a lower bound of the perturbation needed.", highlight=False)
+    console.print(f"results in [bold]{report.path}[/]")
+
+
+def _needed_figures(attack_figures, figures: Path, res, ds, goal, clean, adv_probs) -> list[str]:
+    """The ratios' histogram and the first examples with their adversaries; a figure that
+    fails is logged and left out, never the numbers."""
+    import logging
+
+    import torch
+
+    log = logging.getLogger(__name__)
+    k = min(8, res.n)
+    idx = torch.arange(k)
+    drawings = [
+        lambda: attack_figures.norm_histogram(
+            {"reached": res.ratio[res.reached & ~res.ratio.isnan()],
+             "not reached": res.ratio[~res.reached & ~res.ratio.isnan()]},
+            figures / "needed_ratios.png", xlabel="‖x_adv − x‖₂ / ‖x‖₂"),
+        lambda: attack_figures.adversarial_grid(
+            ds.x[idx], res.adv[idx].cpu(), ds.y[idx], clean[idx].argmax(1),
+            clean[idx].max(1).values, adv_probs[idx].argmax(1), adv_probs[idx].max(1).values,
+            ds.classes, figures / "adversarial_examples.png",
+            title=f"targets: {', '.join(ds.classes[int(t)] for t in goal[idx])}")]
+    names = []
+    for draw in drawings:
+        try:
+            path = draw()
+        except Exception as e:  # a figure never costs the run its numbers
+            log.warning("a figure was not drawn (%s: %s); the numbers are not affected",
+                        type(e).__name__, e)
+            continue
+        if path is not None:
+            names.append(Path(path).name)
+    return names
