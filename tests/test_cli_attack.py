@@ -11,7 +11,6 @@ from typer.testing import CliRunner
 
 from advlab import data
 from advlab.attacks import create
-from advlab.attacks_demo import demo_attacks
 from advlab.cli.main import app
 from advlab.eval import robust_accuracy
 from advlab.train.classifier import ClassifierJob, train_classifier
@@ -112,20 +111,6 @@ def test_parameter_the_attack_does_not_take_is_a_clear_error(run_dir, tmp_path):
     assert res.exit_code == 2 and "start:stop:step" in res.output
     res = invoke(str(tmp_path / "missing"), "--attack", "fgsm", "--eps", "0.1")
     assert res.exit_code == 2 and "no model weights" in res.output
-
-
-def test_demo_attacks_quick(run_dir, tmp_path):
-    r = demo_attacks(tmp_path / "demo", run_dir, device="cpu", quick=True)
-    assert set(r["attacks"]) == {"fgsm", "pgd", "deepfool"}
-    assert r["attacks"]["deepfool"]["robust_accuracy"] <= r["attacks"]["pgd"]["robust_accuracy"]
-    assert r["rho2"]["rho2"] > 0 and r["n"] == 100
-    acc = r["pgd_curve"]["accuracy"]
-    assert all(a >= b for a, b in zip(acc, acc[1:]))  # cumulative: never rises
-    figs = {p.name for p in (tmp_path / "demo" / "figures").iterdir()}
-    assert {"fgsm_grid.png", "pgd_grid.png", "deepfool_grid.png",
-            "accuracy_vs_eps.png"} <= figs
-    assert read_json(tmp_path / "demo" / "metrics.json")["n"] == 100
-    assert torch.isfinite(torch.tensor(r["clean_accuracy"]))
 
 
 @pytest.mark.parametrize("value", ["0", "-5"])

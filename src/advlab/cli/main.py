@@ -19,10 +19,7 @@ from advlab.cli import (
 from advlab.cli.common import (
     DeviceOption,
     OutOption,
-    console,
-    fail,
     set_verbose,
-    setup_logging,
 )
 
 
@@ -50,15 +47,10 @@ app.add_typer(reproduce_cmd.app, name="reproduce")
 @app.command()
 def demo(out: Path = OutOption, device: str = DeviceOption,
          quick: bool = typer.Option(False, help="Smaller settings (used by the tests).")) -> None:
-    """The main job end to end on the embedded digits data set (no download)."""
-    from advlab.demo import run_demo
-
-    setup_logging()
-    try:
-        path = run_demo(out, device=device, quick=quick)
-    except (ValueError, FileNotFoundError) as e:
-        fail(str(e))
-    console.print(f"demo finished: results in [bold]{path}[/]")
+    """The main job end to end on the embedded digits data set (no download): the recipe
+    `demo` (`advlab reproduce show demo` lists its commands)."""
+    reproduce_cmd.run_command("demo", quick=quick, out=out, resume=False, device=device,
+                              data_dir=None, progress=not quick)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ import yaml
 
 # the advlab commands a job may run: those that write one run directory
 COMMANDS = ("train classifier", "train generative", "attack", "eval accuracy", "eval robust",
+            "eval needed",
             "defend svd", "defend certify", "defend latent", "defend defense-gan", "demo")
 RESUMABLE = ("train classifier", "train generative")  # take --resume of an unfinished run
 COMPARES = ("within", "at_least", "at_most")

@@ -91,7 +91,9 @@ class _Lookup:
         if not m.is_file():
             raise RecipeError(f"job {job!r} has no metrics.json yet ({m})")
         value = metric(_read_json(m), path, f"job {job!r}")
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, bool):  # a verdict of the run (reliable): 1 or 0
+            value = float(value)
+        if not isinstance(value, int | float):
             raise RecipeError(f"job {job!r}: {path!r} is {value!r}, not a number")
         return repr(float(value))
 
