@@ -250,3 +250,20 @@ def test_every_recipe_runs_quick(name, tmp_path):
         assert deepfool["rho2"] > 0
         for job in ("vae", "gan"):
             assert (out / job / "figures" / "samples.png").is_file()
+
+
+def test_a_recipe_run_becomes_a_markdown_section(tmp_path):
+    path, out = _write(tmp_path, _doc()), tmp_path / "r"
+    assert runner.invoke(app, ["reproduce", path, "--out", str(out), "--device", "cpu",
+                               "--no-progress"]).exit_code == 0
+    md = tmp_path / "section.md"
+    res = runner.invoke(app, ["reproduce", "markdown", str(out), "-o", str(md)])
+    assert res.exit_code == 0, res.output
+    text = md.read_text()
+    acc = json.loads((out / "clf" / "metrics.json").read_text())["test_acc"]
+    assert text.startswith("## Recipe `t`: a test")
+    assert f"| acc | 0 | {acc:.4g} | ≥ source | **yes** |" in text
+    assert "`advlab attack OUT/clf --attack fgsm" in text  # the commands, paths made generic
+    assert "1 of 1 judged quantities within tolerance" in text
+    res = runner.invoke(app, ["reproduce", "markdown", str(out / "clf")])
+    assert res.exit_code == 2 and "not a finished recipe run" in " ".join(res.output.split())

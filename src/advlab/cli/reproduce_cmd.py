@@ -96,6 +96,29 @@ def _verdict_table(rows: list[dict]) -> Table:
     return t
 
 
+@app.command("markdown")
+def markdown_command(
+    run: Path = typer.Argument(..., help="A recipe run directory (advlab reproduce NAME)."),
+    output: Path = typer.Option(None, "--output", "-o", help="Write it to this file "
+                                "(docs/benchmarks/recipe-NAME.md is assembled into "
+                                "docs/BENCHMARKS.md by `make bench`) [print it]."),
+) -> None:
+    """A recipe run as a markdown section: verdicts, time per job, the commands."""
+    from advlab.io import write_text
+    from advlab.recipes.markdown import recipe_markdown
+
+    try:
+        text = recipe_markdown(run)
+        if output is not None:
+            write_text(output, text)
+    except (ValueError, OSError) as e:
+        fail(str(e))
+    if output is None:
+        print(text, end="")
+    else:
+        console.print(f"wrote {output}")
+
+
 @app.command("run")
 def run_command(
     name: str = typer.Argument(..., help="A recipe (advlab reproduce list) or a recipe .yaml."),

@@ -185,7 +185,7 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, *, quick: bool = F
         write_json(state_file, state)
     verdicts = judge(recipe, lookup)
     metrics = {"recipe": recipe.name, "title": recipe.title, "source": recipe.source,
-               "quick": quick, "verdicts": verdicts,
+               "quick": quick, "root": str(root), "verdicts": verdicts,
                "within": sum(1 for v in verdicts if v["within"]),
                "judged": sum(1 for v in verdicts if v["within"] is not None),
                "jobs": {name: {"seconds": s.get("seconds"), "command": shlex.join(s["argv"])}
