@@ -266,4 +266,4 @@ def test_a_recipe_run_becomes_a_markdown_section(tmp_path):
     assert "`advlab attack OUT/clf --attack fgsm" in text  # the commands, paths made generic
     assert "1 of 1 judged quantities within tolerance" in text
     res = runner.invoke(app, ["reproduce", "markdown", str(out / "clf")])
-    assert res.exit_code == 2 and "not a finished recipe run" in " ".join(res.output.split())
+    assert res.exit_code == 2 and "is not a recipe run" in " ".join(res.output.split())
