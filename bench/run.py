@@ -14,7 +14,7 @@ import importlib
 
 from bench.common import FRAGMENTS, ROOT
 
-ORDER = ["classifiers", "loop", "attacks", "autoattack", "reproductions", "generative",
+ORDER = ["loop", "attacks", "autoattack", "classifiers", "reproductions", "generative",
          "defenses", "evaluation"]
 
 
