@@ -122,7 +122,8 @@ def _start(recipe: Recipe, out: str | Path | None, quick: bool, resume: bool,
         if was != (recipe.name, quick):
             raise ValueError(f"--resume: {out} is a run of recipe {was[0]!r} (quick={was[1]}), "
                              f"not {recipe.name!r} (quick={quick})")
-    run = new_run_dir(f"reproduce-{recipe.name}", out, exist_ok=resume, resumable=resume)
+    command = "demo" if recipe.name == "demo" else f"reproduce-{recipe.name}"  # runs/demo-<time>
+    run = new_run_dir(command, out, exist_ok=resume, resumable=resume)
     run.write_config(config)
     return run
 
