@@ -102,13 +102,15 @@ def markdown_command(
     output: Path = typer.Option(None, "--output", "-o", help="Write it to this file "
                                 "(docs/benchmarks/recipe-NAME.md is assembled into "
                                 "docs/BENCHMARKS.md by `make bench`) [print it]."),
+    note: str = typer.Option(None, help="A line to add under the measurement (e.g. the load "
+                             "the machine was under)."),
 ) -> None:
     """A recipe run as a markdown section: verdicts, time per job, the commands."""
     from advlab.io import write_text
     from advlab.recipes.markdown import recipe_markdown
 
     try:
-        text = recipe_markdown(run)
+        text = recipe_markdown(run, note=note)
         if output is not None:
             write_text(output, text)
     except (ValueError, OSError) as e:

@@ -38,7 +38,7 @@ def _machine(versions: dict[str, Any]) -> str:
             f"Python {versions.get('python', platform.python_version())}")
 
 
-def recipe_markdown(run: str | Path) -> str:
+def recipe_markdown(run: str | Path, note: str | None = None) -> str:
     """The markdown section of the recipe run directory ``run`` (``advlab reproduce NAME``)."""
     run = Path(run)
     mfile, cfile = run / "metrics.json", run / "config.yaml"
@@ -59,6 +59,8 @@ def recipe_markdown(run: str | Path) -> str:
              f"Measured {stamp} with `advlab reproduce {name}{quick}` on "
              f"{_machine(m.get('versions', {}))}; the jobs took {m['seconds'] / 60:.1f} min "
              f"in all. {m['within']} of {m['judged']} judged quantities within tolerance.", ""]
+    if note:
+        lines += [note.strip(), ""]
     if recipe.get("notes"):
         lines += [recipe["notes"].strip(), ""]
     lines += ["| quantity | source | advlab | tolerance | verdict | note |",
