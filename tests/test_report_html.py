@@ -300,3 +300,13 @@ def test_checks_and_matrix_tables(tmp_path):
     assert 'class="banner fail">✗ unreliable' in text
     assert '<table class="matrix">' in text
     check_numbers(parse_report(text))
+
+
+def test_a_data_set_with_a_title_is_named_by_it_in_the_report(tmp_path):
+    """Every result on the JPEG re-encoding of CIFAR-10 says so; other sets show no line."""
+    jpeg = make_run(tmp_path / "a", {"command": "train classifier", "dataset": "cifar10-jpeg"},
+                    {"dataset": "cifar10-jpeg", "test_acc": 0.7})
+    plain = make_run(tmp_path / "b", {"command": "train classifier", "dataset": "digits"},
+                     {"dataset": "digits", "test_acc": 0.9})
+    assert "data set: CIFAR-10 (JPEG re-encoding)" in rh.render_report([rh.read_run(jpeg)])
+    assert "data set:" not in rh.render_report([rh.read_run(plain)])

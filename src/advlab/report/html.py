@@ -638,6 +638,19 @@ def _valid_verdicts(value: Any, why: bool = False) -> Any:
     return "" if why else True
 
 
+def _dataset_title(name: Any) -> str | None:
+    """The title of a built-in data set when it differs from its name, else None."""
+    if not isinstance(name, str):
+        return None
+    from advlab import data
+
+    try:
+        info = data.info(name)
+    except ValueError:
+        return None
+    return info.title if info.title != info.name else None
+
+
 def run_html(run: RunData, anchor: str, level: int = 2) -> str:
     """One run's ``<section class="run">`` (its sub-runs nested inside)."""
     h, sub = f"h{min(level, 6)}", f"h{min(level + 1, 6)}"
@@ -649,6 +662,9 @@ def run_html(run: RunData, anchor: str, level: int = 2) -> str:
     for note in run.notes:
         out.append(f'<p class="note warn">{esc(note)}</p>')
     m = run.metrics or {}
+    shown = _dataset_title(m.get("dataset") or (run.config or {}).get("dataset"))
+    if shown:  # a set that must be named with every result (CIFAR-10 (JPEG re-encoding))
+        out.append(f'<p class="dataset">data set: {esc(shown)}</p>')
     skip = [k for k in _SPECIAL if k in m]
     verdicts_ok = "verdicts" in m and _valid_verdicts(m["verdicts"])
     if "verdicts" in skip and not verdicts_ok:

@@ -182,6 +182,7 @@ def report_classifier(run: RunDir, model: torch.nn.Module, test, history=None, *
     per_class = per_class_accuracy(cm)
     metrics = {
         "dataset": test.info.name,
+        **({"dataset_title": test.info.title} if test.info.title != test.info.name else {}),
         "n_test": len(test),
         "test_acc": ev.accuracy,
         "test_loss": ev.loss,
