@@ -267,3 +267,31 @@ def test_a_recipe_run_becomes_a_markdown_section(tmp_path):
     assert "1 of 1 judged quantities within tolerance" in text
     res = runner.invoke(app, ["reproduce", "markdown", str(out / "clf")])
     assert res.exit_code == 2 and "is not a recipe run" in " ".join(res.output.split())
+
+
+@pytest.mark.slow
+def test_a_recipe_under_torchrun_gives_the_single_process_numbers(tmp_path):
+    """`advlab reproduce --nproc 2`: every job runs sharded / data-parallel on 2 gloo
+    processes, rank 0 writes, and the verdicts equal one process's."""
+    import subprocess
+    import sys
+
+    from test_distributed import TIMEOUT, env
+
+    doc = _doc()
+    doc["jobs"].append({"name": "rob", "command": "eval robust", "run": "clf",
+                        "options": {"eps": 0.1, "suite": "quick", "n": 40, "aa-steps": 10}})
+    doc["verdicts"].append({"quantity": "rob", "value": "{rob:robust_accuracy}"})
+    path = _write(tmp_path, doc)
+    one, two = tmp_path / "one", tmp_path / "two"
+    res = runner.invoke(app, ["reproduce", path, "--out", str(one), "--device", "cpu",
+                              "--no-progress"])
+    assert res.exit_code == 0, res.output
+    done = subprocess.run([sys.executable, "-m", "advlab", "reproduce", path, "--out", str(two),
+                           "--device", "cpu", "--no-progress", "--nproc", "2"],
+                          env=env(), capture_output=True, text=True, timeout=3 * TIMEOUT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    a = json.loads((one / "metrics.json").read_text())["verdicts"]
+    b = json.loads((two / "metrics.json").read_text())["verdicts"]
+    assert [v["advlab"] for v in b] == pytest.approx([v["advlab"] for v in a], abs=1e-6)
+    assert done.stdout.count("source vs advlab") == 1  # rank 0 alone prints

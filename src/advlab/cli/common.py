@@ -55,7 +55,8 @@ def join_process_group() -> bool:
 
     distributed.init_from_env()
     main = distributed.is_main()
-    console.quiet = err_console.quiet = not main
+    if not main:  # (a main process keeps its setting: `advlab reproduce` quiets its jobs)
+        console.quiet = err_console.quiet = True
     return main
 
 

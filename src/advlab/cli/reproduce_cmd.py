@@ -16,10 +16,12 @@ from advlab.cli.common import (
     DataDirOption,
     DefaultCommandGroup,
     DeviceOption,
+    NprocOption,
     OutOption,
     apply_data_dir,
     console,
     fail,
+    relaunch,
     setup_logging,
 )
 
@@ -132,12 +134,14 @@ def run_command(
     device: str = DeviceOption,
     data_dir: Path = DataDirOption,
     progress: bool = typer.Option(True, help="Show progress bars."),
+    nproc: int = NprocOption,
 ) -> None:
     """Run a recipe's jobs into one run directory; end with the source's numbers beside
     advlab's and a verdict for each."""
     from advlab import recipes
     from advlab.recipes.runner import run_recipe
 
+    relaunch(nproc)
     setup_logging()
     apply_data_dir(data_dir)
     try:

@@ -23,7 +23,8 @@ from typing import Any
 
 import yaml
 
-from advlab.io import write_json, write_text
+from advlab import distributed
+from advlab.io import write_text
 from advlab.recipes import Recipe, RecipeError, argv, metric, substitute
 from advlab.runs import RunDir, new_run_dir
 
@@ -164,26 +165,32 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, *, quick: bool = F
         args = argv(job, options, str(root / job.run) if job.run else None)
         if job.config:  # the settings without an option: a --config file beside the sub-run
             cfg = root / "configs" / f"{job.name}.yaml"
-            cfg.parent.mkdir(exist_ok=True)
-            write_text(cfg, yaml.safe_dump(json.loads(json.dumps(dict(job.config))),
-                                           sort_keys=False))
+            if distributed.is_main():
+                cfg.parent.mkdir(exist_ok=True)
+                write_text(cfg, yaml.safe_dump(json.loads(json.dumps(dict(job.config))),
+                                               sort_keys=False))
             args += ["--config", str(cfg)]
         args += ["--out", str(where)]
         if where.exists() and any(where.iterdir()):  # an unfinished job of an earlier try
             if job.resumable and any(where.glob("checkpoint*")):
                 args.append("--resume")
-            else:
+            elif distributed.is_main():
                 shutil.rmtree(where)
+        distributed.barrier()  # every rank sees the same files before the job starts
         echo(f"[{i}/{len(recipe.jobs)}] {job.name}: advlab {shlex.join(args)}")
         t0 = time.perf_counter()
         code = invoke(args)
         seconds = time.perf_counter() - t0
+        if distributed.active():  # one verdict for all ranks, once rank 0 has written
+            distributed.barrier()
+            code = max(distributed.all_gather_object(code))
+            seconds = distributed.broadcast_object(seconds)
         if code != 0 or not (where / "metrics.json").is_file():
             raise RecipeError(f"job {job.name!r} of recipe {recipe.name!r} failed (exit "
                               f"{code}): advlab {shlex.join(args)}; the jobs before it are "
                               f"kept, continue with --resume --out {root}")
         state[job.name] = {"status": "done", "seconds": seconds, "argv": ["advlab", *args]}
-        write_json(state_file, state)
+        run.write_metrics(state, JOBS)  # rank 0 alone writes
     verdicts = judge(recipe, lookup)
     metrics = {"recipe": recipe.name, "title": recipe.title, "source": recipe.source,
                "quick": quick, "root": str(root), "verdicts": verdicts,
