@@ -24,13 +24,9 @@ from advlab.cli.common import (
     WeightsOption,
     apply_data_dir,
     console,
-    eps_in_pixels,
     fail,
-    load_companion,
     parse_floats,
     relaunch,
-    resolve_target,
-    run_domain,
     setup_logging,
 )
 
@@ -68,32 +64,21 @@ def accuracy(
     """Accuracy, per-class accuracy, confusion matrix and ROC/AUC on a split of the run's data
     set (or of your own --model on --data FILE / --dataset NAME); with options, the Deep
     Defense report's ρ₂, ε_ref and FGSM accuracies."""
-    from advlab.runs import log_to_run, new_run_dir
-    from advlab.train.classifier import report_classifier
+    from advlab.jobs import run_job
+    from advlab.jobs.evaluate import EvalAccuracyJob
+    from advlab.jobs.target import command_line_options
 
     setup_logging()
     apply_data_dir(data_dir)
     try:
-        eps_list = parse_floats(fgsm_eps, "--fgsm-eps", low=0.0) if fgsm_eps else None
-        if eps_list and max(eps_list) > 1:
-            raise ValueError(f"expected --fgsm-eps <= 1 (pixels in [0, 1]), got "
-                             f"{max(eps_list):g}")
-        target = resolve_target(run, model=model_spec, weights=weights, mean=mean, std=std,
-                                bounds=bounds, output_key=output_key, data_file=data_file,
-                                dataset=dataset_name, split=split, n=n, seed=seed,
-                                device=device)
-        model, dataset, ds = target.model, target.dataset, target.data
-        report = new_run_dir("eval", out)
-        report.write_config({"command": "eval", **target.record, "dataset": dataset,
-                             "split": ds.split, "n": n, "seed": seed,
-                             "rho2_report": rho2_report, "eps_ref": eps_ref_,
-                             "fgsm_eps": eps_list})
-        with log_to_run(report):
-            metrics = report_classifier(report, model, ds)
-            metrics.update(_extra_measures(model, ds, rho2_report, eps_ref_, eps_list,
-                                           target.device))
-        metrics.update({**target.record, "dataset": dataset, "split": ds.split})
-        report.write_metrics(metrics)
+        job = EvalAccuracyJob(
+            **command_line_options(run=run, model=model_spec, weights=weights, mean=mean,
+                                   std=std, bounds=bounds, output_key=output_key,
+                                   data=data_file, dataset=dataset_name, split=split, n=n,
+                                   seed=seed, device=device),
+            rho2_report=rho2_report, eps_ref=eps_ref_,
+            fgsm_eps=parse_floats(fgsm_eps, "--fgsm-eps", low=0.0) if fgsm_eps else None)
+        report, metrics = run_job("eval accuracy", job, out)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
     table = Table("class", "accuracy")
@@ -102,29 +87,6 @@ def accuracy(
     table.add_row("[bold]all", f"[bold]{metrics['test_acc']:.4f}")
     console.print(table)
     console.print(f"results in [bold]{report.path}[/]")
-
-
-def _extra_measures(model, ds, rho2_report: bool, with_eps_ref: bool,
-                    fgsm_eps: list[float] | None, device) -> dict:
-    """Macro AUC always; the Deep Defense report's ρ₂, ε_ref and FGSM accuracies on request."""
-    from advlab.eval import per_class_roc, robust_accuracy_curve, softmax_scores
-
-    out: dict = {"auc": per_class_roc(softmax_scores(model, ds.x, device=device), ds.y,
-                                      ds.classes).to_dict()}
-    if rho2_report:
-        from advlab.defenses import deepfool_ratios
-
-        ratios = deepfool_ratios(model.to(device), ds.x.to(device), steps=5, overshoot=0.02)
-        out["rho2_report"] = ratios.mean().item()
-    if with_eps_ref:
-        from advlab.eval import eps_ref
-
-        out["eps_ref"] = eps_ref(model, ds.x, ds.y, device=device).to_dict()
-    if fgsm_eps:
-        curve = robust_accuracy_curve(model, ds.x, ds.y, "fgsm", list(fgsm_eps),
-                                      cumulative=False, device=device)
-        out["fgsm"] = {"eps": curve.eps, "accuracy": curve.accuracy}
-    return out
 
 
 @app.command()
@@ -182,85 +144,46 @@ def robust(
 ) -> None:
     """Robust accuracy under a suite of attacks: AutoAttack's (APGD-CE, APGD-T, FAB-T, Square)
     and, in the standard suite, FGSM, PGD×restarts, DeepFool/CW, ρ₂, ε_ref, transfer, checks."""
-    from advlab.attacks import ThreatModel
-    from advlab.distributed import is_main
-    from advlab.eval.protocol import (
-        AutoAttackSettings,
-        check_protocol,
-        protocol_rows,
-        standard_evaluation,
-    )
-    from advlab.report.attack_figures import accuracy_curves
+    from advlab.eval.protocol import protocol_rows
+    from advlab.jobs import run_job
+    from advlab.jobs.evaluate import EvalRobustJob
+    from advlab.jobs.target import command_line_options, eps_note
     from advlab.report.attack_report import checks_table
-    from advlab.runs import log_to_run, new_run_dir
-    from advlab.weights import library_versions
 
     relaunch(nproc)
     setup_logging()
     apply_data_dir(data_dir)
+    results = []
     try:
-        threat = ThreatModel(norm, eps_in_pixels(eps, bounds or run_domain(run)))  # data units
-        if minimal not in ("deepfool", "cw", "none"):
-            raise ValueError(f"expected --minimal deepfool, cw or none, got {minimal!r}")
-        check_protocol(threat, steps=steps, restarts=restarts, eot=eot, n_checks=n_checks,
-                       minimal=None if minimal == "none" else minimal, batch_size=batch_size,
-                       suite=suite)
-        grid = eps_in_pixels(parse_floats(eps_list, "--eps-list", low=0.0) if eps_list else None,
-                             bounds or run_domain(run))
-        aa = AutoAttackSettings(steps=aa_steps, n_target_classes=aa_targets,
-                                square_queries=square_queries)
-        target = resolve_target(run, model=model_spec, weights=weights, mean=mean, std=std,
-                                bounds=bounds, output_key=output_key, data_file=data_file,
-                                dataset=dataset_name, split=split, n=n, default_n=1000,
-                                seed=seed, device=device)
-        model, dataset, ds, dev = target.model, target.dataset, target.data, target.device
-        sur = load_companion(surrogate, "--surrogate", dataset, dev) if surrogate else None
-        report = new_run_dir("eval-robust", out)
-        report.write_config({"command": "eval robust", **target.record,
-                             "dataset": dataset, "split": ds.split, "n": len(ds), "seed": seed,
-                             "norm": norm, "eps": eps, **target.eps_record(eps),
-                             "suite": suite, "steps": steps,
-                             "restarts": restarts, "save_adv": save_adv,
-                             "aa_steps": aa_steps, "aa_targets": aa_targets,
-                             "square_queries": square_queries,
-                             "minimal": minimal, "eps_list": grid, "eot": eot,
-                             "surrogate": str(surrogate) if surrogate else None,
-                             "batch_size": batch_size})
-        with log_to_run(report):
-            result = standard_evaluation(
-                model, ds.x, ds.y, threat=threat, suite=suite, surrogate=sur, steps=steps,
-                restarts=restarts, minimal=None if minimal == "none" else minimal,
-                eps_list=grid, with_rho2=rho, with_eps_ref=eps_ref_, eot=eot,
-                n_checks=n_checks, seed=seed, batch_size=batch_size, device=dev,
-                progress=progress, autoattack=aa)
-        metrics = result.to_dict()
-        metrics.update({**target.record, **target.eps_record(eps), "dataset": dataset,
-                        "split": ds.split, "versions": library_versions()})
-        report.write_metrics(metrics)
-        if save_adv and is_main():  # under torchrun rank 0 alone writes
-            result.save_points(report.path / "points.safetensors", ds.x, ds.y)
-        if result.curve is not None:
-            accuracy_curves({f"{result.curve.attack} ({norm})": (result.curve.eps,
-                                                                 result.curve.accuracy)},
-                            report.figures / "accuracy_vs_eps.png", xlabel=f"ε ({norm})",
-                            title=f"{dataset}: accuracy under {result.curve.attack}")
+        job = EvalRobustJob(
+            **command_line_options(run=run, model=model_spec, weights=weights, mean=mean,
+                                   std=std, bounds=bounds, output_key=output_key,
+                                   data=data_file, dataset=dataset_name, split=split, n=n,
+                                   seed=seed, device=device),
+            eps=eps, norm=norm, suite=suite, save_adv=save_adv, aa_steps=aa_steps,
+            aa_targets=aa_targets, square_queries=square_queries, steps=steps,
+            restarts=restarts, minimal=minimal,
+            eps_list=parse_floats(eps_list, "--eps-list", low=0.0) if eps_list else None,
+            surrogate=surrogate, eot=eot, rho2=rho, eps_ref=eps_ref_, n_checks=n_checks,
+            batch_size=batch_size)
+        report, metrics = run_job("eval robust", job, out, progress=progress,
+                                  on_result=results.append)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
-    table = Table("measure", "value", title=f"{dataset}, {len(ds)} points, {norm} ε = {eps:g}, "
-                  f"{suite} suite")
+    result = results[0]
+    dataset = metrics["dataset"]
+    table = Table("measure", "value", title=f"{dataset}, {metrics['n']} points, {norm} ε = "
+                  f"{eps:g}, {suite} suite")
     for label, value, headline in protocol_rows(result):
         table.add_row(*(f"[bold]{v}" if headline else v for v in (label, value)))
     console.print(table)
     console.print(checks_table(metrics["checks"]))
-    if target.eps_note(eps):
-        console.print(target.eps_note(eps), highlight=False)
+    if eps_note(metrics, eps):
+        console.print(eps_note(metrics, eps), highlight=False)
     if not result.reliable:
         console.print("[bold red]unreliable:[/] a soundness check failed; the robust accuracy "
                       "above is an overestimate until the failure is explained.")
     console.print(f"results in [bold]{report.path}[/]")
-
-
-NEEDED_TARGETS = ("next", "random")
 
 
 @app.command()
@@ -299,115 +222,34 @@ def needed(
     """The perturbation needed for a confident targeted misclassification ("Making Neural Nets
     Robust Again"): mean ‖x_adv − x‖₂/‖x‖₂ of the optim attack run until the target class has
     --confidence (`advlab.eval.perturbation_needed`)."""
-    import time
-
-    import torch
-
-    from advlab import attacks
-    from advlab.eval import perturbation_needed
-    from advlab.eval.needed import _check_lams
-    from advlab.eval.robust import predict
-    from advlab.report import attack_figures
-    from advlab.runs import log_to_run, new_run_dir
-    from advlab.weights import library_versions
+    from advlab.jobs import run_job
+    from advlab.jobs.evaluate import EvalNeededJob
+    from advlab.jobs.target import command_line_options
 
     setup_logging()
     apply_data_dir(data_dir)
     try:
-        if target not in NEEDED_TARGETS:
-            raise ValueError(f"expected --target in {', '.join(NEEDED_TARGETS)}, got {target!r}")
-        lam_list = _check_lams(parse_floats(lams, "--lams", low=0.0))
-        for lam in lam_list:  # the attack's own checks of confidence, steps and lr
-            attacks.create("optim", lam=lam, lr=lr, steps=steps, confidence=confidence)
-        found = resolve_target(run, model=model_spec, weights=weights, mean=mean, std=std,
-                               bounds=bounds, output_key=output_key, data_file=data_file,
-                               dataset=dataset_name, split=split, n=n, seed=seed,
-                               device=device)
-        ds, dev = found.data, found.device
-        k = len(ds.classes)
-        if k < 2:
-            raise ValueError(f"expected a data set of at least 2 classes, got {k}")
-        y = ds.y
-        if target == "next":
-            goal = (y + 1) % k
-        else:  # a class other than y: y shifted by 1 .. K-1
-            g = torch.Generator().manual_seed(seed)
-            goal = (y + torch.randint(1, k, y.shape, generator=g)) % k
-        report = new_run_dir("eval-needed", out)
-        config = {"command": "eval needed", **found.record, "dataset": found.dataset,
-                  "split": ds.split, "n": len(ds), "seed": seed, "target": target,
-                  "confidence": confidence, "lams": list(lam_list), "steps": steps, "lr": lr,
-                  "save_adv": save_adv}
-        report.write_config(config)
-        x = ds.x.to(dev)
-        with log_to_run(report):
-            t0 = time.perf_counter()
-            res = perturbation_needed(found.model, x, y.to(dev), goal.to(dev), lams=lam_list,
-                                      confidence=confidence, steps=steps, lr=lr)
-            seconds = time.perf_counter() - t0
-            clean = predict(found.model, x).softmax(1).cpu()
-            adv_probs = predict(found.model, res.adv).softmax(1).cpu()
-        metrics = {**res.to_dict(), "robustness": res.mean_all,
-                   "ratio_median": res.ratio[~res.ratio.isnan()].median().item()
-                   if res.n > res.n_zero_norm else float("nan"),
-                   "clean_accuracy": (clean.argmax(1) == y).float().mean().item(),
-                   "target_rate": (adv_probs.argmax(1) == goal).float().mean().item(),
-                   "seconds": seconds, **config, "versions": library_versions()}
-        if save_adv:
-            from advlab.io import save_state
-
-            save_state(report.path / "adversarial.safetensors",
-                       {"x": res.adv.float().cpu().contiguous(), "y": y, "target": goal,
-                        "reached": res.reached, "ratio": res.ratio, "lam": res.lam})
-        metrics["figures"] = _needed_figures(attack_figures, report.figures, res, ds, goal,
-                                             clean, adv_probs)
-        report.write_metrics(metrics)
+        job = EvalNeededJob(
+            **command_line_options(run=run, model=model_spec, weights=weights, mean=mean,
+                                   std=std, bounds=bounds, output_key=output_key,
+                                   data=data_file, dataset=dataset_name, split=split, n=n,
+                                   seed=seed, device=device),
+            confidence=confidence, target=target, lams=parse_floats(lams, "--lams", low=0.0),
+            steps=steps, lr=lr, save_adv=save_adv)
+        report, metrics = run_job("eval needed", job, out)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
-    table = Table("measure", "value", title=f"{found.dataset}, {len(ds)} points, target "
-                  f"{target}, confidence {confidence:g}")
+    table = Table("measure", "value", title=f"{metrics['dataset']}, {metrics['n']} points, "
+                  f"target {target}, confidence {confidence:g}")
     table.add_row("[bold]robustness: mean ‖x_adv − x‖₂/‖x‖₂ (all points)",
-                  f"[bold]{res.mean_all:.4f}")
-    table.add_row(f"reached {confidence:g} confidence", f"{res.reached_fraction:.4f}")
-    table.add_row(f"λ = {lam_list[0]:g} alone: mean (share reached)",
-                  f"{res.mean_first:.4f} ({res.reached_first_fraction:.4f})")
+                  f"[bold]{metrics['mean_all']:.4f}")
+    table.add_row(f"reached {confidence:g} confidence", f"{metrics['reached']:.4f}")
+    table.add_row(f"λ = {job.lams[0]:g} alone: mean (share reached)",
+                  f"{metrics['mean_first']:.4f} ({metrics['reached_first']:.4f})")
     table.add_row("clean accuracy on these points", f"{metrics['clean_accuracy']:.4f}")
     console.print(table)
-    if res.reached_fraction < 1:
-        console.print(f"{1 - res.reached_fraction:.1%} of the points never reached "
+    if metrics["reached"] < 1:
+        console.print(f"{1 - metrics['reached']:.1%} of the points never reached "
                       f"{confidence:g}: they count with their last perturbation, so the mean is "
                       "a lower bound of the perturbation needed.", highlight=False)
     console.print(f"results in [bold]{report.path}[/]")
-
-
-def _needed_figures(attack_figures, figures: Path, res, ds, goal, clean, adv_probs) -> list[str]:
-    """The ratios' histogram and the first examples with their adversaries; a figure that
-    fails is logged and left out, never the numbers."""
-    import logging
-
-    import torch
-
-    log = logging.getLogger(__name__)
-    k = min(8, res.n)
-    idx = torch.arange(k)
-    drawings = [
-        lambda: attack_figures.norm_histogram(
-            {"reached": res.ratio[res.reached & ~res.ratio.isnan()],
-             "not reached": res.ratio[~res.reached & ~res.ratio.isnan()]},
-            figures / "needed_ratios.png", xlabel="‖x_adv − x‖₂ / ‖x‖₂"),
-        lambda: attack_figures.adversarial_grid(
-            ds.x[idx], res.adv[idx].cpu(), ds.y[idx], clean[idx].argmax(1),
-            clean[idx].max(1).values, adv_probs[idx].argmax(1), adv_probs[idx].max(1).values,
-            ds.classes, figures / "adversarial_examples.png",
-            title=f"targets: {', '.join(ds.classes[int(t)] for t in goal[idx])}")]
-    names = []
-    for draw in drawings:
-        try:
-            path = draw()
-        except Exception as e:  # a figure never costs the run its numbers
-            log.warning("a figure was not drawn (%s: %s); the numbers are not affected",
-                        type(e).__name__, e)
-            continue
-        if path is not None:
-            names.append(Path(path).name)
-    return names
