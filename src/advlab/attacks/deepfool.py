@@ -90,7 +90,8 @@ class DeepFool(Attack):
                 k = min(self.num_classes, logits.shape[1])
                 classes = logits.detach().topk(k, dim=1).indices
             cls = classes[active]  # (A, k)
-            going = logits.detach().argmax(dim=1) == y[active]  # (A,) not fooled yet
+            # (G,) the rows of active not fooled yet, as indices: the step's one host sync
+            going = (logits.detach().argmax(dim=1) == y[active]).nonzero().squeeze(1)
             idx = active[going]
             if idx.numel() == 0:  # all fooled: skip the backward passes
                 break

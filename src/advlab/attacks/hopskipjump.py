@@ -135,13 +135,15 @@ class HopSkipJump(Attack):
                 update = grad.sign() if self.norm == "linf" else grad
                 moved, prop = self._step(decide, adv_a, lab, update,
                                          dist[idx] / math.sqrt(t + 1), queries, idx)
+                moved = moved.nonzero().squeeze(1)  # indices: one host sync for the four uses
                 rows = idx[moved]
                 new, _ = self._bisect(decide, x_a[moved], prop[moved], lab[moved], self.norm,
                                       queries, rows)
                 adv[rows] = new
                 dist[rows] = lp_norm(new - x_a[moved], self.norm)
-                better = rows[dist[rows] < best_dist[rows]]
-                best[better], best_dist[better] = adv[better], dist[better]
+                closer = dist[rows] < best_dist[rows]  # a select, no host sync
+                best[rows] = torch.where(expand_as(closer, new), new, best[rows])
+                best_dist[rows] = torch.where(closer, dist[rows], best_dist[rows])
                 steps[idx] += 1
                 t += 1
         info = {"queries": queries.clone(), "steps": steps, "started": started | clean}
@@ -162,7 +164,9 @@ class HopSkipJump(Attack):
             noise = rng.take(idx).rand(tuple(x[idx].shape), key=k, dtype=x.dtype)
             ok = decide(noise, label[idx])
             queries[idx] += 1
-            start[idx[ok]], found[idx[ok]] = noise[ok], True
+            # no host sync: a select (found[idx] is False, so it becomes ok)
+            start[idx] = torch.where(expand_as(ok, noise), noise, start[idx])
+            found[idx] = ok
         rows = (found & ~clean).nonzero().squeeze(1)
         for mode in ("blend", self.norm):
             start[rows], _ = self._bisect(decide, x[rows], start[rows], label[rows], mode,
@@ -250,6 +254,8 @@ class HopSkipJump(Attack):
             cand = clip_box(adv[go] + expand_as(size[go], adv[go]) * update[go])
             ok = decide(cand, label[go])
             queries[rows[go]] += 1
-            prop[go[ok]], found[go[ok]] = cand[ok], True
-            size[go[~ok]] /= 2
+            # selects, no host sync (found[go] is False, so it becomes ok)
+            prop[go] = torch.where(expand_as(ok, cand), cand, prop[go])
+            found[go] = ok
+            size[go] = torch.where(ok, size[go], size[go] / 2)
         return found, prop

@@ -99,8 +99,11 @@ class Optim(Attack):
             check_differentiable(logits)  # even when every sample already reached the target
             p = logits.detach().softmax(dim=1).gather(1, tgt[:, None]).squeeze(1)  # (A,)
             prob[active] = p
-            going = p < self.confidence
-            if step == self.steps or not going.any():
+            if step == self.steps:
+                break
+            # (G,) the rows of active still below the confidence: the step's one host sync
+            going = (p < self.confidence).nonzero().squeeze(1)
+            if going.numel() == 0:
                 break
             grad = input_grad(cross_entropy(logits, tgt).sum(), xa)  # (A, ...)
             delta = xa.detach() - x[active]
