@@ -104,6 +104,23 @@ def test_a_training_run_gives_back_its_job(clf):
     assert job_from_config(RunDir(clf).read_config()) == CLF
 
 
+def test_the_training_jobs_configs_give_back_their_jobs():
+    from advlab.defenses.jobs import LatentJob
+    from advlab.generative.job import GenerativeJob
+
+    gen = GenerativeJob(dataset="ring8", model="gan", n_train=500)
+    assert job_from_config({**gen.to_dict(), "model_spec": {"name": "gan"}}) == gen
+    latent = LatentJob(generative="runs/vae", head="linear-2l", code="project", steps=20, n_test=50,
+                       train=TrainConfig(epochs=3, lr=1e-2))
+    config = {"command": "defend latent", "dataset": "digits",  # as train_latent_run writes it
+              **{k: v for k, v in dataclasses.asdict(latent).items() if k != "train"},
+              "train": dataclasses.asdict(latent.train)}
+    assert job_from_config(yaml.safe_load(yaml.safe_dump(config))) == latent
+    defended = {**CLF.to_dict(), "defense": "fgsm-at", "defense_config": {"name": "fgsm-at"}}
+    with pytest.raises(ValueError, match="defense 'fgsm-at'.*--config"):
+        job_from_config(defended)
+
+
 @pytest.mark.parametrize("job", [
     AttackJob(run="r", attack="pgd", eps=(0.1, 0.2), steps=7, alpha=0.01, n=50, seed=3,
               params={"restarts": 2}),

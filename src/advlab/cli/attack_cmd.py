@@ -103,10 +103,9 @@ def attack_command(
                                    data=data_file, dataset=dataset_name, split=split, n=n,
                                    seed=seed, device=device),
             attack=attack, eps=None if eps is None else parse_floats(eps, "--eps", low=0.0),
-            steps=steps, norm=norm,
-            alpha=alpha, restarts=restarts, random_start=random_start, c=c, kappa=kappa, lr=lr,
-            binary_search_steps=binary_search_steps, overshoot=overshoot,
-            num_classes=num_classes, early_stop=early_stop,
+            steps=steps, norm=norm, alpha=alpha, restarts=restarts, random_start=random_start,
+            c=c, kappa=kappa, lr=lr, binary_search_steps=binary_search_steps,
+            overshoot=overshoot, num_classes=num_classes, early_stop=early_stop,
             params=key_values(param or [], "--param"), fit_n=fit_n, batch_size=batch_size,
             surrogate=surrogate, transfer_from=transfer_from, checks=checks, n_checks=n_checks)
         report, metrics = run_job("attack", job, out, progress=progress)
