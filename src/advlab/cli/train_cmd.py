@@ -57,6 +57,11 @@ def classifier(
                                 "--select-by."),
     select_eps: float = typer.Option(None, help="ε of the --select-by attack [the defense's]."),
     select_alpha: float = typer.Option(None, help="PGD step of --select-by pgdN [2.5·ε/N]."),
+    amp: str = typer.Option(None, help="Mixed precision of the training step: none | bf16 | "
+                            "fp16 (CUDA only); default none."),
+    compile_: bool = typer.Option(None, "--compile/--no-compile", help="torch.compile the "
+                                  "model's forward for training (docs/guide-performance.md); "
+                                  "default off."),
     out: Path = OutOption,
     resume: bool = typer.Option(False, help="Continue the run in --out from its last epoch."),
     device: str = DeviceOption,
@@ -66,8 +71,9 @@ def classifier(
 ) -> None:
     """Train a classifier of the zoo; writes weights, metrics and figures to a run directory."""
     from advlab.config import from_dict
+    from advlab.device import resolve_device
     from advlab.train.classifier import ClassifierJob, train_classifier
-    from advlab.train.config import TrainConfig, dataset_defaults
+    from advlab.train.config import TrainConfig, check_precision, dataset_defaults
 
     relaunch(nproc)
     setup_logging()
@@ -91,7 +97,8 @@ def classifier(
         train_opts.update({k: v for k, v in dict(
             epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
             weight_decay=weight_decay, schedule=schedule, seed=seed, val_fraction=val_fraction,
-            patience=patience, device=device).items() if v is not None})
+            patience=patience, device=device, amp=amp, compile=compile_).items()
+            if v is not None})
         model_kwargs = dict(base.pop("model_kwargs", {}) or {})
         if widths:
             model_kwargs["widths"] = _ints(widths, "--widths")
@@ -104,6 +111,8 @@ def classifier(
                       **train_opts}
         job = from_dict(ClassifierJob, {**job_opts, "model_kwargs": model_kwargs,
                                         "train": from_dict(TrainConfig, train_opts)})
+        # before the run directory exists: fp16 needs CUDA, bf16 on CUDA a GPU that has it
+        check_precision(job.train.amp, resolve_device(job.train.device))
         objective, extra = None, None
         if defense_param and not (defense or yaml_defense):
             raise ValueError("--defense-param needs --defense NAME")
@@ -223,6 +232,8 @@ def generative(
     n_epoch_quality: int = typer.Option(None, help="With --classifier: samples scored after "
                                                    "every epoch (0 = off) [2000]."),
     seed: int = typer.Option(None, help="Seed of init, batch order and latent draws [0]."),
+    amp: str = typer.Option(None, help="Mixed precision of the training steps: none | bf16; "
+                            "default none."),
     out: Path = OutOption,
     resume: bool = typer.Option(False, help="Continue the run in --out from its last epoch."),
     device: str = DeviceOption,
@@ -233,9 +244,11 @@ def generative(
     """Train a generative model; writes weights, metrics and figures to a run directory."""
     from advlab import data
     from advlab.config import from_dict, to_dict
+    from advlab.device import resolve_device
     from advlab.generative.job import GenerativeJob, train_generative
     from advlab.generative.train import GenerativeTrainConfig, default_config
     from advlab.runs import saved_run_config
+    from advlab.train.config import check_precision
 
     relaunch(nproc)
     setup_logging()
@@ -244,7 +257,7 @@ def generative(
         train_opts = dict(epochs=epochs, batch_size=batch_size, lr=lr, lr_critic=lr_critic,
                           d_steps=d_steps, loss=loss, gp_weight=gp_weight,
                           real_label=real_label, steps_per_epoch=steps_per_epoch,
-                          lr_decay=lr_decay, ema=ema, seed=seed, device=device)
+                          lr_decay=lr_decay, ema=ema, seed=seed, device=device, amp=amp)
         saved = None
         cfg = saved_run_config(out) if resume and out is not None else None
         if cfg is not None:
@@ -289,6 +302,7 @@ def generative(
                             n_epoch_quality=2000 if n_epoch_quality is None else n_epoch_quality,
                             train=config)
         given = {k for k, v in train_opts.items() if v is not None}
+        check_precision(config.amp, resolve_device(config.device))  # before the run directory
         run, metrics = train_generative(job, out, resume=resume, progress=progress, given=given)
     except training_errors() as e:
         fail(str(e))

@@ -26,6 +26,10 @@ through their own (``distributed.data_parallel``); each process's loss is weight
 of the rows, so the average is the global batch's mean. Batch-norm buffers are rank 0's after
 every step, the epoch's numbers are summed over the processes, and rank 0 alone writes the
 checkpoint and calls ``on_epoch``.
+
+With ``amp="bf16"`` every step's forward passes and losses (the gradient penalty's input
+gradient included) run under ``torch.autocast`` in bfloat16; backward passes, optimizers,
+weights, the moving average and the snapshots stay in float32 (``advlab.train.loop``).
 """
 
 from __future__ import annotations
@@ -58,12 +62,14 @@ from advlab.generative.losses import (
 )
 from advlab.generative.weights import load_checked
 from advlab.io import load_state, save_state
-from advlab.train.loop import TrainingDiverged, kept_checkpoint
+from advlab.train.config import check_precision
+from advlab.train.loop import TrainingDiverged, autocast, kept_checkpoint
 from advlab.train.progress import EpochProgress
 
 log = logging.getLogger(__name__)
 CHECKPOINT_KIND = "advlab-generative-checkpoint"
 LR_DECAYS = ("none", "linear")
+AMP_MODES = ("none", "bf16")  # fp16 (a gradient scaler per network) is not offered here
 
 
 @dataclass(frozen=True)
@@ -85,9 +91,12 @@ class GenerativeTrainConfig:
     n_snapshot: int = 64  # fixed-noise samples per snapshot
     seed: int = 0  # init, batch order, latent draws
     device: str = "auto"  # auto | cpu | cuda | mps
+    amp: str = "none"  # "bf16": the steps' forward passes and losses under torch.autocast
 
     def __post_init__(self) -> None:
         check_types(self)
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp: expected one of {AMP_MODES}, got {self.amp!r}")
         for name in ("epochs", "batch_size", "d_steps", "n_snapshot"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -280,6 +289,7 @@ def fit_generative(
     main = distributed.is_main()
     progress = progress and main
     device = resolve_device(config.device)
+    check_precision(config.amp, device)
     model.to(device)
     model.check_data(train.x[:1], "training data")
     x_train = train.x.to(device)
@@ -518,7 +528,7 @@ def _train_epoch(model: GenerativeModel, x_train: torch.Tensor, config: Generati
                 ema.update(model.generator)
         else:
             terms, flagged = _autoencoder_step(model, x_train[index[step, 0]], opt_g, rows,
-                                               ddp)
+                                               ddp, config.amp)
         if ddp is not None:
             distributed.broadcast_buffers(model)  # rank 0's batch-norm statistics
         # under torchrun the flags alone decide, the same on every process: all stop together
@@ -531,6 +541,7 @@ def _train_epoch(model: GenerativeModel, x_train: torch.Tensor, config: Generati
                 f"{where}); stopping. {kept_checkpoint(epoch, checkpoint)}. Try a lower "
                 f"learning rate.")
         for k, v in terms.items():  # under torchrun: this process's share of the global mean
+            v = v.float() if v.dtype == torch.bfloat16 else v  # a term computed under autocast
             v = v if ddp is None else v * (rows.used / rows.size)
             sums[k] = sums.get(k, 0.0) + v
         bar.advance(terms["loss"] if "loss" in terms else terms["loss_g"])
@@ -550,20 +561,22 @@ def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
 
 
 def _autoencoder_step(model: Autoencoder, xb: torch.Tensor, opt: torch.optim.Optimizer,
-                      rows: _Rows | None = None, ddp: _Ddp | None = None
+                      rows: _Rows | None = None, ddp: _Ddp | None = None, amp: str = "none"
                       ) -> tuple[dict[str, torch.Tensor], bool]:
     """One step on the global batch ``xb``: (its loss terms, detached; whether a process
     flagged a loss that is not finite). Under torchrun this process's ``rows`` of it, the
     VAE's noise drawn for the whole batch (as one process draws it) and cut the same way."""
     if ddp is None:
-        loss, terms = model.loss(xb)
+        with autocast(amp, xb.device):
+            loss, terms = model.loss(xb)
     else:
         kw = {}
         if isinstance(model, VAE):  # randn_like(mu) of the whole batch, as model.loss draws it
             p = next(model.parameters())
             kw["eps"] = torch.randn(len(xb), model.latent_dim, device=p.device,
                                     dtype=p.dtype)[rows.part]
-        loss, terms = ddp.loss(xb[rows.part], **kw)
+        with autocast(amp, xb.device):
+            loss, terms = ddp.loss(xb[rows.part], **kw)
     opt.zero_grad(set_to_none=True)
     flagged = _backward(loss, rows, None if ddp is None else ddp.loss)
     opt.step()
@@ -593,18 +606,19 @@ def _adversarial_step(model: AdversarialModel, x_train: torch.Tensor, index: tor
     flagged = False
     for k in range(index.shape[0]):
         real = x_train[index[k][part]]
-        with torch.no_grad():
+        with torch.no_grad(), autocast(config.amp, real.device):
             fake = model.decode(model.prior_sample(b)[part])
-        real_s, fake_s = model.score(real), model.score(fake)
-        if wgan:  # the weights gradient_penalty would draw, (b,) cut like the batch
-            alpha = torch.rand(b, device=real.device, dtype=real.dtype)[part]
-            gp = gradient_penalty(model.score, real, fake, weight=config.gp_weight,
-                                  alpha=alpha)
-            loss_d = critic_loss(real_s, fake_s) + gp
-            gp_sum += gp.detach()
-            w_sum += (real_s.mean() - fake_s.mean()).detach()
-        else:
-            loss_d = discriminator_loss(real_s, fake_s, config.real_label)
+        with autocast(config.amp, real.device):
+            real_s, fake_s = model.score(real), model.score(fake)
+            if wgan:  # the weights gradient_penalty would draw, (b,) cut like the batch
+                alpha = torch.rand(b, device=real.device, dtype=real.dtype)[part]
+                gp = gradient_penalty(model.score, real, fake, weight=config.gp_weight,
+                                      alpha=alpha)
+                loss_d = critic_loss(real_s, fake_s) + gp
+                gp_sum += gp.detach()
+                w_sum += (real_s.mean() - fake_s.mean()).detach()
+            else:
+                loss_d = discriminator_loss(real_s, fake_s, config.real_label)
         opt_d.zero_grad(set_to_none=True)
         flagged |= _backward(loss_d, rows, None if ddp is None else ddp.critic)
         opt_d.step()
@@ -613,7 +627,8 @@ def _adversarial_step(model: AdversarialModel, x_train: torch.Tensor, index: tor
     try:
         z = model.prior_sample(b)[part]
         # the critic's DDP expects no gradient of this pass: it is not synchronized
-        with nullcontext() if ddp is None else ddp.critic.no_sync():
+        with nullcontext() if ddp is None else ddp.critic.no_sync(), \
+                autocast(config.amp, z.device):
             loss_g = generator_loss(model.score(model.decode(z)), config.loss)
         opt_g.zero_grad(set_to_none=True)
         flagged |= _backward(loss_g, rows, None if ddp is None else ddp.generator)
@@ -666,6 +681,7 @@ def _check_resumable(state: dict[str, Any], config: GenerativeTrainConfig,
         raise ValueError(f"{source}: the checkpoint records no training configuration")
     now = to_dict(config)
     # A resumed run may be extended (more epochs) or moved to another device; nothing else.
+    saved = {"amp": "none", **saved}  # a checkpoint from before amp trained without it
     diff = [k for k in now if k not in ("epochs", "device") and saved.get(k) != now[k]]
     if diff:
         pairs = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {now[k]!r}" for k in diff)

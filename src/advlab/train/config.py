@@ -5,10 +5,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
+
 from advlab.config import check_types
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("none", "cosine", "step", "onecycle", "cyclic")
+AMP_MODES = ("none", "bf16", "fp16")  # mixed precision of the training step (check_precision)
 
 
 # Training settings per data set that the command line uses where an option is not given: a
@@ -43,9 +46,15 @@ class TrainConfig:
     patience: int = 0  # early stopping: epochs without validation improvement (0 = off)
     eval_batch_size: int = 1000
     device: str = "auto"  # auto | cpu | cuda | mps
+    # mixed precision of the training step: none | bf16 (torch.autocast; any device) | fp16
+    # (CUDA only, with a GradScaler); the adversary crafting of a defense runs under it too
+    amp: str = "none"
+    compile: bool = False  # torch.compile the model's forward for training (float rounding)
 
     def __post_init__(self) -> None:
         check_types(self)
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp: expected one of {AMP_MODES}, got {self.amp!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer: expected one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
@@ -64,3 +73,21 @@ class TrainConfig:
                 f"val_fraction: expected a number in [0, 1), got {self.val_fraction!r}")
         if self.patience < 0:
             raise ValueError(f"patience: expected >= 0, got {self.patience!r}")
+        if self.amp == "fp16" and self.device in ("cpu", "mps"):  # "auto": checked by fit
+            check_precision(self.amp, torch.device(self.device))
+
+
+def check_precision(amp: str, device: torch.device) -> None:
+    """Raise ``ValueError`` unless the training step can run in ``amp`` on ``device``: fp16
+    needs CUDA (its gradients are scaled by a ``torch.amp.GradScaler``, which advlab runs
+    only there), bf16 on CUDA a GPU with bfloat16 arithmetic (Ampere or newer)."""
+    if amp not in AMP_MODES:
+        raise ValueError(f"amp: expected one of {AMP_MODES}, got {amp!r}")
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError(f"amp 'fp16': expected a CUDA device (fp16 trains with a gradient "
+                         f"scaler on CUDA only), got device {str(device)!r}; use --amp bf16 "
+                         f"there")
+    if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"amp 'bf16': expected a GPU with bfloat16 arithmetic (Ampere or "
+                         f"newer), got {torch.cuda.get_device_name(device)!r}; use --amp fp16 "
+                         f"there")

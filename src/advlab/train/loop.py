@@ -13,6 +13,19 @@ calls routed through DDP: ``distributed.data_parallel``), so one step is the sin
 step on the same global batch. Batch-norm buffers are rank 0's after every step, the epoch's
 numbers and the evaluations are summed over the processes, and rank 0 alone writes the
 checkpoint (with every rank's RNG state, for ``--resume``).
+
+Mixed precision (``TrainConfig.amp``, Micikevicius et al. 2018, "Mixed Precision Training",
+https://arxiv.org/abs/1710.03740): the objective's call, i.e. the forward passes and the loss
+of a step, runs under ``torch.autocast`` in bf16 or fp16; the backward, the optimizer and the
+weights stay in fp32, and fp16's loss is scaled by a ``GradScaler`` (CUDA only; its state is
+checkpointed). A defense's adversary crafting runs inside the objective, so under autocast too,
+as Wong et al. 2020 trained "fast" adversarial training in mixed precision
+(https://arxiv.org/abs/2001.03994): the input gradients are low precision, the adversaries and
+their projection onto the threat set stay fp32. ``compile`` runs the model's forward through
+``torch.compile`` for the training loop (``compiled_forward``: the module is not wrapped, so
+its state dict, checkpoints and weights keep their names). The data sets are copied to the
+device once, through pinned memory on CUDA; batches are slices of them, with no per-batch
+host-to-device copy.
 """
 
 from __future__ import annotations
@@ -21,7 +34,8 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,7 +49,7 @@ from advlab.data.base import TensorSet
 from advlab.device import resolve_device
 from advlab.eval.classification import evaluate
 from advlab.io import load_state, save_state
-from advlab.train.config import TrainConfig
+from advlab.train.config import TrainConfig, check_precision
 from advlab.train.objective import CrossEntropy, Objective
 from advlab.train.progress import EpochProgress
 from advlab.train.sources import as_tensor_set
@@ -106,6 +120,70 @@ def _epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Gener
     return g
 
 
+def autocast(amp: str, device: torch.device) -> AbstractContextManager:
+    """The mixed-precision context of a training step's forward passes and loss: nothing for
+    ``amp="none"``, else ``torch.autocast`` on ``device`` in bf16 or fp16."""
+    if amp == "none":
+        return nullcontext()
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+@contextmanager
+def compiled_forward(model: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Inside the block, ``model``'s forward is ``torch.compile`` d (a no-op if not
+    ``enabled``). The module is not wrapped (``torch.compile(model)`` would prefix every key
+    of its state dict with ``_orig_mod.``): the compiled function is set as the instance's
+    ``forward`` for the block, which is not a module attribute, so the state dict, the
+    checkpoints and the saved weights are the eager model's; hooks and the objectives' use of
+    the model's attributes and layers are unchanged, and under torchrun DDP wraps the compiled
+    forward (``distributed.data_parallel`` keeps a forward set on the instance)."""
+    if not enabled:
+        yield
+        return
+    before = model.__dict__.get("forward")  # a forward set on the instance is compiled
+    own = before if before is not None else type(model).forward.__get__(model)
+    object.__setattr__(model, "forward", torch.compile(own))
+    try:
+        yield
+    except RuntimeError as e:
+        # e.g. Deep Defense differentiates through input gradients (create_graph), DeepFool
+        # takes one per class from the same graph (retain_graph): compiled graphs do neither
+        if any(s in str(e) for s in ("double backward", "donated buffer")):
+            raise ValueError(f"compile: expected an objective whose backward passes torch."
+                             f"compile supports (no double backward, no retained graph), got "
+                             f"one that needs them ({str(e).splitlines()[0]}); train it "
+                             f"without --compile") from e
+        raise
+    finally:
+        if before is None:
+            model.__dict__.pop("forward", None)
+        else:
+            object.__setattr__(model, "forward", before)
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device``; to a GPU from page-locked memory without blocking the host (the
+    copies overlap each other and the set-up that follows; the stream orders them before
+    the kernels that read them)."""
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+def _set_on_device(ds: TensorSet | None, device: torch.device) -> TensorSet | None:
+    """``ds`` with its tensors on ``device`` (the evaluations after every epoch then copy no
+    batch to the device)."""
+    if ds is None or ds.x.device == device:
+        return ds
+    return TensorSet(_to_device(ds.x, device), _to_device(ds.y, device), ds.info, ds.split)
+
+
+def _wide(v: torch.Tensor) -> torch.Tensor:
+    """A half-precision scalar (a metric computed under autocast) as float32, for sums."""
+    return v.float() if v.dtype in (torch.float16, torch.bfloat16) else v
+
+
 def fit(
     model: nn.Module,
     train: TensorSet,
@@ -149,14 +227,18 @@ def fit(
     tracked = val is not None or select is not None  # the best epoch's weights are kept
     objective = objective or CrossEntropy()
     device = resolve_device(config.device)
+    check_precision(config.amp, device)
     model.to(device)
-    x_train, y_train = train.x.to(device), train.y.to(device)
+    x_train, y_train = _to_device(train.x, device), _to_device(train.y, device)
+    val, test = _set_on_device(val, device), _set_on_device(test, device)
     n = x_train.shape[0]
     world, main = distributed.world_size(), distributed.is_main()
     progress = progress and main
     steps_per_epoch = math.ceil(n / config.batch_size)
     opt = make_optimizer(model, config)
     scheduler, per_batch = make_scheduler(opt, config, steps_per_epoch)
+    # fp16 gradients underflow: the loss is scaled up, the gradients unscaled before the step
+    scaler = torch.amp.GradScaler("cuda") if config.amp == "fp16" else None
 
     history: list[dict[str, float]] = []
     best = {"epoch": 0, "score": -math.inf, "state": None}
@@ -188,6 +270,8 @@ def fit(
         opt.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler") is not None:
             scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler") is not None:
+            scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(_rank_rng(state, config.seed))
         history = state["history"]
         best = {"epoch": state["best_epoch"], "score": state["best_score"],
@@ -198,13 +282,15 @@ def fit(
 
     stopped_early = False
     bar = EpochProgress(enabled=progress, total_batches=steps_per_epoch)
-    with bar, distributed.data_parallel(model) as ddp:  # torchrun: gradients averaged
+    # compiled first: under torchrun DDP wraps the compiled forward
+    with bar, compiled_forward(model, config.compile), \
+            distributed.data_parallel(model) as ddp:  # torchrun: gradients averaged
         for epoch in range(start_epoch, config.epochs + 1):
             t0 = time.perf_counter() - prep_seconds
             prep_seconds = 0.0
             model.train()
             perm = torch.randperm(n, generator=_epoch_generator(config.seed, epoch, device))
-            perm = perm.to(device)
+            perm = _to_device(perm, device)
             # an objective may supply this epoch's inputs (e.g. adversarial examples of the
             # whole training set, computed once per epoch from the current weights)
             epoch_inputs = getattr(objective, "epoch_inputs", None)
@@ -228,20 +314,24 @@ def fit(
                 if hi == lo:  # fewer rows than processes: a zero-weight row keeps step
                     rows = idx[:1]
                 xb, yb = x_epoch[rows], y_train[rows]
-                out = objective(model, xb, yb)
+                with autocast(config.amp, device):  # forward passes and loss (crafting too)
+                    out = objective(model, xb, yb)
                 loss = out.loss if weight == 1 else out.loss * weight
                 bad = ~torch.isfinite(out.loss.detach())
                 if ddp is None and bad:
                     raise TrainingDiverged(_diverged(out.loss, epoch, b, checkpoint))
                 opt.zero_grad(set_to_none=True)
-                if ddp is None:
-                    loss.backward()
-                else:  # every process learns whether a loss was not finite, in the all-reduce
-                    distributed.with_flag(ddp, loss, bad).backward()
-                    if distributed.flag_raised(ddp):  # the same on every process: all stop
-                        raise TrainingDiverged(_diverged(out.loss, epoch, b, checkpoint))
+                if ddp is not None:  # every process learns whether a loss was not finite,
+                    loss = distributed.with_flag(ddp, loss, bad)  # in the all-reduce
+                (loss if scaler is None else scaler.scale(loss)).backward()
+                if ddp is not None and distributed.flag_raised(ddp):  # the same on every
+                    raise TrainingDiverged(_diverged(out.loss, epoch, b, checkpoint))  # process
                 lr_used = opt.param_groups[0]["lr"]  # before a per-batch schedule moves it
-                opt.step()
+                if scaler is None:
+                    opt.step()
+                else:  # skipped when a gradient is not finite; the scale adapts
+                    scaler.step(opt)
+                    scaler.update()
                 distributed.broadcast_buffers(model)  # rank 0's running statistics
                 if per_batch:
                     scheduler.step()
@@ -251,7 +341,7 @@ def fit(
                     if out.logits is not None and used:
                         correct += (out.logits.argmax(1) == yb).sum()
                     for k, v in out.metrics.items():
-                        extra_sums[k] = extra_sums.get(k, 0.0) + v.detach() * used
+                        extra_sums[k] = extra_sums.get(k, 0.0) + _wide(v.detach()) * used
                 bar.advance(out.loss)
             if scheduler is not None and not per_batch:
                 scheduler.step()
@@ -301,6 +391,7 @@ def fit(
                     "model": model.state_dict(),
                     "optimizer": opt.state_dict(),
                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "scaler": scaler.state_dict() if scaler is not None else None,
                     "rng": torch.get_rng_state(),
                     "rng_ranks": rng_ranks if world > 1 else None,
                     "history": history,
@@ -378,6 +469,10 @@ def _rank_rng(state: dict[str, Any], seed: int) -> torch.Tensor:
     return g.get_state()
 
 
+RESUME_FREE = ("epochs", "device", "compile")  # TrainConfig settings a resume may change
+NEWER_SETTINGS = {"amp": "none", "compile": False}  # the defaults of settings added later
+
+
 def _check_resumable(state: dict[str, Any], config: TrainConfig,
                      checkpoint: str | Path | None = None) -> None:
     source = f"cannot resume from {checkpoint}" if checkpoint is not None else "cannot resume"
@@ -387,12 +482,14 @@ def _check_resumable(state: dict[str, Any], config: TrainConfig,
     if not isinstance(saved, dict):
         raise ValueError(f"{source}: the checkpoint records no training configuration")
     now = to_dict(config)
-    # A resumed run may be extended (more epochs) or moved to another device; nothing else.
-    diff = [k for k in now if k not in ("epochs", "device") and saved.get(k) != now[k]]
+    # A resumed run may be extended (more epochs), moved to another device or (un)compiled;
+    # nothing else. A setting newer than the checkpoint had its default there.
+    saved = {**NEWER_SETTINGS, **saved}
+    diff = [k for k in now if k not in RESUME_FREE and saved.get(k) != now[k]]
     if diff:
         pairs = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {now[k]!r}" for k in diff)
         raise ValueError(f"{source}: it was trained with a different configuration ({pairs}); "
-                         f"only epochs and device may change")
+                         f"only {', '.join(RESUME_FREE)} may change")
 
 
 def check_checkpoint(checkpoint: str | Path, config: TrainConfig,
