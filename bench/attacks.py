@@ -1,25 +1,25 @@
 """Issue 3: the attack engine against its peers, side by side, on the same model and images.
 
-    ADVLAB_DATA=../shared/data python -m bench.run --only attacks [--quick]
+    ADVLAB_DATA=../shared/data python -m bench.attacks [--model-run RUN] [--quick]
 
-Model: the `madry-cnn` trained by the classifiers benchmark (bench/out/madrycnn-mnist-cos), the
-first N MNIST test images (N = 1000; torchattacks' DeepFool, a per-sample Python loop, and CW
-with a binary search on smaller slices stated in the table). Every measurement runs in its own
-worker process, so its peak resident memory (``ru_maxrss`` of that process) is its own; the
-workers of the libraries alternate (advlab, torchattacks, Foolbox, advlab, ...) and each figure
-is the median over the repetitions. Inside a worker, a warm-up call on 10 images precedes the
-timed call (the same for every library). The peers get the whole batch, as their documentation
-shows; advlab runs its evaluation path: ``advlab.eval.robust_accuracy`` (clean pass, the still-
-correct points only, in the batch size measured for the machine, PGD stopping per sample once
-fooled). The peers' time includes one forward pass on their adversarial batch, to read the
-robust accuracy.
-
-The floor: one forward+backward with respect to the input, timed in the same worker at the same
-batch size; advlab's PGD without early stop or mask, per step, is divided by it.
+Model: an MNIST `madry-cnn` run (default bench/out/madrycnn-mnist-cos: 8 epochs, Adam 1e-3,
+batch 128, cosine lr), the first N MNIST test images (N = 1000; torchattacks' DeepFool, a
+per-sample Python loop, and CW with a binary search on smaller slices stated in the table).
+Every measurement runs in its own worker process, so its peak resident memory (``VmHWM`` of
+that process) is its own; the workers of the libraries alternate (advlab, torchattacks,
+Foolbox, advlab, ...) and each figure is the median over the repetitions. Inside a worker, a
+warm-up call on 10 images precedes the timed call (the same for every library). The peers get
+the whole batch, as their documentation shows; advlab runs its evaluation path:
+``advlab.eval.robust_accuracy`` (clean pass, the still-correct points only, in the batch size
+measured for the machine, PGD stopping per sample once fooled). The peers' time includes one
+forward pass on their adversarial batch, to read the robust accuracy. The floor: one
+forward+backward with respect to the input, timed in the same worker at the same batch size;
+advlab's PGD without early stop or mask, per step, is divided by it.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -30,120 +30,69 @@ from pathlib import Path
 
 import torch
 
-from bench.common import ROOT, require_data, write_fragment
+from bench.common import OUT, ROOT, fwd_bwd, model_run, peak_kb, require_data, timed, write_fragment
 
-OUT = ROOT / "bench" / "out"
-MODEL_RUNS = [OUT / "madrycnn-mnist-cos", OUT / "madrycnn-mnist",
-              OUT / "defenses" / "madrycnn-mnist-plain"]
+DEFAULT_RUN = OUT / "madrycnn-mnist-cos"
+TRAIN = ("train it with `advlab train classifier --dataset mnist --model madry-cnn --epochs 8 "
+         f"--batch-size 128 --lr 0.001 --schedule cosine --out {DEFAULT_RUN.relative_to(ROOT)}`")
+PGD = dict(alpha=0.01, steps=40, random_start=False)  # the same names in torchattacks
+FB_PGD = dict(abs_stepsize=0.01, steps=40, random_start=False)
+DF = dict(steps=50, overshoot=0.02)
+CW = dict(c=1.0, kappa=0.0, steps=100, lr=0.01)
 
-# case -> (description, libraries)
+
+def _pgd(eps: float) -> tuple:
+    return (f"PGD-40, linf eps = {eps}, step 0.01, no random start",
+            ("pgd", dict(eps=eps, **PGD, early_stop=True)), lambda ta, m: ta.PGD(m, eps=eps, **PGD),
+            lambda fb: (fb.attacks.LinfPGD(**FB_PGD), eps))
+
+
+# case -> (description, advlab's (attack, parameters), torchattacks' attack (ta, model) or None,
+#          Foolbox's (attack, eps) (fb) or None)
 CASES = {
-    "fgsm": ("FGSM, linf eps = 0.1", ("advlab", "torchattacks", "foolbox")),
-    "pgd": ("PGD-40, linf eps = 0.3, step 0.01, no random start",
-            ("advlab", "torchattacks", "foolbox")),
-    "pgd-small": ("PGD-40, linf eps = 0.1, step 0.01, no random start",
-                  ("advlab", "torchattacks", "foolbox")),
+    "fgsm": ("FGSM, linf eps = 0.1", ("fgsm", dict(eps=0.1)),
+             lambda ta, m: ta.FGSM(m, eps=0.1), lambda fb: (fb.attacks.FGSM(), 0.1)),
+    "pgd": _pgd(0.3),
+    "pgd-small": _pgd(0.1),
     "deepfool": ("DeepFool l2, 50 steps, overshoot 0.02, 10 candidate classes",
-                 ("advlab", "foolbox")),
+                 ("deepfool", dict(**DF, num_classes=10)), None,
+                 lambda fb: (fb.attacks.L2DeepFoolAttack(**DF, candidates=10), None)),
     "deepfool-ta": ("DeepFool l2, 50 steps, overshoot 0.02 (slice for torchattacks' loop)",
-                    ("advlab", "torchattacks", "foolbox")),
+                    ("deepfool", dict(**DF, num_classes=10)), lambda ta, m: ta.DeepFool(m, **DF),
+                    lambda fb: (fb.attacks.L2DeepFoolAttack(**DF, candidates=10), None)),
     "cw": ("CW-l2, c = 1, kappa = 0, 100 Adam steps of lr 0.01, no binary search",
-           ("advlab", "torchattacks")),
+           ("cw", dict(**CW, binary_search_steps=1)), lambda ta, m: ta.CW(m, **CW), None),
     "cw-search": ("CW-l2, 5 binary-search steps x 100 Adam steps from c = 1",
-                  ("advlab", "foolbox")),
+                  ("cw", dict(**CW, binary_search_steps=5)), None,
+                  lambda fb: (fb.attacks.L2CarliniWagnerAttack(
+                      binary_search_steps=5, steps=100, stepsize=0.01, confidence=0,
+                      initial_const=1.0), None)),
     "step": ("advlab PGD-40 per step (no early stop, no mask) / one forward+backward",
-             ("advlab",)),
+             ("pgd", dict(eps=0.3, **PGD, early_stop=False)), None, None),
 }
+
+
+def libraries(case: str) -> tuple[str, ...]:
+    _, _, ta, fb = CASES[case]
+    return ("advlab",) + ("torchattacks",) * bool(ta) + ("foolbox",) * bool(fb)
 
 
 # --- the worker: one library, one case, one timed call ---------------------------------------
 
-def _model_run(quick: bool = False) -> Path:
-    """A trained madry-cnn run; with ``quick`` the smoke run's one-epoch model will do."""
-    candidates = MODEL_RUNS + ([OUT / "quick" / MODEL_RUNS[0].name] if quick else [])
-    for p in candidates:
-        if (p / "metrics.json").is_file():
-            return p
-    sys.exit("no trained madry-cnn: run `python -m bench.run --only classifiers"
-             + (" --quick" if quick else "") + "` first")
-
-
-def _fb_model(model):
-    import foolbox as fb
-    return fb.PyTorchModel(model, bounds=(0, 1), device="cpu")
-
-
 def _peer(lib: str, case: str, model):
-    """A function (x, y) -> (adv, extra) for the peer library and case."""
+    """A function (x, y) -> adversarial x of the peer library for the case."""
     if lib == "torchattacks":
-        import torchattacks as ta
-        atk = {
-            "fgsm": lambda: ta.FGSM(model, eps=0.1),
-            "pgd": lambda: ta.PGD(model, eps=0.3, alpha=0.01, steps=40, random_start=False),
-            "pgd-small": lambda: ta.PGD(model, eps=0.1, alpha=0.01, steps=40,
-                                        random_start=False),
-            "deepfool-ta": lambda: ta.DeepFool(model, steps=50, overshoot=0.02),
-            "cw": lambda: ta.CW(model, c=1, kappa=0, steps=100, lr=0.01),
-        }[case]()
-        return lambda x, y: atk(x, y)
-    import foolbox as fb
-    fmodel = _fb_model(model)
-    atk, eps = {
-        "fgsm": (lambda: fb.attacks.FGSM(), 0.1),
-        "pgd": (lambda: fb.attacks.LinfPGD(abs_stepsize=0.01, steps=40, random_start=False),
-                0.3),
-        "pgd-small": (lambda: fb.attacks.LinfPGD(abs_stepsize=0.01, steps=40,
-                                                 random_start=False), 0.1),
-        "deepfool": (lambda: fb.attacks.L2DeepFoolAttack(steps=50, candidates=10,
-                                                         overshoot=0.02), None),
-        "deepfool-ta": (lambda: fb.attacks.L2DeepFoolAttack(steps=50, candidates=10,
-                                                            overshoot=0.02), None),
-        "cw-search": (lambda: fb.attacks.L2CarliniWagnerAttack(
-            binary_search_steps=5, steps=100, stepsize=0.01, confidence=0, initial_const=1.0),
-            None),
-    }[case]
-    atk = atk()
-
-    def run(x, y):
-        raw, clipped, success = atk(fmodel, x, y, epsilons=eps)
-        return clipped
-    return run
-
-
-def _ours(case: str):
-    from advlab.attacks import create
-    return {
-        "fgsm": lambda: create("fgsm", eps=0.1),
-        "pgd": lambda: create("pgd", eps=0.3, alpha=0.01, steps=40, random_start=False,
-                              early_stop=True),
-        "pgd-small": lambda: create("pgd", eps=0.1, alpha=0.01, steps=40, random_start=False,
-                                    early_stop=True),
-        "deepfool": lambda: create("deepfool", steps=50, overshoot=0.02, num_classes=10),
-        "deepfool-ta": lambda: create("deepfool", steps=50, overshoot=0.02, num_classes=10),
-        "cw": lambda: create("cw", c=1.0, kappa=0.0, steps=100, lr=0.01,
-                             binary_search_steps=1),
-        "cw-search": lambda: create("cw", c=1.0, kappa=0.0, steps=100, lr=0.01,
-                                    binary_search_steps=5),
-    }[case]()
-
-
-def _fwd_bwd(model, x, batch: int, reps: int = 5) -> float:
-    """Median seconds of one forward+backward (w.r.t. the input) over x in batches."""
-    import torch
-    times = []
-    for _ in range(reps + 1):
-        t = time.perf_counter()
-        for xb in x.split(batch):
-            xa = xb.clone().requires_grad_(True)
-            torch.autograd.grad(model(xa).logsumexp(1).sum(), xa)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times[1:])
+        import torchattacks
+        return CASES[case][2](torchattacks, model)
+    import foolbox
+    atk, eps = CASES[case][3](foolbox)
+    fmodel = foolbox.PyTorchModel(model, bounds=(0, 1), device="cpu")
+    return lambda x, y: atk(fmodel, x, y, epsilons=eps)[1]  # (raw, clipped, success)
 
 
 def worker(spec: dict) -> dict:
-    import torch
-
     from advlab import data
+    from advlab.attacks import create
     from advlab.eval.robust import robust_accuracy
     from advlab.tuning import auto_batch_size
     from advlab.weights import load_model
@@ -157,162 +106,116 @@ def worker(spec: dict) -> dict:
     out: dict = {"lib": lib, "case": case, "n": int(x.shape[0])}
     if lib == "none":  # baseline memory: model and data loaded, nothing run
         return out
-    if lib == "advlab" and case == "step":
-        attack = create_step_attack()
+    if lib == "advlab":
+        name, params = CASES[case][1]
+        attack = create(name, **params)
+    if case == "step":
         batch = auto_batch_size(model, tuple(x.shape[1:]), "cpu")
         attack(model, x[:10], y[:10])
-        t = time.perf_counter()
-        for xb, yb in zip(x.split(batch), y.split(batch), strict=True):
-            attack(model, xb, yb)
-        out["seconds"] = time.perf_counter() - t
-        out["floor"] = _fwd_bwd(model, x, batch)
+        out["seconds"] = timed(lambda: [attack(model, xb, yb) for xb, yb in
+                                        zip(x.split(batch), y.split(batch), strict=True)])
+        fwd_bwd(model, x, y, batch)
+        out["floor"] = statistics.median(timed(lambda: fwd_bwd(model, x, y, batch))
+                                         for _ in range(5))
         out["batch_size"] = batch
         return out
     if lib == "advlab":
-        attack = _ours(case)
         robust_accuracy(model, x[:10], y[:10], attack)  # warm-up (and batch size, cached)
         t = time.perf_counter()
         ev = robust_accuracy(model, x, y, attack)
         out["seconds"] = time.perf_counter() - t
-        fooled = ev.fooled
-        out.update(robust_accuracy=ev.robust_accuracy, success=int(fooled.sum()),
-                   batch_size=ev.batch_size,
-                   mean_iterations=float(ev.result.iterations[ev.attacked].float().mean()),
-                   l2=ev.result.l2[fooled].tolist(), fooled_idx=torch.nonzero(fooled)
-                   .squeeze(1).tolist())
+        fooled, l2 = ev.fooled, ev.result.l2
+        out.update(robust_accuracy=ev.robust_accuracy, batch_size=ev.batch_size,
+                   mean_iterations=float(ev.result.iterations[ev.attacked].float().mean()))
     else:
-        counter = _Counting(model).eval()
-        run = _peer(lib, case, counter)
+        run, calls = _peer(lib, case, model), []
         run(x[:10], y[:10])
-        counter.calls = 0
+        model.register_forward_hook(lambda *_: calls.append(1))  # one call per attack step
         t = time.perf_counter()
         adv = run(x, y)
-        out["forwards"] = counter.calls  # torchattacks' CW stops early: its steps taken
+        out["forwards"] = len(calls)  # torchattacks' CW stops early: its steps taken
         with torch.no_grad():
-            clean = model(x).argmax(1) == y
-            pred = model(adv).argmax(1)
+            clean, pred = model(x).argmax(1) == y, model(adv).argmax(1)
         out["seconds"] = time.perf_counter() - t
-        fooled = clean & (pred != y)
-        l2 = (adv - x).flatten(1).norm(dim=1)
-        out.update(robust_accuracy=float((clean & (pred == y)).float().mean()),
-                   success=int(fooled.sum()), l2=l2[fooled].tolist(),
-                   fooled_idx=torch.nonzero(fooled).squeeze(1).tolist())
-    out["x_norm"] = x.flatten(1).norm(dim=1).tolist()
+        fooled, l2 = clean & (pred != y), (adv - x).flatten(1).norm(dim=1)
+        out["robust_accuracy"] = float((clean & (pred == y)).float().mean())
+    l2 = l2[fooled]  # the fooled points' perturbations; ρ₂ = mean ‖r‖₂ / ‖x‖₂ over them
+    out.update(success=int(fooled.sum()), rho=float((l2 / x[fooled].flatten(1).norm(dim=1)).mean()),
+               l2_median=statistics.median(l2.tolist()) if len(l2) else float("nan"))
     return out
-
-
-class _Counting(torch.nn.Module):
-    """``model`` wrapped to count its forward calls (one per attack step in the peers)."""
-
-    def __init__(self, inner: torch.nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-        self.calls = 0
-
-    def forward(self, x):
-        self.calls += 1
-        return self.inner(x)
-
-
-def create_step_attack():
-    from advlab.attacks import create
-    return create("pgd", eps=0.3, alpha=0.01, steps=40, random_start=False, early_stop=False)
 
 
 # --- the parent: alternate workers, collect medians ------------------------------------------
 
 def run_worker(spec: dict) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "bench.attacks", "--worker", json.dumps(spec)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT,
-                            text=True)
-    stdout, stderr = proc.communicate()
-    # wait4's rusage is gone after communicate(); the worker reports its own peak instead.
-    if proc.returncode != 0:
-        raise RuntimeError(f"worker {spec} failed:\n{stderr[-3000:]}")
-    return json.loads(stdout.strip().splitlines()[-1])
+    done = subprocess.run([sys.executable, "-m", "bench.attacks", "--worker", json.dumps(spec)],
+                          capture_output=True, env=env, cwd=ROOT, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"worker {spec} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])  # with the worker's own peak
 
 
-def _rho(r: dict) -> float:
-    if not r["fooled_idx"]:
-        return float("nan")
-    return statistics.fmean(l2 / r["x_norm"][i] for l2, i in zip(r["l2"], r["fooled_idx"],
-                                                                  strict=True))
-
-
-def _fmt_mb(kb: float) -> str:
-    return f"{kb / 1024:.0f}"
-
-
-def main(quick: bool = False) -> None:
+def main(quick: bool = False, run: Path = DEFAULT_RUN) -> None:
     require_data()
-    run = _model_run(quick)
-    n = 100 if quick else 1000
-    reps = 1 if quick else 3
+    run = model_run(run, TRAIN)
+    n, reps = (100, 1) if quick else (1000, 3)
     # the slowest cases on fewer images and one repetition, to fit the run in ~30 minutes:
     # torchattacks' per-sample DeepFool loop, and CW with its binary search (5 x 100 steps)
-    sizes = {"deepfool-ta": 20 if quick else 100, "cw-search": 50 if quick else 200}
-    case_reps = {"deepfool-ta": 1, "cw-search": 1}
-    versions = {}
-    for mod in ("torch", "torchattacks", "foolbox"):
-        versions[mod] = __import__(mod).__version__
+    slow = {"deepfool-ta": 20 if quick else 100, "cw-search": 50 if quick else 200}
+    versions = {m: __import__(m).__version__ for m in ("torch", "torchattacks", "foolbox")}
     base = run_worker({"run": str(run), "n": n, "lib": "none", "case": "none"})
     results: dict[tuple[str, str], list[dict]] = {}
-    for case, (_, libs) in CASES.items():
-        size = sizes.get(case, n)
-        for r in range(case_reps.get(case, reps)):
-            for lib in libs:
-                res = run_worker({"run": str(run), "n": size, "lib": lib, "case": case})
+    for case in CASES:
+        for r in range(1 if case in slow else reps):
+            for lib in libraries(case):
+                res = run_worker({"run": str(run), "n": slow.get(case, n), "lib": lib,
+                                  "case": case})
                 results.setdefault((case, lib), []).append(res)
                 print(f"[attacks] {case} {lib} rep {r}: {res.get('seconds', 0):.2f} s, "
-                      f"robust {res.get('robust_accuracy')}, peak {_fmt_mb(res['peak_kb'])} MB",
+                      f"robust {res.get('robust_accuracy')}, peak {res['peak_kb'] / 1024:.0f} MB",
                       flush=True)
+
+    def med(case: str, lib: str, key=lambda r: r["seconds"]) -> float:
+        return statistics.median(map(key, results[(case, lib)]))
+
     rows = []
-    for case, (desc, libs) in CASES.items():
+    for case, (desc, *_) in CASES.items():
         if case == "step":
             continue
-        med = {lib: statistics.median(r["seconds"] for r in results[(case, lib)])
-               for lib in libs}
-        peers = [lib for lib in libs if lib != "advlab"]
-        fastest = min(peers, key=med.get)
+        libs = libraries(case)
+        fastest = min(med(case, lib) for lib in libs[1:])
         for lib in libs:
             r0 = results[(case, lib)][0]
-            extra = ""
-            if case.startswith("deepfool"):
-                extra = f"ρ₂ {_rho(r0):.4f}"
-            elif case.startswith("cw"):
-                l2 = r0["l2"]
-                extra = f"median ℓ2 {statistics.median(l2):.3f}" if l2 else "median ℓ2 n/a"
+            extra = (f"ρ₂ {r0['rho']:.4f}" if case.startswith("deepfool") else
+                     f"median ℓ2 {r0['l2_median']:.3f}" if case.startswith("cw") else "")
             if lib == "advlab":
-                extra += f"; batch {r0['batch_size']}, mean steps {r0['mean_iterations']:.1f}"
-            speed = f"**{med[fastest] / med[lib]:.2f}×**" if lib == "advlab" else ""
+                extra += (f"{'; ' * bool(extra)}batch {r0['batch_size']}, mean steps "
+                          f"{r0['mean_iterations']:.1f}")
+            speed = f"**{fastest / med(case, lib):.2f}×**" if lib == "advlab" else ""
             peak = max(r["peak_kb"] for r in results[(case, lib)])
-            rows.append(f"| {desc if lib == libs[0] else ''} | {lib} | {r0['n']} | "
-                        f"{med[lib]:.2f} | {speed} | {r0['robust_accuracy']:.4f} | "
-                        f"{r0['success']} | {extra} | {_fmt_mb(peak - base['peak_kb'])} |")
-    step = results[("step", "advlab")]
-    per_step = statistics.median(r["seconds"] / 40 for r in step)
-    floor = statistics.median(r["floor"] for r in step)
-    cw_ours = statistics.median(r["seconds"] for r in results[("cw", "advlab")]) / 100
-    ta_steps = statistics.median(r["forwards"] for r in results[("cw", "torchattacks")])
-    cw_ta = statistics.median(r["seconds"] / r["forwards"]
-                              for r in results[("cw", "torchattacks")])
-    df_ta = (statistics.median(r["seconds"] for r in results[("deepfool-ta", "torchattacks")])
-             / statistics.median(r["seconds"] for r in results[("deepfool-ta", "advlab")]))
+            rows.append(f"| {desc if lib == 'advlab' else ''} | {lib} | {r0['n']} | "
+                        f"{med(case, lib):.2f} | {speed} | {r0['robust_accuracy']:.4f} | "
+                        f"{r0['success']} | {extra} | {(peak - base['peak_kb']) / 1024:.0f} |")
+    per_step, floor = med("step", "advlab") / 40, med("step", "advlab", lambda r: r["floor"])
+    cw_ours = med("cw", "advlab") / 100
+    ta_steps = med("cw", "torchattacks", lambda r: r["forwards"])
+    cw_ta = med("cw", "torchattacks", lambda r: r["seconds"] / r["forwards"])
+    df_ta = med("deepfool-ta", "torchattacks") / med("deepfool-ta", "advlab")
+    name = run.relative_to(ROOT) if run.is_relative_to(ROOT) else run
     body = (
         __doc__.split("\n\n", 2)[2].strip() + "\n\n"
-        f"Model run `{run.relative_to(ROOT)}`; {reps} repetitions (1 for "
-        f"{', '.join(case_reps)}); versions: "
+        f"Model run `{name}`; {reps} repetitions (1 for {', '.join(slow)}); versions: "
         + ", ".join(f"{k} {v}" for k, v in versions.items())
         + f". Baseline peak memory of a worker (model and data loaded): "
-        f"{_fmt_mb(base['peak_kb'])} MB; the table's memory column is the peak above it.\n\n"
+        f"{base['peak_kb'] / 1024:.0f} MB; the table's memory column is the peak above it.\n\n"
         "| attack | library | images | seconds (median) | advlab speed-up vs fastest peer | "
         "robust accuracy | fooled | notes | peak MB above baseline |\n"
         "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
         f"- advlab PGD per gradient step, no early stop and no mask, batch "
-        f"{step[0]['batch_size']}: {per_step * 1e3:.1f} ms per step for {n} images vs "
-        f"{floor * 1e3:.1f} ms for one forward+backward of the same batches: ratio "
-        f"**{per_step / floor:.3f}** (target ≤ 1.05).\n"
+        f"{results['step', 'advlab'][0]['batch_size']}: {per_step * 1e3:.1f} ms per step "
+        f"for {n} images vs {floor * 1e3:.1f} ms for one forward+backward of the same "
+        f"batches: ratio **{per_step / floor:.3f}** (target ≤ 1.05).\n"
         f"- CW per Adam step (the `cw` row, {n} images): advlab {cw_ours * 1e3:.1f} ms "
         f"(includes the clean pass, the final bisection's 10 forward passes and the robust "
         f"mask), torchattacks {cw_ta * 1e3:.1f} ms per step it took (its CW stops early when "
@@ -323,18 +226,20 @@ def main(quick: bool = False) -> None:
         f"**{df_ta:.1f}×** faster (target ≥ 10×), and it fools every point where torchattacks, "
         f"clipping every step, stalls short of the boundary.\n"
     )
-    write_fragment("attacks" + ("-quick" if quick else ""), "Attack engine vs peers",
-                   "python -m bench.run --only attacks" + (" --quick" if quick else ""), body)
+    flags = (f" --model-run {name}" if run != DEFAULT_RUN else "") + " --quick" * quick
+    write_fragment("attacks" + "-quick" * quick, "Attack engine vs peers",
+                   "python -m bench.attacks" + flags, body)
 
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--worker":
-        import resource
-
-        import torch
         torch.manual_seed(0)
         res = worker(json.loads(sys.argv[2]))
-        res["peak_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        res["peak_kb"] = peak_kb()
         print(json.dumps(res))
     else:
-        main(quick="--quick" in sys.argv)
+        ap = argparse.ArgumentParser(description=__doc__)
+        ap.add_argument("--model-run", type=Path, default=DEFAULT_RUN, help="an MNIST model run")
+        ap.add_argument("--quick", action="store_true", help="smaller settings (smoke run)")
+        a = ap.parse_args()
+        main(a.quick, a.model_run.resolve())

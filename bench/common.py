@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmarks: timing, medians, markdown fragments."""
+"""Shared pieces of the benchmarks: timing, alternated medians, model runs, markdown fragments."""
 
 from __future__ import annotations
 
@@ -7,13 +7,15 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 FRAGMENTS = ROOT / "docs" / "benchmarks"
+OUT = ROOT / "bench" / "out"
 
 
 def machine() -> str:
@@ -21,14 +23,40 @@ def machine() -> str:
             f"{torch.get_num_threads()} threads, Python {platform.python_version()}")
 
 
-def median(xs: list[float]) -> float:
-    return statistics.median(xs)
-
-
-def timed(fn: Callable[[], object]) -> float:
-    t = time.perf_counter()
+def timed(fn: Callable[[], object], clock: Callable[[], float] = time.perf_counter) -> float:
+    t = clock()
     fn()
-    return time.perf_counter() - t
+    return clock() - t
+
+
+def alternated(fns: Sequence[Callable[[int], float]], reps: int) -> list[float]:
+    """Median of each ``fn(rep) -> seconds`` over ``reps`` runs, the functions alternating
+    (ABAB...) so that the machine's load drifts hit all alike."""
+    times: list[list[float]] = [[] for _ in fns]
+    for r in range(reps):
+        for fn, ts in zip(fns, times, strict=True):
+            ts.append(fn(r))
+    return [statistics.median(ts) for ts in times]
+
+
+def fwd_bwd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int) -> None:
+    """One forward+backward w.r.t. the input over ``x`` in batches: an attack step's floor."""
+    for xb, yb in zip(x.split(batch), y.split(batch), strict=True):
+        xb = xb.detach().requires_grad_(True)
+        torch.autograd.grad(F.cross_entropy(model(xb), yb, reduction="sum"), xb)
+
+
+def peak_kb() -> int:
+    """Peak resident memory (kB) since this program's exec (``ru_maxrss`` counts the parent's)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+
+
+def model_run(path: Path, hint: str) -> Path:
+    """``path`` if it is a run directory holding a model, else exit saying how to make one."""
+    if not (path / "model.safetensors").is_file():
+        sys.exit(f"no trained model in {path}: {hint} or pass --model-run")
+    return path
 
 
 def write_fragment(name: str, title: str, command: str, body: str) -> Path:

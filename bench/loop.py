@@ -9,55 +9,50 @@ write by hand: a permutation, tensor slicing, zero_grad / forward / loss / backw
 from __future__ import annotations
 
 import copy
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
-from bench.common import require_data, write_fragment
+from bench.common import alternated, require_data, timed, write_fragment
 
 
 def plain_epoch(model, x, y, batch_size, opt, seed):
     model.train()
-    g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(x.shape[0], generator=g)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     total = torch.zeros(())
-    for i in range(0, x.shape[0], batch_size):
-        idx = perm[i:i + batch_size]
+    for idx in perm.split(batch_size):
         xb, yb = x[idx], y[idx]
         opt.zero_grad()
         loss = F.cross_entropy(model(xb), yb)
         loss.backward()
         opt.step()
-        total += loss.detach() * yb.shape[0]
-    return total.item() / x.shape[0]
+        total += loss.detach() * len(yb)
+    return total.item() / len(x)
 
 
 def measure(model_name, dataset, n, reps, batch_size=128):
     from advlab import data, models
     from advlab.train import TrainConfig, fit
 
-    train = data.subset(data.load(dataset, "train"), n, seed=0) if n else data.load(dataset,
-                                                                                    "train")
+    train = data.load(dataset, "train")
+    train = data.subset(train, n, seed=0) if n else train
     torch.manual_seed(0)
     base = models.create(model_name, dataset=dataset)
     cfg = TrainConfig(epochs=1, batch_size=batch_size, lr=1e-3, device="cpu")
-    ours, plain = [], []
-    # Warm-up of both (first-call costs: thread pools, allocator, lazy imports).
+    # Warm-up (first-call costs: thread pools, allocator, lazy imports).
     fit(copy.deepcopy(base), train.subset(torch.arange(min(512, len(train)))), cfg,
         progress=False)
-    for r in range(reps):
+
+    def ours(r: int) -> float:
         m = copy.deepcopy(base)
-        t = time.perf_counter()
-        fit(m, train, cfg, progress=True)
-        ours.append(time.perf_counter() - t)
+        return timed(lambda: fit(m, train, cfg, progress=True))
+
+    def plain(r: int) -> float:
         m = copy.deepcopy(base)
         opt = torch.optim.Adam(m.parameters(), lr=1e-3)
-        t = time.perf_counter()
-        plain_epoch(m, train.x, train.y, batch_size, opt, r)
-        plain.append(time.perf_counter() - t)
-    return statistics.median(ours), statistics.median(plain), len(train)
+        return timed(lambda: plain_epoch(m, train.x, train.y, batch_size, opt, r))
+
+    return *alternated([ours, plain], reps), len(train)
 
 
 def main(quick: bool = False) -> None:
@@ -80,5 +75,5 @@ def main(quick: bool = False) -> None:
         "| model | data set | examples | advlab s / epoch | plain loop s / epoch | ratio |\n"
         "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
     )
-    write_fragment("loop" + ("-quick" if quick else ""), "Training loop overhead",
-                   "python -m bench.run --only loop" + (" --quick" if quick else ""), body)
+    write_fragment("loop" + "-quick" * quick, "Training loop overhead",
+                   "python -m bench.run --only loop" + " --quick" * quick, body)

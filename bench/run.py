@@ -1,51 +1,63 @@
-"""`make bench`: run the benchmarks and assemble docs/BENCHMARKS.md from their sections.
+"""`make bench`: run the timing benchmarks and assemble docs/BENCHMARKS.md from the sections.
 
     python -m bench.run [--only NAME ...] [--quick]
 
-Each benchmark module writes docs/benchmarks/<name>.md; this script then concatenates every
-fragment present (in a fixed order) into docs/BENCHMARKS.md, so a benchmark re-run alone keeps
-the others' latest results.
+bench/ holds timings only (ORDER): the training loop against a plain PyTorch loop, the attacks
+against torchattacks and Foolbox, AutoAttack against torchattacks', 2 processes against 1. Each
+writes docs/benchmarks/NAME.md (--quick: NAME-quick.md, left out). `advlab reproduce markdown
+RUN -o docs/benchmarks/recipe-NAME.md` writes a recipe run's section. docs/BENCHMARKS.md is the
+timing sections, the recipe sections (in `advlab reproduce list`'s order), then the older ones.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 
 from bench.common import FRAGMENTS, ROOT
 
-ORDER = ["loop", "attacks", "autoattack", "classifiers", "reproductions", "generative",
-         "defenses", "evaluation"]
+ORDER = ["loop", "attacks", "autoattack", "distributed"]
+OLDER = ["classifiers", "reproductions", "generative", "defenses", "evaluation"]
+
+
+def sections() -> list[str]:
+    """The fragments' names in docs/BENCHMARKS.md's order."""
+    from advlab import recipes
+
+    have = {p.stem for p in FRAGMENTS.glob("*.md") if not p.stem.endswith("-quick")}
+    first = ORDER + [f"recipe-{name}" for name in recipes.names()] + OLDER
+    rest = sorted(have - set(first), key=lambda s: (not s.startswith("recipe-"), s))
+    return [s for s in first + rest if s in have]
 
 
 def assemble() -> None:
     parts = ["# advlab benchmarks\n",
-             "Every figure here was measured by `make bench` (or the command named in its section) "
-             "on the machine named there; nothing is copied or estimated. Ratios are measured "
-             "side by side in one run, medians over repeated runs.\n"]
-    for name in ORDER + sorted(p.stem for p in FRAGMENTS.glob("*.md") if p.stem not in ORDER):
-        p = FRAGMENTS / f"{name}.md"
-        if p.is_file():
-            parts.append(p.read_text())
+             "Every figure here was measured by the command named in its section, on the machine "
+             "named there; nothing is copied or estimated. The timing sections come from `make "
+             "bench` (`python -m bench.run`): ratios are measured side by side in one run, "
+             "medians over repeated runs. The recipe sections come from `advlab reproduce NAME` "
+             "(`advlab reproduce list` shows the recipes).\n"]
+    parts += [(FRAGMENTS / f"{s}.md").read_text() for s in sections()]
     (ROOT / "docs" / "BENCHMARKS.md").write_text("\n".join(parts))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--only", nargs="*", default=None, help=f"subset of {ORDER}")
+    ap.add_argument("--only", nargs="*", choices=ORDER, default=None, help="a subset")
     ap.add_argument("--quick", action="store_true", help="smaller settings (smoke run)")
     args = ap.parse_args()
+    failed = []
     for name in args.only or ORDER:
+        print(f"[bench] {name}", flush=True)
         try:
-            mod = importlib.import_module(f"bench.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"bench.{name}":
-                print(f"[bench] no benchmark module bench/{name}.py yet; skipped")
-                continue
-            raise
-        print(f"[bench] {name}")
-        mod.main(quick=args.quick)
+            importlib.import_module(f"bench.{name}").main(quick=args.quick)
+        except SystemExit as e:  # a missing model or data set: the other benchmarks still run
+            print(f"[bench] {name} not run: {e.code}", file=sys.stderr)
+            failed.append(name)
     assemble()
+    if failed:
+        sys.exit(f"[bench] not run: {', '.join(failed)}")
 
 
 if __name__ == "__main__":
