@@ -50,7 +50,8 @@ def demo(out: Path = OutOption, device: str = DeviceOption,
     """The main job end to end on the embedded digits data set (no download): the recipe
     `demo` (`advlab reproduce show demo` lists its commands)."""
     reproduce_cmd.run_command("demo", quick=quick, out=out, resume=False, device=device,
-                              data_dir=None, progress=not quick, nproc=None)
+                              data_dir=None, progress=not quick, only=None,
+                              nproc=None)
 
 
 if __name__ == "__main__":

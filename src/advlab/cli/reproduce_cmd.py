@@ -134,6 +134,8 @@ def run_command(
     device: str = DeviceOption,
     data_dir: Path = DataDirOption,
     progress: bool = typer.Option(True, help="Show progress bars."),
+    only: str = typer.Option(None, help="Run only these jobs (comma-separated) of the run in "
+                             "--out (with --resume); e.g. two processes on different jobs."),
     nproc: int = NprocOption,
 ) -> None:
     """Run a recipe's jobs into one run directory; end with the source's numbers beside
@@ -148,6 +150,7 @@ def run_command(
         recipe = recipes.load(name)
         path, metrics = run_recipe(recipe, out, quick=quick, resume=resume, device=device,
                                    progress=progress,
+                                   only=[s.strip() for s in only.split(",")] if only else None,
                                    echo=lambda s: console.print(f"[bold cyan]{s}[/]",
                                                                 soft_wrap=True,
                                                                 highlight=False))

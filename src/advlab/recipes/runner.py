@@ -17,7 +17,7 @@ import logging
 import shlex
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -131,30 +131,46 @@ def _start(recipe: Recipe, out: str | Path | None, quick: bool, resume: bool,
 
 def run_recipe(recipe: Recipe, out: str | Path | None = None, *, quick: bool = False,
                resume: bool = False, device: str = "auto", progress: bool = True,
+               only: Sequence[str] | None = None,
                echo: Callable[[str], None] = print) -> tuple[Path, dict[str, Any]]:
     """Run every job of ``recipe`` (not already finished) and judge its verdicts.
 
     Returns the recipe's run directory and its metrics (``verdicts``, ``jobs``, ``seconds``).
     A failing job raises ``RecipeError`` naming it and the command to fix; what the finished
     jobs wrote stays, and ``resume=True`` (``--resume --out DIR``) continues from there.
+    ``only``: run just these jobs (their inputs must be finished); two processes may run
+    different jobs of one recipe directory at once (``jobs.json`` is re-read before each job
+    and merged when written), and a last call without ``only`` judges every verdict.
     """
     from advlab.device import resolve_device
     from advlab.weights import library_versions
 
+    for name in only or ():
+        recipe.job(name)  # an unknown name: the error lists the recipe's jobs
+    if only and not resume:
+        raise ValueError("--only runs jobs of an existing recipe run: give --resume --out DIR")
     resolve_device(device)
     check_data(recipe)
     run = _start(recipe, out, quick, resume, device)
     root = run.path
     state_file = root / JOBS
-    state: dict[str, Any] = _read_json(state_file) if state_file.is_file() else {}
+
+    def read_state() -> dict[str, Any]:
+        return _read_json(state_file) if state_file.is_file() else {}
+
+    state = read_state()
     lookup = _Lookup(root)
     t_start = time.perf_counter()
     for i, job in enumerate(recipe.jobs, 1):
         where = root / job.name
+        state = {**state, **read_state()}  # jobs another process finished meanwhile
         done = state.get(job.name, {})
         if done.get("status") == "done" and (where / "metrics.json").is_file():
             echo(f"[{i}/{len(recipe.jobs)}] {job.name}: finished earlier "
                  f"({done.get('seconds', 0):.0f} s), kept")
+            continue
+        if only and job.name not in only:
+            echo(f"[{i}/{len(recipe.jobs)}] {job.name}: not in --only, skipped")
             continue
         accepts = _accepts(job.command)
         options = substitute(job.settings(quick), lookup)
@@ -189,7 +205,8 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, *, quick: bool = F
             raise RecipeError(f"job {job.name!r} of recipe {recipe.name!r} failed (exit "
                               f"{code}): advlab {shlex.join(args)}; the jobs before it are "
                               f"kept, continue with --resume --out {root}")
-        state[job.name] = {"status": "done", "seconds": seconds, "argv": ["advlab", *args]}
+        state = {**state, **read_state(),
+                 job.name: {"status": "done", "seconds": seconds, "argv": ["advlab", *args]}}
         run.write_metrics(state, JOBS)  # rank 0 alone writes
     verdicts = judge(recipe, lookup)
     metrics = {"recipe": recipe.name, "title": recipe.title, "source": recipe.source,
