@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,10 @@ from advlab.recipes.runner import _accepts
 
 RECIPES = ("latent-defenses", "gan-vae")
 DATA = {"latent-defenses": ("mnist",), "gan-vae": ("mnist", "fashion-mnist", "cifar10-jpeg")}
+# a row read from a list of a job's metrics (a sweep): the entry's own eps / fraction
+_INDEXED = re.compile(r"\{([a-z0-9-]+):(per_eps|rows|certified_accuracy)\.(\d+)\.")
+_KEY = {"per_eps": "eps", "rows": "fraction", "certified_accuracy": "eps"}
+_LABEL = re.compile(r"(?:eps|at|SVD) (\d+(?:\.\d+)?)(?:/(\d+))?")
 
 
 def _missing(names: tuple[str, ...]) -> list[str]:
@@ -78,3 +83,11 @@ def test_quick_recipe_runs_every_job_and_measures_every_verdict(name, tmp_path):
     judged = [r for r in rows if isinstance(r["source"], int | float)]
     assert judged and all(r["within"] in (True, False) for r in judged)
     assert (root / "report.html").is_file()
+    # a row of a sweep reads the entry its label names (attack puts eps 0 first, for one)
+    for v in recipe.verdicts:
+        m = _INDEXED.search(v.value)
+        if m:
+            entry = json.loads((root / m[1] / "metrics.json").read_text())[m[2]][int(m[3])]
+            label = _LABEL.search(v.quantity)
+            want = float(label[1]) / (float(label[2]) if label[2] else 1.0)
+            assert entry[_KEY[m[2]]] == pytest.approx(want), v.quantity
