@@ -62,8 +62,9 @@ from advlab.generative.losses import (
 )
 from advlab.generative.weights import load_checked
 from advlab.io import load_state, save_state
+from advlab.train.checkpoint import check_resumable, header_weights, kept_checkpoint, read_header
 from advlab.train.config import check_precision
-from advlab.train.loop import TrainingDiverged, autocast, kept_checkpoint
+from advlab.train.loop import TrainingDiverged, autocast
 from advlab.train.progress import EpochProgress
 
 log = logging.getLogger(__name__)
@@ -670,23 +671,14 @@ def _fit_ae_prior(model: AE, x: torch.Tensor, limit: int = 10_000, batch: int = 
 def _check_resumable(state: dict[str, Any], config: GenerativeTrainConfig,
                      model: GenerativeModel, checkpoint: str | Path | None = None) -> None:
     source = f"cannot resume from {checkpoint}" if checkpoint is not None else "cannot resume"
-    if state.get("kind") != CHECKPOINT_KIND:
-        raise ValueError(f"{source}: the file is not an advlab generative checkpoint "
-                         f"(kind={state.get('kind')!r})")
-    if state.get("spec") != model.spec:
+    if state.get("kind") == CHECKPOINT_KIND and state.get("spec") != model.spec:
         raise ValueError(f"{source}: the checkpoint holds another model "
                          f"({state.get('spec')} vs now {model.spec})")
-    saved = state.get("config")
-    if not isinstance(saved, dict):
-        raise ValueError(f"{source}: the checkpoint records no training configuration")
-    now = to_dict(config)
-    # A resumed run may be extended (more epochs) or moved to another device; nothing else.
-    saved = {"amp": "none", **saved}  # a checkpoint from before amp trained without it
-    diff = [k for k in now if k not in ("epochs", "device") and saved.get(k) != now[k]]
-    if diff:
-        pairs = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {now[k]!r}" for k in diff)
-        raise ValueError(f"{source}: it was trained with a different configuration ({pairs}); "
-                         f"only epochs and device may change")
+    # A resumed run may be extended (more epochs) or moved to another device; nothing else
+    # (a checkpoint from before amp trained without it).
+    check_resumable(state, to_dict(config), kind=CHECKPOINT_KIND,
+                    what="an advlab generative checkpoint", free=("epochs", "device"),
+                    newer={"amp": "none"}, checkpoint=checkpoint)
 
 
 def check_checkpoint(checkpoint: str | Path, config: GenerativeTrainConfig,
@@ -694,15 +686,11 @@ def check_checkpoint(checkpoint: str | Path, config: GenerativeTrainConfig,
     """Raise ``ValueError`` unless ``fit_generative`` would resume ``model`` with ``config``
     from ``checkpoint``: its kind, model spec, training configuration and tensor shapes, read
     from the header only (nothing is loaded or written)."""
-    from advlab.io import load_state_meta
     from advlab.weights import check_state_dict
 
-    state = load_state_meta(checkpoint)
+    state = read_header(checkpoint)
     _check_resumable(state, config, model, checkpoint)
-    weights = state.get("model")
-    if not isinstance(weights, dict):
-        raise ValueError(f"cannot resume from {checkpoint}: the checkpoint holds no weights")
-    check_state_dict(model, weights, checkpoint)
+    check_state_dict(model, header_weights(state, checkpoint), checkpoint)
 
 
 def config_fields() -> list[str]:

@@ -49,6 +49,7 @@ from advlab.data.base import TensorSet
 from advlab.device import resolve_device
 from advlab.eval.classification import evaluate
 from advlab.io import load_state, save_state
+from advlab.train.checkpoint import check_resumable, header_weights, kept_checkpoint, read_header
 from advlab.train.config import TrainConfig, check_precision
 from advlab.train.objective import CrossEntropy, Objective
 from advlab.train.progress import EpochProgress
@@ -60,15 +61,6 @@ log = logging.getLogger(__name__)
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-def kept_checkpoint(epoch: int, checkpoint: str | Path | None) -> str:
-    """The end of a ``TrainingDiverged`` message: which checkpoint survives (if any)."""
-    if checkpoint is not None and Path(checkpoint).is_file():
-        return f"The last good checkpoint (epoch {epoch - 1}) is kept at {checkpoint}"
-    if epoch <= 1:
-        return "No epoch finished, so there is no checkpoint to resume from"
-    return f"The weights of epoch {epoch - 1} were not checkpointed (no checkpoint path)"
 
 
 class EpochScore(Protocol):
@@ -475,21 +467,11 @@ NEWER_SETTINGS = {"amp": "none", "compile": False}  # the defaults of settings a
 
 def _check_resumable(state: dict[str, Any], config: TrainConfig,
                      checkpoint: str | Path | None = None) -> None:
-    source = f"cannot resume from {checkpoint}" if checkpoint is not None else "cannot resume"
-    if state.get("kind") != "advlab-train-checkpoint":
-        raise ValueError(f"{source}: the file is not an advlab training checkpoint")
-    saved = state.get("config")
-    if not isinstance(saved, dict):
-        raise ValueError(f"{source}: the checkpoint records no training configuration")
-    now = to_dict(config)
     # A resumed run may be extended (more epochs), moved to another device or (un)compiled;
     # nothing else. A setting newer than the checkpoint had its default there.
-    saved = {**NEWER_SETTINGS, **saved}
-    diff = [k for k in now if k not in RESUME_FREE and saved.get(k) != now[k]]
-    if diff:
-        pairs = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {now[k]!r}" for k in diff)
-        raise ValueError(f"{source}: it was trained with a different configuration ({pairs}); "
-                         f"only {', '.join(RESUME_FREE)} may change")
+    check_resumable(state, to_dict(config), kind="advlab-train-checkpoint",
+                    what="an advlab training checkpoint", free=RESUME_FREE,
+                    newer=NEWER_SETTINGS, checkpoint=checkpoint)
 
 
 def check_checkpoint(checkpoint: str | Path, config: TrainConfig,
@@ -498,15 +480,11 @@ def check_checkpoint(checkpoint: str | Path, config: TrainConfig,
     resume=True)`` would accept the checkpoint: its kind, training configuration and (given
     ``model``) architecture and tensor shapes, read from the header only (cheap; nothing is
     loaded or written)."""
-    from advlab.io import load_state_meta
-
-    state = load_state_meta(checkpoint)
+    state = read_header(checkpoint)
     _check_resumable(state, config, checkpoint)
     if model is None:
         return
-    weights = state.get("model")
-    if not isinstance(weights, dict):
-        raise ValueError(f"cannot resume from {checkpoint}: the checkpoint holds no weights")
+    weights = header_weights(state, checkpoint)
     check_spec(model, state.get("spec"), f"cannot resume: {checkpoint}")
     check_state_dict(model, weights, checkpoint)
 
