@@ -327,3 +327,20 @@ def test_two_processes_score_the_same_and_keep_the_same_epoch(selected, tmp_path
     score = HoldoutScore("pgd5", load_sets(JOB).holdout, holdout_attack("pgd5", objective()))
     assert score(load_model(out)) == metrics[KEY]
 
+
+
+def test_a_run_written_before_newer_settings_resumes(tmp_path):
+    """A run whose config.yaml predates a setting (amp, compile) continues with its default."""
+    import yaml
+
+    from advlab.runs import check_resume
+
+    run = tmp_path / "old"
+    run.mkdir()
+    old = {"command": "train classifier", "dataset": "digits", "model": "lrl",
+           "train": {"epochs": 2, "lr": 0.001}}
+    (run / "config.yaml").write_text(yaml.safe_dump(old))
+    now = {**old, "train": {"epochs": 3, "lr": 0.001, "amp": "none", "compile": False}}
+    check_resume(run, now)  # no error: amp's default, compile may change
+    with pytest.raises(ValueError, match="train.amp: 'none' in the run, 'bf16' given"):
+        check_resume(run, {**now, "train": {**now["train"], "amp": "bf16"}})

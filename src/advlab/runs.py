@@ -84,7 +84,7 @@ def resumable_view(config: dict[str, Any], free: tuple[str, ...] = ("data_dir",)
     """
     train = config.get("train") or {}
     if isinstance(train, dict):
-        train = {k: v for k, v in train.items() if k not in ("epochs", "device")}
+        train = {k: v for k, v in train.items() if k not in ("epochs", "device", "compile")}
     return {**{k: v for k, v in config.items() if k not in free}, "train": train}
 
 
@@ -98,6 +98,11 @@ def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# Settings added after runs were already written, with the value those runs had: a run whose
+# config lacks one continues when the value given now is that default.
+ADDED_SETTINGS: dict[str, Any] = {"train.amp": "none"}
+
+
 def _differences(saved_config: dict[str, Any], config: dict[str, Any], free: tuple[str, ...],
                  where: str) -> list[str]:
     """``key: <saved> in <where>, <given> given`` for every key of the resumable views that
@@ -105,6 +110,7 @@ def _differences(saved_config: dict[str, Any], config: dict[str, Any], free: tup
     # as JSON gives them back: a tuple in the job is the list its recorded config holds
     saved, given = (_flat(resumable_view(json.loads(json.dumps(c, default=str)), free))
                     for c in (saved_config, config))
+    saved = {**{k: v for k, v in ADDED_SETTINGS.items() if k in given}, **saved}
 
     def show(values: dict[str, Any], key: str) -> str:
         return repr(values[key]) if key in values else "absent"
