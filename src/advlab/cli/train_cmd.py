@@ -67,6 +67,9 @@ def classifier(
     device: str = DeviceOption,
     data_dir: Path = DataDirOption,
     progress: bool = typer.Option(True, help="Show a progress bar."),
+    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also write the training "
+                                     "curves as TensorBoard event files (RUN/tensorboard/; needs "
+                                     "the tensorboard package)."),
     nproc: int = NprocOption,
 ) -> None:
     """Train a classifier of the zoo; writes weights, metrics and figures to a run directory."""
@@ -127,7 +130,8 @@ def classifier(
             objective = defenses.create_objective(defense, dataset=job.dataset, **params)
             extra = {"defense": defense, "defense_config": defenses.config(objective)}
         run, metrics = train_classifier(job, out, resume=resume, objective=objective,
-                                        progress=progress, extra_config=extra)
+                                        progress=progress, extra_config=extra,
+                                        tensorboard=tensorboard)
     except training_errors() as e:
         fail(str(e))
     except KeyboardInterrupt as e:
@@ -239,6 +243,9 @@ def generative(
     device: str = DeviceOption,
     data_dir: Path = DataDirOption,
     progress: bool = typer.Option(True, help="Show a progress bar."),
+    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also write the training "
+                                     "curves as TensorBoard event files (RUN/tensorboard/; needs "
+                                     "the tensorboard package)."),
     nproc: int = NprocOption,
 ) -> None:
     """Train a generative model; writes weights, metrics and figures to a run directory."""
@@ -303,7 +310,8 @@ def generative(
                             train=config)
         given = {k for k, v in train_opts.items() if v is not None}
         check_precision(config.amp, resolve_device(config.device))  # before the run directory
-        run, metrics = train_generative(job, out, resume=resume, progress=progress, given=given)
+        run, metrics = train_generative(job, out, resume=resume, progress=progress, given=given,
+                                        tensorboard=tensorboard)
     except training_errors() as e:
         fail(str(e))
     except KeyboardInterrupt as e:

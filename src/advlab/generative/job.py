@@ -41,6 +41,7 @@ from advlab.runs import (
     new_run_dir,
     training_run,
 )
+from advlab.train.tensorboard import EpochScalars, chain, check_available
 from advlab.weights import library_versions
 
 log = logging.getLogger(__name__)
@@ -104,8 +105,8 @@ def load_splits(job: GenerativeJob) -> tuple[data.TensorSet, data.TensorSet]:
 
 
 def train_generative(job: GenerativeJob, out: str | Path | None = None, *, resume: bool = False,
-                     progress: bool = True,
-                     given: Iterable[str] = ()) -> tuple[RunDir, dict[str, Any]]:
+                     progress: bool = True, given: Iterable[str] = (),
+                     tensorboard: bool = False) -> tuple[RunDir, dict[str, Any]]:
     """Train ``job`` into a run directory and return it with the final metrics.
 
     With ``resume=True`` the run in ``out`` continues from its last completed epoch; the saved
@@ -134,6 +135,8 @@ def train_generative(job: GenerativeJob, out: str | Path | None = None, *, resum
         if ckpt.is_file():
             check_checkpoint(ckpt, job.train, model)
         check_epochs(RunDir(Path(out)), ckpt, job.train.epochs)
+    if tensorboard:
+        check_available()  # before the run directory exists
     run = new_run_dir("generative", out, exist_ok=resume, resumable=True)
     with training_run(run):
         run.write_config(config)
@@ -150,7 +153,9 @@ def train_generative(job: GenerativeJob, out: str | Path | None = None, *, resum
         result = fit_generative(
             model, train, job.train, checkpoint=ckpt, resume=resume and ckpt.is_file(),
             progress=progress, epoch_metrics=epoch_metrics,
-            on_epoch=lambda row, m: _progress_figures(run, m.family, ckpt, job, test, row),
+            on_epoch=chain(lambda row, m: _progress_figures(run, m.family, ckpt, job, test, row),
+                           EpochScalars(run.path)
+                           if tensorboard and distributed.is_main() else None),
             metadata={"dataset": job.dataset, "run_config": config})
         model.cpu().eval()
 

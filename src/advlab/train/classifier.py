@@ -97,7 +97,8 @@ def load_splits(job: ClassifierJob):
 
 def train_classifier(job: ClassifierJob, out: str | Path | None = None, *, resume: bool = False,
                      objective: Objective | None = None, progress: bool = True,
-                     extra_config: dict[str, Any] | None = None) -> tuple[RunDir, dict[str, Any]]:
+                     extra_config: dict[str, Any] | None = None,
+                     tensorboard: bool = False) -> tuple[RunDir, dict[str, Any]]:
     """Train ``job`` into a run directory and return it with the final metrics.
 
     With ``resume=True`` the run in ``out`` continues from its last completed epoch; the saved
@@ -131,15 +132,26 @@ def train_classifier(job: ClassifierJob, out: str | Path | None = None, *, resum
         if ckpt.is_file():
             check_checkpoint(ckpt, job.train, model)
         check_epochs(RunDir(Path(out)), ckpt, job.train.epochs)
+    if tensorboard:
+        from advlab.train.tensorboard import check_available
+
+        check_available()  # before the run directory exists
     run = new_run_dir("train", out, exist_ok=resume, resumable=True)
     ckpt = run.path / CHECKPOINT
+    scalars = None
+    if tensorboard and distributed.is_main():
+        from advlab.train.tensorboard import EpochScalars
+
+        scalars = EpochScalars(run.path)
     with training_run(run):
         run.write_config(config)
         log.info("training %s on %s (%d examples) into %s", job.model, job.dataset,
                  len(train), run.path)
         result = fit(model, train, job.train, objective=objective, val=val, test=test,
                      checkpoint=ckpt, resume=resume and ckpt.is_file(), progress=progress,
-                     metadata={"run_config": config}, select=select)
+                     metadata={"run_config": config}, select=select, on_epoch=scalars)
+        if scalars is not None:
+            scalars.close()
         model.cpu()
         extra = {"best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
                  "epochs_completed": len(result.history),
