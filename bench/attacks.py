@@ -25,12 +25,11 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-from bench.common import OUT, ROOT, fwd_bwd, model_run, peak_kb, require_data, timed, write_fragment
+from bench.common import OUT, ROOT, clocked, fwd_bwd, model_run, peak_kb, write_fragment
 
 DEFAULT_RUN = OUT / "madrycnn-mnist-cos"
 TRAIN = ("train it with `advlab train classifier --dataset mnist --model madry-cnn --epochs 8 "
@@ -97,33 +96,28 @@ def worker(spec: dict) -> dict:
     from advlab.tuning import auto_batch_size
     from advlab.weights import load_model
 
-    model = load_model(Path(spec["run"]), "cpu").eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
+    model = load_model(Path(spec["run"]), "cpu").eval().requires_grad_(False)
     ds = data.load("mnist", "test")
     x, y = ds.x[:spec["n"]].contiguous(), ds.y[:spec["n"]].contiguous()
     lib, case = spec["lib"], spec["case"]
     out: dict = {"lib": lib, "case": case, "n": int(x.shape[0])}
     if lib == "none":  # baseline memory: model and data loaded, nothing run
         return out
-    if lib == "advlab":
-        name, params = CASES[case][1]
-        attack = create(name, **params)
+    name, params = CASES[case][1]
+    attack = create(name, **params)  # advlab's (the peers' workers leave it unused)
     if case == "step":
         batch = auto_batch_size(model, tuple(x.shape[1:]), "cpu")
         attack(model, x[:10], y[:10])
-        out["seconds"] = timed(lambda: [attack(model, xb, yb) for xb, yb in
-                                        zip(x.split(batch), y.split(batch), strict=True)])
+        out["seconds"] = clocked(lambda: [attack(model, xb, yb) for xb, yb in
+                                          zip(x.split(batch), y.split(batch), strict=True)])[0]
         fwd_bwd(model, x, y, batch)
-        out["floor"] = statistics.median(timed(lambda: fwd_bwd(model, x, y, batch))
+        out["floor"] = statistics.median(clocked(lambda: fwd_bwd(model, x, y, batch))[0]
                                          for _ in range(5))
         out["batch_size"] = batch
         return out
     if lib == "advlab":
         robust_accuracy(model, x[:10], y[:10], attack)  # warm-up (and batch size, cached)
-        t = time.perf_counter()
-        ev = robust_accuracy(model, x, y, attack)
-        out["seconds"] = time.perf_counter() - t
+        out["seconds"], ev = clocked(lambda: robust_accuracy(model, x, y, attack))
         fooled, l2 = ev.fooled, ev.result.l2
         out.update(robust_accuracy=ev.robust_accuracy, batch_size=ev.batch_size,
                    mean_iterations=float(ev.result.iterations[ev.attacked].float().mean()))
@@ -131,12 +125,14 @@ def worker(spec: dict) -> dict:
         run, calls = _peer(lib, case, model), []
         run(x[:10], y[:10])
         model.register_forward_hook(lambda *_: calls.append(1))  # one call per attack step
-        t = time.perf_counter()
-        adv = run(x, y)
-        out["forwards"] = len(calls)  # torchattacks' CW stops early: its steps taken
-        with torch.no_grad():
-            clean, pred = model(x).argmax(1) == y, model(adv).argmax(1)
-        out["seconds"] = time.perf_counter() - t
+
+        def attack_and_read() -> tuple[torch.Tensor, ...]:
+            adv = run(x, y)
+            out["forwards"] = len(calls)  # torchattacks' CW stops early: its steps taken
+            with torch.no_grad():
+                return adv, model(x).argmax(1) == y, model(adv).argmax(1)
+
+        out["seconds"], (adv, clean, pred) = clocked(attack_and_read)
         fooled, l2 = clean & (pred != y), (adv - x).flatten(1).norm(dim=1)
         out["robust_accuracy"] = float((clean & (pred == y)).float().mean())
     l2 = l2[fooled]  # the fooled points' perturbations; ρ₂ = mean ‖r‖₂ / ‖x‖₂ over them
@@ -157,7 +153,6 @@ def run_worker(spec: dict) -> dict:
 
 
 def main(quick: bool = False, run: Path = DEFAULT_RUN) -> None:
-    require_data()
     run = model_run(run, TRAIN)
     n, reps = (100, 1) if quick else (1000, 3)
     # the slowest cases on fewer images and one repetition, to fit the run in ~30 minutes:
@@ -234,9 +229,7 @@ def main(quick: bool = False, run: Path = DEFAULT_RUN) -> None:
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--worker":
         torch.manual_seed(0)
-        res = worker(json.loads(sys.argv[2]))
-        res["peak_kb"] = peak_kb()
-        print(json.dumps(res))
+        print(json.dumps({**worker(json.loads(sys.argv[2])), "peak_kb": peak_kb()}))  # after it
     else:
         ap = argparse.ArgumentParser(description=__doc__)
         ap.add_argument("--model-run", type=Path, default=DEFAULT_RUN, help="an MNIST model run")

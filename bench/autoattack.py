@@ -2,51 +2,44 @@
 
     ADVLAB_DATA=../shared/data python -m bench.autoattack [--model-run RUN] [--n N] [--quick]
 
-On the first ``n`` MNIST test points at ℓ∞ ε = 0.3, for a classifier run (default: the
-``fast-at`` job of the ``mnist-linf`` recipe, a ``wong-cnn``), one process, one thread:
-
-- the ``autoattack`` suite of ``advlab eval robust`` vs torchattacks' AutoAttack, alternated:
-  seconds (median over ``repeats``) and robust accuracy (ours must not be above theirs), at
-  AutoAttack's budget (APGD/FAB 100 iterations; torchattacks' four attacks so composed in its
-  ``MultiAttack``) and at ``torchattacks.AutoAttack(version="standard")``'s as shipped (its
-  APGD, APGD-T and FAB-T run 10 iterations);
-- APGD's cost per gradient step (CE and DLR in ℓ∞, CE in ℓ2, APGD-T with one target class)
-  against one forward+backward of the model on the same batch, ε = 0 so that every step runs
-  on the whole batch;
-- Square (5000 queries): median queries per fooled point, ours vs torchattacks' Square, on the
-  points both start from (correctly classified).
-
-Writes docs/benchmarks/autoattack.md (assembled into docs/BENCHMARKS.md by ``bench.run``).
+For a classifier run (default: the ``fast-at`` job of the ``mnist-linf`` recipe, a ``wong-cnn``)
+on the first ``n`` MNIST test points at ℓ∞ ε = 0.3, one process, one thread: the
+``autoattack`` suite of ``advlab eval robust`` vs torchattacks' AutoAttack at two budgets
+(seconds, robust accuracy), APGD's cost per gradient step against one forward+backward, and
+Square's queries per fooled point. Writes docs/benchmarks/autoattack.md, which says how.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
-from bench.common import ROOT, alternated, fwd_bwd, model_run, require_data, timed, write_fragment
+from bench.common import ROOT, alternated, clocked, fwd_bwd, model_run, write_fragment
 
 DEFAULT_RUN = ROOT / "runs" / "reproduce" / "mnist-linf" / "fast-at"
 HINT = "run `advlab reproduce mnist-linf` first"
 
 
-def _ours(model, x, y, eps: float, steps: int) -> tuple[float, float, list[tuple[str, float]]]:
+def _ours(model, x, y, eps: float, steps: int, acc: dict, r: int) -> float:
+    """Seconds of advlab's suite; its robust accuracy, also after each attack, into ``acc``."""
     from advlab.attacks import ThreatModel
     from advlab.eval import AutoAttackSettings, standard_evaluation
 
-    t = time.perf_counter()
-    r = standard_evaluation(model, x, y, threat=ThreatModel("linf", eps), suite="autoattack",
-                            batch_size=500, autoattack=AutoAttackSettings(steps=steps))
-    return time.perf_counter() - t, r.robust_accuracy, r.cumulative()
+    seconds, ev = clocked(lambda: standard_evaluation(
+        model, x, y, threat=ThreatModel("linf", eps), suite="autoattack", batch_size=500,
+        autoattack=AutoAttackSettings(steps=steps)))
+    acc["advlab"], acc["after"] = ev.robust_accuracy, ev.cumulative()
+    return seconds
 
 
-def _theirs(model, x, y, eps: float, steps: int | None) -> tuple[float, float]:
-    """torchattacks' AutoAttack as shipped (``steps`` None), or its four attacks composed the
-    same way with ``steps`` iterations for APGD, APGD-T and FAB-T."""
+def _theirs(model, x, y, eps: float, steps: int | None, acc: dict, r: int) -> float:
+    """Seconds of torchattacks' AutoAttack as shipped (``steps`` None), or of its four attacks
+    composed the same way with ``steps`` iterations for APGD, APGD-T and FAB-T; its robust
+    accuracy into ``acc``."""
     import torchattacks as ta
 
     kw = dict(eps=eps, norm="Linf", seed=0)
@@ -58,12 +51,12 @@ def _theirs(model, x, y, eps: float, steps: int | None) -> tuple[float, float]:
                              ta.APGDT(model, n_classes=10, steps=steps, **kw),
                              ta.FAB(model, multi_targeted=True, n_classes=10, steps=steps, **kw),
                              ta.Square(model, n_queries=5000, **kw)])
-    t = time.perf_counter()
-    advs = [aa(x[i:i + 500], y[i:i + 500]) for i in range(0, len(x), 500)]
-    seconds = time.perf_counter() - t
+    seconds, advs = clocked(lambda: [aa(x[i:i + 500], y[i:i + 500])
+                                     for i in range(0, len(x), 500)])
     with torch.no_grad():
         pred = torch.cat([model(a).argmax(1) for a in advs])
-    return seconds, (pred == y).float().mean().item()
+    acc["torchattacks"] = (pred == y).float().mean().item()
+    return seconds
 
 
 def _apgd_cost(model, x, reps: int, steps: int = 100) -> tuple[float, dict[str, float]]:
@@ -81,16 +74,18 @@ def _apgd_cost(model, x, reps: int, steps: int = 100) -> tuple[float, dict[str, 
     clock = time.thread_time  # one thread: the machine's other processes do not count
 
     def floor(r: int) -> float:
-        return timed(lambda: [fwd_bwd(model, x, y, len(x)) for _ in range(steps)], clock) / steps
+        return clocked(lambda: [fwd_bwd(model, x, y, len(x)) for _ in range(steps)],
+                       clock)[0] / steps
 
     def cost(attack):
-        return lambda r: timed(lambda: attack(model, x, y), clock) / steps
+        return lambda r: clocked(lambda: attack(model, x, y), clock)[0] / steps
 
     base, *per_step = alternated([floor, *map(cost, attacks.values())], reps)
     return base, dict(zip(attacks, per_step, strict=True))
 
 
-def _square_queries(model, x, y, eps: float) -> tuple[float, float, int, int]:
+def _square_queries(model, x, y, eps: float) -> list[tuple[float, int]]:
+    """(median queries per fooled point, points fooled) of advlab's Square, torchattacks'."""
     import torchattacks
 
     from advlab.attacks import Square
@@ -99,21 +94,18 @@ def _square_queries(model, x, y, eps: float) -> tuple[float, float, int, int]:
         ok = model(x).argmax(1) == y
     x, y = x[ok], y[ok]
     r = Square(eps=eps, queries=5000)(model, x, y)
-    ours = r.info["queries"][r.success].float()
+    ours = r.info["queries"][r.success]
     sq = torchattacks.Square(model, norm="Linf", eps=eps, n_queries=5000, seed=0)
     sq.init_hyperparam(x)  # what its forward does before the run
     n_q, adv = sq.attack_single_run(x, y)
     with torch.no_grad():
         fooled = model(adv).argmax(1) != y
-    theirs = n_q[fooled].float()
-    return (ours.median().item() if ours.numel() else float("nan"),
-            theirs.median().item() if theirs.numel() else float("nan"),
-            int(r.success.sum()), int(fooled.sum()))
+    return [(q.float().median().item() if len(q) else float("nan"), len(q))
+            for q in (ours, n_q[fooled])]
 
 
 def main(quick: bool = False, run: Path = DEFAULT_RUN, n: int = 1000, eps: float = 0.3,
          repeats: int = 1) -> None:
-    require_data()
     torch.set_num_threads(1)
     from advlab import data
     from advlab.weights import load_model
@@ -126,19 +118,16 @@ def main(quick: bool = False, run: Path = DEFAULT_RUN, n: int = 1000, eps: float
     for label, ours_steps, their_steps in (("AutoAttack's budget (100 iterations)", 100, 100),
                                            ("torchattacks' default budget (10 iterations)",
                                             10, None)):
-        ours_s, theirs_s = [], []
-        for _ in range(repeats):
-            s, ours_acc, after[label] = _ours(model, x, y, eps, ours_steps)
-            ours_s.append(s)
-            s, theirs_acc = _theirs(model, x, y, eps, their_steps)
-            theirs_s.append(s)
-        o, t = statistics.median(ours_s), statistics.median(theirs_s)
-        rows.append(f"| {label} | {o:.1f} | {t:.1f} | {t / o:.2f}× | {ours_acc:.2%} | "
-                    f"{theirs_acc:.2%} |")
+        acc: dict = {}
+        o, t = alternated([partial(_ours, model, x, y, eps, ours_steps, acc),
+                           partial(_theirs, model, x, y, eps, their_steps, acc)], repeats)
+        after[label] = acc["after"]
+        rows.append(f"| {label} | {o:.1f} | {t:.1f} | {t / o:.2f}× | {acc['advlab']:.2%} | "
+                    f"{acc['torchattacks']:.2%} |")
         print(rows[-1], flush=True)
     xa, reps, steps = x[:500], *((1, 10) if quick else (5, 100))
     floor, per_step = _apgd_cost(model, xa, reps, steps)
-    sq_ours, sq_theirs, sq_n_ours, sq_n_theirs = _square_queries(model, x[:200], y[:200], eps)
+    (sq_ours, sq_n_ours), (sq_theirs, sq_n_theirs) = _square_queries(model, x[:200], y[:200], eps)
     name = run.relative_to(ROOT) if run.is_relative_to(ROOT) else run
 
     cumul = "; ".join(f"{label}: " + ", ".join(f"{k} {v:.2%}" for k, v in steps)

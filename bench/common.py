@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 FRAGMENTS = ROOT / "docs" / "benchmarks"
 OUT = ROOT / "bench" / "out"
+T = TypeVar("T")
 
 
 def machine() -> str:
@@ -23,20 +25,27 @@ def machine() -> str:
             f"{torch.get_num_threads()} threads, Python {platform.python_version()}")
 
 
-def timed(fn: Callable[[], object], clock: Callable[[], float] = time.perf_counter) -> float:
+def clocked(fn: Callable[[], T],
+            clock: Callable[[], float] = time.perf_counter) -> tuple[float, T]:
+    """(seconds by ``clock``, ``fn()``)."""
     t = clock()
-    fn()
-    return clock() - t
+    out = fn()
+    return clock() - t, out
 
 
-def alternated(fns: Sequence[Callable[[int], float]], reps: int) -> list[float]:
-    """Median of each ``fn(rep) -> seconds`` over ``reps`` runs, the functions alternating
+def rounds(fns: Sequence[Callable[[int], float]], reps: int) -> list[list[float]]:
+    """The seconds of each ``fn(rep) -> seconds`` over ``reps`` runs, the functions alternating
     (ABAB...) so that the machine's load drifts hit all alike."""
     times: list[list[float]] = [[] for _ in fns]
     for r in range(reps):
         for fn, ts in zip(fns, times, strict=True):
             ts.append(fn(r))
-    return [statistics.median(ts) for ts in times]
+    return times
+
+
+def alternated(fns: Sequence[Callable[[int], float]], reps: int) -> list[float]:
+    """The median of each function's seconds in ``rounds(fns, reps)``."""
+    return [statistics.median(ts) for ts in rounds(fns, reps)]
 
 
 def fwd_bwd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int) -> None:
@@ -53,7 +62,9 @@ def peak_kb() -> int:
 
 
 def model_run(path: Path, hint: str) -> Path:
-    """``path`` if it is a run directory holding a model, else exit saying how to make one."""
+    """``path`` if it is a run directory holding a model, else exit saying how to make one (or
+    how to find the data)."""
+    require_data()
     if not (path / "model.safetensors").is_file():
         sys.exit(f"no trained model in {path}: {hint} or pass --model-run")
     return path

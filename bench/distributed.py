@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 
-from bench.common import OUT, ROOT, peak_kb, require_data, write_fragment
+from bench.common import OUT, ROOT, clocked, peak_kb, require_data, write_fragment
 
 RUNS = OUT / "distributed"
 
@@ -61,9 +61,8 @@ def advlab(args: list[str], nproc: int) -> tuple[float, dict[int, tuple[float, f
         cmd += ["torch.distributed.run", f"--nproc-per-node={nproc}", "--master-addr=127.0.0.1",
                 f"--master-port={port}", "-m"]
     cmd += ["bench.distributed", "rss", "--", *args]
-    t = time.perf_counter()
-    done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
-    wall = time.perf_counter() - t
+    wall, done = clocked(lambda: subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True,
+                                                text=True))
     if done.returncode != 0:
         sys.exit(f"failed: {' '.join(cmd)}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
     return wall, {int(r): (float(m), float(c)) for r, m, c in re.findall(

@@ -4,16 +4,28 @@ Both train the same model from the same initial weights on the same in-memory te
 same batch size and optimizer; they run alternately (ABAB...) and the ratio of the medians is
 reported, so machine noise hits both alike. The plain loop is the fastest simple loop one would
 write by hand: a permutation, tensor slicing, zero_grad / forward / loss / backward / step.
+
+Issue 18, eager vs ``torch.compile`` vs bf16 autocast for training and PGD (the method and the
+figures are in docs/guide-performance.md), prints its medians, minima and ratios as JSON:
+
+    ADVLAB_DATA=../shared/data python -m bench.loop --compile [--reps 3] [--threads 2]
+        [--device cuda] [--no-bf16] [--quick]
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
+import json
+import os
+import statistics
+import tempfile
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
-from bench.common import alternated, require_data, timed, write_fragment
+from bench.common import alternated, clocked, machine, require_data, rounds, write_fragment
 
 
 def plain_epoch(model, x, y, batch_size, opt, seed):
@@ -45,12 +57,12 @@ def measure(model_name, dataset, n, reps, batch_size=128):
 
     def ours(r: int) -> float:
         m = copy.deepcopy(base)
-        return timed(lambda: fit(m, train, cfg, progress=True))
+        return clocked(lambda: fit(m, train, cfg, progress=True))[0]
 
     def plain(r: int) -> float:
         m = copy.deepcopy(base)
         opt = torch.optim.Adam(m.parameters(), lr=1e-3)
-        return timed(lambda: plain_epoch(m, train.x, train.y, batch_size, opt, r))
+        return clocked(lambda: plain_epoch(m, train.x, train.y, batch_size, opt, r))[0]
 
     return *alternated([ours, plain], reps), len(train)
 
@@ -77,3 +89,75 @@ def main(quick: bool = False) -> None:
     )
     write_fragment("loop" + "-quick" * quick, "Training loop overhead",
                    "python -m bench.run --only loop" + " --quick" * quick, body)
+
+
+def compile_cost(reps: int = 3, quick: bool = False, bf16: bool = True,
+                 device: str = "cpu") -> dict:
+    """Issue 18: wong-cnn trained one epoch on 5,000 MNIST points, PGD-20 on 500 (``quick``: 500
+    and 100), from the same weights; each compiled arm first timed alone (compilation)."""
+    # a cold compile: the inductor and FX-graph caches of an earlier run would hide its cost
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="inductor-"))
+    from torch._dynamo.utils import counters
+
+    from advlab import data, models
+    from advlab.attacks import PGD
+    from advlab.train import TrainConfig, fit
+    from advlab.train.loop import compiled_forward
+
+    load, (n_train, n_attack) = [os.getloadavg()], (500, 100) if quick else (5000, 500)
+    train = data.subset(data.load("mnist", "train"), n_train, seed=0, balanced=True)
+    test = data.load("mnist", "test")
+    x, y = test.x[:n_attack], test.y[:n_attack]
+    torch.manual_seed(0)
+    base = models.create("wong-cnn", dataset="mnist")
+    attacked, pgd, success = copy.deepcopy(base), PGD(eps=0.3, alpha=0.01, steps=20), {}
+
+    def epoch(r: int, model: torch.nn.Module | None = None, **kw) -> float:
+        cfg = TrainConfig(epochs=1, batch_size=128, lr=1e-3, device=device, **kw)
+        model = copy.deepcopy(base) if model is None else model
+        return fit(model, train, cfg, progress=False).history[0]["train_seconds"]  # no set-up
+
+    def attack(r: int, arm: str) -> float:
+        with compiled_forward(attacked, arm == "pgd compiled"):
+            seconds, result = clocked(lambda: pgd(attacked, x, y))
+        success[arm] = result.success.float().mean().item()
+        return seconds
+
+    epoch(0, attacked)  # warm-up (thread pools, allocator, lazy imports); the weights PGD attacks
+    attacked.eval()
+    arms = {"train eager": epoch, "train compiled": partial(epoch, compile=True),
+            "train bf16": partial(epoch, amp="bf16"),
+            **{arm: partial(attack, arm=arm) for arm in ("pgd eager", "pgd compiled")}}
+    arms = {k: v for k, v in arms.items() if bf16 or k != "train bf16"}
+    graphs, first = [counters["stats"]["unique_graphs"]], {}
+    for arm in ("train compiled", "pgd compiled"):  # timed alone: each compiles in its first call
+        first[arm] = arms[arm](-1)
+        graphs.append(counters["stats"]["unique_graphs"])
+    times = dict(zip(arms, rounds(list(arms.values()), reps), strict=True))
+    graphs.append(counters["stats"]["unique_graphs"])
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"machine": machine(), "device": device, "load": load + [os.getloadavg()],
+            "seconds": times, "median": med, "min": {k: min(v) for k, v in times.items()},
+            "compile_seconds": {k: s - med[k] for k, s in first.items()},
+            "graphs_train_pgd_later": [b - a for a, b in zip(graphs, graphs[1:])],
+            "pgd_success": success,  # the per-round ratios' median: a round runs eager first
+            "paired_ratio_over_eager": {k: statistics.median(
+                b / a for a, b in zip(times[k.split()[0] + " eager"], v, strict=True))
+                for k, v in times.items() if not k.endswith("eager")}}
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smaller settings (smoke run)")
+    ap.add_argument("--compile", action="store_true", help="eager vs torch.compile (issue 18)")
+    ap.add_argument("--reps", type=int, default=3, help="--compile's rounds")
+    ap.add_argument("--threads", type=int, default=2, help="--compile's torch threads")
+    ap.add_argument("--no-bf16", action="store_true", help="--compile without the bf16 arm")
+    ap.add_argument("--device", default="cpu", help="--compile's device: cpu | cuda")
+    a = ap.parse_args()
+    if a.compile:
+        require_data()
+        torch.set_num_threads(a.threads)
+        print(json.dumps(compile_cost(a.reps, a.quick, not a.no_bf16, a.device), indent=1))
+    else:
+        main(a.quick)
