@@ -45,6 +45,8 @@ def free_port() -> int:
 def env() -> dict[str, str]:
     """The test's environment, one thread per process, without torchrun's variables."""
     out = {k: v for k, v in os.environ.items() if k not in distributed.ENV}
+    if out.get("ADVLAB_DATA"):  # the launched processes run elsewhere (cwd = a tmp dir)
+        out["ADVLAB_DATA"] = str(Path(out["ADVLAB_DATA"]).resolve())
     return {**out, "OMP_NUM_THREADS": "1", "ADVLAB_BATCH_SIZE": "500",
             "PYTHONUNBUFFERED": "1"}
 
