@@ -26,6 +26,11 @@ from advlab.cli.common import (
     key_values as _key_values,
 )
 
+TensorboardOption = typer.Option(False, "--tensorboard", help="Also write the training curves "
+                                 "as TensorBoard event files (RUN/tensorboard/; needs the "
+                                 "tensorboard package).")
+
+
 app = typer.Typer(help="Train classifiers and generative models.", no_args_is_help=True)
 
 
@@ -67,9 +72,7 @@ def classifier(
     device: str = DeviceOption,
     data_dir: Path = DataDirOption,
     progress: bool = typer.Option(True, help="Show a progress bar."),
-    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also write the training "
-                                     "curves as TensorBoard event files (RUN/tensorboard/; needs "
-                                     "the tensorboard package)."),
+    tensorboard: bool = TensorboardOption,
     nproc: int = NprocOption,
 ) -> None:
     """Train a classifier of the zoo; writes weights, metrics and figures to a run directory."""
@@ -243,9 +246,7 @@ def generative(
     device: str = DeviceOption,
     data_dir: Path = DataDirOption,
     progress: bool = typer.Option(True, help="Show a progress bar."),
-    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also write the training "
-                                     "curves as TensorBoard event files (RUN/tensorboard/; needs "
-                                     "the tensorboard package)."),
+    tensorboard: bool = TensorboardOption,
     nproc: int = NprocOption,
 ) -> None:
     """Train a generative model; writes weights, metrics and figures to a run directory."""

@@ -653,6 +653,14 @@ class Rho2:
                 "n_failed": self.n_failed, "attack": self.evaluation.attack}
 
 
+def l2_ratios(ev: RobustEvaluation, x: Tensor, among: Tensor) -> tuple[Tensor, Tensor]:
+    """‖r‖₂ / ‖x‖₂ per point of ``ev`` (NaN outside ``use``) and ``use`` = ``among`` where
+    ‖x‖₂ > 0: the terms of ρ₂ (Moosavi-Dezfooli et al.)."""
+    x_norm = lp_norm(x.float(), "l2").to(ev.result.l2.device)
+    use = among.to(x_norm.device) & (x_norm > 0)
+    return torch.where(use, ev.result.l2 / x_norm.clamp_min(1e-12), torch.nan), use
+
+
 def rho2(model: Model, x: Tensor, y: Tensor, *, over: str = "correct",
          batch_size: int | None = None, progress: bool = False,
          device: torch.device | str | None = None, **deepfool_params: Any) -> Rho2:
@@ -676,10 +684,7 @@ def rho2(model: Model, x: Tensor, y: Tensor, *, over: str = "correct",
     labels = y.to(x.device) if over == "correct" else clean_logits.argmax(1)
     ev = robust_accuracy(model, x, labels, attack, batch_size=batch_size, progress=progress,
                          device=dev, clean_logits=clean_logits)
-    x_norm = lp_norm(x.float(), "l2")
-    use = ev.fooled if over == "correct" else ev.attacked.clone()
-    use &= x_norm > 0
-    ratios = torch.where(use, ev.result.l2 / x_norm.clamp_min(1e-12), torch.nan)
+    ratios, use = l2_ratios(ev, x, ev.fooled if over == "correct" else ev.attacked)
     value = ratios[use].mean().item() if use.any() else float("nan")
     return Rho2(value=value, over=over, n_used=int(use.sum()),
                 n_failed=int((ev.attacked & ~ev.result.success).sum()), ratios=ratios,

@@ -70,11 +70,10 @@ def draw_grid(ev: RobustEvaluation, x: Tensor, y: Tensor, clean_probs: Tensor,
 def _rho2(ev: RobustEvaluation, x: Tensor) -> float | None:
     """ρ₂ of Moosavi-Dezfooli et al. (the DeepFool paper's ρ_adv): the mean of ‖r‖₂ / ‖x‖₂
     over the points the attack fooled (points with ‖x‖₂ = 0 left out); None if none."""
-    x_norm = x.flatten(1).float().norm(dim=1).to(ev.result.l2.device)
-    use = ev.fooled & (x_norm > 0)
-    if not use.any():
-        return None
-    return (ev.result.l2[use] / x_norm[use]).mean().item()
+    from advlab.eval.robust import l2_ratios
+
+    ratios, use = l2_ratios(ev, x, ev.fooled)
+    return ratios[use].mean().item() if use.any() else None
 
 
 def attack_report(model: Model, x: Tensor, y: Tensor, classes: Sequence[str], attack: str,
