@@ -299,15 +299,11 @@ def test_a_recipe_under_torchrun_gives_the_single_process_numbers(tmp_path):
 
 def test_only_runs_the_jobs_named_and_a_last_call_judges_all(tmp_path):
     path, out = _write(tmp_path, _doc()), tmp_path / "r"
-    res = runner.invoke(app, ["reproduce", path, "--out", str(out), "--only", "clf"])
-    assert res.exit_code == 2 and "--only runs jobs of an existing recipe run" in res.output
-    res = runner.invoke(app, ["reproduce", path, "--out", str(out), "--resume", "--only", "x"])
+    res = runner.invoke(app, ["reproduce", path, "--out", str(out), "--only", "x"])
     assert res.exit_code == 2 and "has no job 'x'" in " ".join(res.output.split())
-    (out / "config.yaml").parent.mkdir()
-    (out / "config.yaml").write_text(yaml.safe_dump({"command": "reproduce",
-                                                     "recipe": {"name": "t"}, "quick": False}))
-    res = runner.invoke(app, ["reproduce", path, "--out", str(out), "--resume", "--only",
-                              "clf", "--device", "cpu", "--no-progress"])
+    assert not out.exists()
+    res = runner.invoke(app, ["reproduce", path, "--out", str(out), "--only", "clf",
+                              "--device", "cpu", "--no-progress"])  # a new run: just clf
     assert res.exit_code == 0, res.output
     assert (out / "clf" / "metrics.json").is_file() and not (out / "fgsm").exists()
     m = json.loads((out / "metrics.json").read_text())

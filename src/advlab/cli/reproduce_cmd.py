@@ -134,8 +134,8 @@ def run_command(
     device: str = DeviceOption,
     data_dir: Path = DataDirOption,
     progress: bool = typer.Option(True, help="Show progress bars."),
-    only: str = typer.Option(None, help="Run only these jobs (comma-separated) of the run in "
-                             "--out (with --resume); e.g. two processes on different jobs."),
+    only: str = typer.Option(None, help="Run only these jobs (comma-separated); with --resume "
+                             "--out, of that run (e.g. two processes on different jobs)."),
     nproc: int = NprocOption,
 ) -> None:
     """Run a recipe's jobs into one run directory; end with the source's numbers beside

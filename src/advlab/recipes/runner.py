@@ -138,7 +138,8 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, *, quick: bool = F
     Returns the recipe's run directory and its metrics (``verdicts``, ``jobs``, ``seconds``).
     A failing job raises ``RecipeError`` naming it and the command to fix; what the finished
     jobs wrote stays, and ``resume=True`` (``--resume --out DIR``) continues from there.
-    ``only``: run just these jobs (their inputs must be finished); two processes may run
+    ``only``: run just these jobs (their inputs must be finished or among them), in a new
+    run or with ``resume`` in an existing one; two processes may run
     different jobs of one recipe directory at once (``jobs.json`` is re-read before each job
     and merged when written), and a last call without ``only`` judges every verdict.
     """
@@ -147,8 +148,6 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, *, quick: bool = F
 
     for name in only or ():
         recipe.job(name)  # an unknown name: the error lists the recipe's jobs
-    if only and not resume:
-        raise ValueError("--only runs jobs of an existing recipe run: give --resume --out DIR")
     resolve_device(device)
     check_data(recipe)
     run = _start(recipe, out, quick, resume, device)
