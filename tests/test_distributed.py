@@ -100,9 +100,19 @@ def test_nproc_relaunches_the_same_command_line_through_torchrun():
     stripped = distributed.strip_option(args, "--nproc")
     assert stripped == ["eval", "robust", "RUN", "--n", "60"]
     cmd = distributed.launch_command(2, stripped)
-    assert cmd[1:4] == ["-m", "torch.distributed.run", "--standalone"]
+    assert cmd[1:4] == ["-m", "advlab.launcher", "--standalone"]
     # "--" ends the launcher's options: --n would otherwise be read as its --nnodes
     assert cmd[cmd.index("advlab") + 1:] == ["--", *stripped]
+
+
+def test_a_user_error_under_nproc_is_one_line_and_status_2(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "advlab", "eval", "robust", str(tmp_path / "no"),
+                           "--eps", "0.1", "--nproc", "2"], env=env(), capture_output=True,
+                          text=True, timeout=TIMEOUT)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and "ChildFailedError" not in done.stderr
+    assert "failed; the first, rank" in done.stderr and "status 2" in done.stderr, done.stderr
+    assert "error:" in done.stderr + done.stdout
 
 
 def test_nproc_is_refused_inside_torchrun_and_outside_the_command_line(monkeypatch, tmp_path):

@@ -525,12 +525,13 @@ def data_parallel(model: nn.Module) -> Iterator[nn.Module | None]:
 
 def launch_command(nproc: int, args: Sequence[str], *, module: str = "advlab") -> list[str]:
     """The command line that runs ``python -m {module} {args}`` as ``nproc`` processes on this
-    machine through torch.distributed's launcher (torchrun, standalone rendezvous). ``--``
+    machine through torch.distributed's launcher (torchrun, standalone rendezvous; by way of
+    ``advlab.launcher``, which reports a failed process in one line). ``--``
     ends the launcher's options: without it the launcher reads an option of the command that
     abbreviates one of its own (``--n``: ``--nnodes``?) and stops."""
     import sys
 
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+    return [sys.executable, "-m", "advlab.launcher", "--standalone",
             f"--nproc-per-node={nproc}", "-m", module, "--", *args]
 
 
