@@ -144,10 +144,13 @@ def test_a_points_projection_and_prediction_do_not_depend_on_its_batch(kind, ae,
     starts = model.start_codes(x)
     assert starts.shape == (3, 12, ae.latent_dim)
     assert len({tuple(s.tolist()) for s in starts.reshape(-1, ae.latent_dim)}) == 36
+    def same(a, b):  # other draws differ by O(1); 1e-6 leaves room for a kernel's rounding
+        return torch.allclose(a, b, rtol=0, atol=1e-6)
+
     for i in (0, 5, 11):
-        assert torch.equal(model.start_codes(x[i:i + 1]), starts[:, i:i + 1])
+        assert same(model.start_codes(x[i:i + 1]), starts[:, i:i + 1])
     reordered = torch.cat([x[7:], x[:7]])
-    assert torch.equal(model.start_codes(reordered)[:, 5:], starts[:, :7])
+    assert same(model.start_codes(reordered)[:, 5:], starts[:, :7])
     with torch.no_grad():
         full = model(x)
         alone = torch.cat([model(x[i:i + 1]) for i in range(12)])
@@ -160,5 +163,5 @@ def test_a_points_projection_and_prediction_do_not_depend_on_its_batch(kind, ae,
     bumped = x.clone()
     bumped[3, 0, 0, 0] += 1e-3
     moved = model.start_codes(bumped)
-    assert not torch.equal(moved[:, 3], starts[:, 3])
-    assert torch.equal(moved[:, 4], starts[:, 4])
+    assert not same(moved[:, 3], starts[:, 3])
+    assert same(moved[:, 4], starts[:, 4])

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +24,19 @@ def sleeper():
     def start(*argv: str) -> subprocess.Popen:
         proc = subprocess.Popen(list(argv))
         procs.append(proc)
+        # the child's /proc entry shows its own command line once exec has finished: on some
+        # kernels (and sandboxes) that is a moment after Popen returns
+        cmdline = Path(f"/proc/{proc.pid}/cmdline")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if argv[-1].encode() in cmdline.read_bytes():
+                    break
+            except OSError:
+                pass
+            time.sleep(0.01)
+        else:
+            pytest.skip(f"/proc/{proc.pid}/cmdline never showed {argv}")
         return proc
 
     yield start

@@ -375,7 +375,10 @@ def _holder(path: Path, run: RunDir) -> str | None:
     remove = (f"if no advlab command is training into {run.path}, remove {path} and run "
               f"again")
     cmdline = _command_line(pid)
-    if cmdline is not None and "advlab" not in cmdline.lower():
+    if cmdline is None:
+        return (f"{run.path} is locked by process {pid}, whose command line cannot be read "
+                f"(it may be an advlab command training into it): {remove}")
+    if "advlab" not in cmdline.lower():
         shown = cmdline if len(cmdline) <= 80 else cmdline[:77] + "..."
         return (f"{run.path} is locked by process {pid}, which is not advlab ({shown}); the "
                 f"advlab process that took the lock has probably ended and its PID been "

@@ -118,7 +118,10 @@ class AE(Autoencoder):
         self.prior_scale_tril.copy_(torch.linalg.cholesky(cov).float())
 
     def prior_from_normal(self, eps: torch.Tensor) -> torch.Tensor:
-        return self.prior_loc + eps @ self.prior_scale_tril.T
+        # an elementwise product and a row sum, not a matrix product: a code's value then does
+        # not depend on how many codes are mapped at once (matrix kernels round differently
+        # for different batch sizes), so keyed starts are the same alone or in a batch
+        return self.prior_loc + (eps.unsqueeze(1) * self.prior_scale_tril).sum(-1)
 
 
 class VAE(Autoencoder):
