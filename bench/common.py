@@ -1,7 +1,6 @@
 """Shared pieces of the benchmarks: timing, alternated medians, model runs, markdown fragments."""
 
-from __future__ import annotations
-
+import argparse
 import os
 import platform
 import statistics
@@ -20,13 +19,21 @@ OUT = ROOT / "bench" / "out"
 T = TypeVar("T")
 
 
+def cli(doc: str, quick="smaller settings (smoke run)", **options: dict) -> argparse.Namespace:
+    """The command line: ``--quick`` (``quick``: its help), ``--NAME`` for each of ``options``."""
+    ap = argparse.ArgumentParser(description=doc)
+    ap.add_argument("--quick", action="store_true", help=quick)
+    for name, keywords in options.items():
+        ap.add_argument("--" + name.replace("_", "-"), **keywords)
+    return ap.parse_args()
+
+
 def machine() -> str:
     return (f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads, Python {platform.python_version()}")
 
 
-def clocked(fn: Callable[[], T],
-            clock: Callable[[], float] = time.perf_counter) -> tuple[float, T]:
+def clocked(fn: Callable[[], T], clock: Callable[[], float] = time.perf_counter) -> tuple[float, T]:
     """(seconds by ``clock``, ``fn()``)."""
     t = clock()
     out = fn()
@@ -62,21 +69,21 @@ def peak_kb() -> int:
 
 
 def model_run(path: Path, hint: str) -> Path:
-    """``path`` if it is a run directory holding a model, else exit saying how to make one (or
-    how to find the data)."""
+    """``path`` if it holds a trained model, else exit saying how to make one (or find the data)."""
     require_data()
     if not (path / "model.safetensors").is_file():
         sys.exit(f"no trained model in {path}: {hint} or pass --model-run")
     return path
 
 
-def write_fragment(name: str, title: str, command: str, body: str) -> Path:
-    """Write one benchmark's markdown section (assembled into docs/BENCHMARKS.md by bench.run)."""
+def write_fragment(name: str, title: str, command: str, body: str, quick: bool = False) -> Path:
+    """Write one benchmark's markdown section (assembled into docs/BENCHMARKS.md by bench.run);
+    ``quick``: as NAME-quick.md (which bench.run leaves out), with ``--quick`` in the command."""
     FRAGMENTS.mkdir(parents=True, exist_ok=True)
-    path = FRAGMENTS / f"{name}.md"
+    path = FRAGMENTS / f"{name}{'-quick' * quick}.md"
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    path.write_text(f"## {title}\n\nMeasured {stamp} with `{command}` on {machine()}.\n\n"
-                    f"{body.strip()}\n")
+    path.write_text(f"## {title}\n\nMeasured {stamp} with `{command}{' --quick' * quick}` on "
+                    f"{machine()}.\n\n{body.strip()}\n")
     return path
 
 

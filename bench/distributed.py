@@ -1,6 +1,4 @@
-"""Scaling on torch.distributed: 2 processes x 1 thread against 1 process x 1 thread.
-
-    ADVLAB_DATA=../shared/data python -m bench.distributed [--n 2000] [--n-train 2000] [--quick]
+"""Scaling on torch.distributed (`python -m bench.distributed`): 2 processes x 1 thread vs 1 x 1.
 
 Side by side in one run, through the command line as a user runs it:
 
@@ -11,14 +9,11 @@ Side by side in one run, through the command line as a user runs it:
   ``wong-cnn`` on ``--n-train`` MNIST points (the per-point cost is what scales).
 
 Seconds are the command's own (the evaluation's ``seconds``, the epoch's ``train_seconds``:
-start-up left out), the wall time of the whole command beside them. Peak memory (VmHWM) and
-CPU time per process: ``python -m bench.distributed rss -- ARGS`` runs the command and reads
-them. CPU time, unlike wall time, does not depend on what else the machine runs.
+start-up left out), the wall time of the whole command beside them. Peak memory (VmHWM) and CPU
+time are read in each process (``python -m bench.distributed rss -- ARGS`` runs the command);
+CPU time, unlike wall time, does not depend on what else the machine runs.
 """
 
-from __future__ import annotations
-
-import argparse
 import json
 import os
 import re
@@ -29,24 +24,9 @@ import subprocess
 import sys
 import time
 
-from bench.common import OUT, ROOT, clocked, peak_kb, require_data, write_fragment
+from bench.common import OUT, ROOT, cli, clocked, peak_kb, require_data, write_fragment
 
 RUNS = OUT / "distributed"
-
-
-def _rss_main() -> None:
-    """``rss -- ARGS``: run ``advlab ARGS`` here, then print this process's peak resident memory
-    and CPU time (one line on stderr, with its rank)."""
-    sys.argv = ["advlab", *sys.argv[sys.argv.index("--") + 1:]]
-    try:
-        runpy.run_module("advlab", run_name="__main__")
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    use = resource.getrusage(resource.RUSAGE_SELF)
-    sys.stderr.write(f"RSS rank={os.environ.get('RANK', '0')} maxrss_mb={peak_kb() / 1024:.0f}"
-                     f" cpu_s={use.ru_utime + use.ru_stime:.2f}\n")
-    raise SystemExit(code)
 
 
 def advlab(args: list[str], nproc: int) -> tuple[float, dict[int, tuple[float, float]]]:
@@ -79,61 +59,61 @@ def main(quick: bool = False, n: int = 2000, eps: float = 0.03, n_train: int = 2
     require_data()
     n, n_train = (min(n, 500), min(n_train, 200)) if quick else (n, n_train)
     RUNS.mkdir(parents=True, exist_ok=True)
-    load = [os.getloadavg()[0]]
+    load, model = [os.getloadavg()[0]], RUNS / "mnist-mlp100"
     common = ["--no-progress", "--device", "cpu", "--out"]
     jobs = []  # (workload, points, advlab ARGS, the command's own seconds in its metrics)
     if n:
-        model = RUNS / "mnist-mlp100"
         if not (model / "model.safetensors").exists():
-            advlab(["train", "classifier", "--dataset", "mnist", "--model", "mlp-100",
-                    "--epochs", "1", *common, str(model)], 1)
+            advlab([*"train classifier --dataset mnist --model mlp-100 --epochs 1".split(),
+                    *common, str(model)], 1)
         jobs.append((f"`eval robust --suite quick`, {n} MNIST points (mlp-100, ε = {eps:g})", n,
-                     ["eval", "robust", str(model), "--eps", str(eps), "--suite", "quick", "--n",
-                      str(n), "--batch-size", "250"], lambda m: m["seconds"]))
+                     ["eval", "robust", str(model), *f"--eps {eps} --suite quick --n {n}".split(),
+                      "--batch-size", "250"], lambda m: m["seconds"]))
     if n_train:
         jobs.append((f"PGD-AT (ε = 0.3, 40 steps) of `wong-cnn`, 1 epoch of {n_train} MNIST "
-                     "points", n_train, ["train", "classifier", "--dataset", "mnist", "--model",
-                                         "wong-cnn", "--defense", "pgd-at", "--n-train",
-                                         str(n_train), "--epochs", "1"],
+                     "points", n_train, f"train classifier --dataset mnist --model wong-cnn "
+                     f"--defense pgd-at --n-train {n_train} --epochs 1".split(),
                      lambda m: m["history"][0]["train_seconds"]))
-    rows, results = [], {}
+    lines, results, base = [], {}, {}
     for name, points, args, seconds in jobs:
         for nproc in (1, 2):
             out = RUNS / f"{args[0]}-{nproc}x1-{int(time.time())}"
             wall, rss = advlab([*args, *common, str(out)], nproc)
             results[args[0], nproc] = m = json.loads((out / "metrics.json").read_text())
-            rows.append((name, nproc, seconds(m), points / seconds(m), wall, rss))
+            rate = points / seconds(m)
+            base.setdefault(name, rate)  # 1 process
+            mem = ", ".join(f"{rss[r][0]:.0f}" for r in sorted(rss))
+            cpu = ", ".join(f"{rss[r][1]:.1f}" for r in sorted(rss))
+            lines.append(f"| {name if nproc == 1 else 'same'} | {nproc} × 1 | {seconds(m):.1f} | "
+                         f"{rate:.0f} | {rate / base[name]:.2f}× | {wall:.1f} | {cpu} | {mem} |")
+    load.append(os.getloadavg()[0])
     notes = "" if not n else (
         "The two evaluations gave identical `metrics.json` numbers: "
         f"{without_seconds(results['eval', 1]) == without_seconds(results['eval', 2])} "
         f"(robust accuracy {results['eval', 1]['robust_accuracy']:.4f}).")
-    load.append(os.getloadavg()[0])
-    lines, base = [], {}
-    for name, nproc, secs, rate, wall, rss in rows:
-        base.setdefault(name, rate)
-        mem = ", ".join(f"{rss[r][0]:.0f}" for r in sorted(rss))
-        cpu = ", ".join(f"{rss[r][1]:.1f}" for r in sorted(rss))
-        lines.append(f"| {name if nproc == 1 else 'same'} | {nproc} × 1 | {secs:.1f} | "
-                     f"{rate:.0f} | {rate / base[name]:.2f}× | {wall:.1f} | {cpu} | {mem} |")
-    body = (__doc__.split("\n\n", 2)[2].strip() + "\n\n"
-            f"Load average (1 min) {load[0]:.1f} before, {load[1]:.1f} after, on "
-            f"{os.cpu_count()} cores: the second process competes with the machine's other "
-            "work.\n\n"
+    body = (__doc__.split("\n\n", 1)[1].strip() + "\n\n"
+            f"Load average (1 min) {load[0]:.1f} before, {load[1]:.1f} after, on {os.cpu_count()} "
+            "cores: the second process competes with the machine's other work.\n\n"
             "| workload | processes × threads | seconds | points / s | speed-up | wall s (whole "
             "command) | CPU s per process | peak RSS per process (MB) |\n"
             "|---|---|---|---|---|---|---|---|\n" + "\n".join(lines) + "\n\n" + notes)
-    flags = f" --n {n} --n-train {n_train}" + " --quick" * quick
-    write_fragment("distributed" + "-quick" * quick, "Scaling on torch.distributed (2 processes)",
-                   "python -m bench.distributed" + flags, body)
+    write_fragment("distributed", "Scaling on torch.distributed (2 processes)",
+                   f"python -m bench.distributed --n {n} --n-train {n_train}", body, quick)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "rss":
-        _rss_main()
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--n", type=int, default=2000, help="points of eval robust (0: skip it)")
-    ap.add_argument("--eps", type=float, default=0.03, help="linf budget of eval robust")
-    ap.add_argument("--n-train", type=int, default=2000, help="points of PGD-AT (0: skip it)")
-    ap.add_argument("--quick", action="store_true", help="500 and 200 points (smoke run)")
-    a = ap.parse_args()
+    if sys.argv[1:2] == ["rss"]:
+        # `rss -- ARGS`: run `advlab ARGS` here, then print its rank, peak memory and CPU time
+        sys.argv = ["advlab", *sys.argv[sys.argv.index("--") + 1:]]
+        try:
+            runpy.run_module("advlab", run_name="__main__")
+        finally:  # one line on stderr, read by advlab()
+            use = resource.getrusage(resource.RUSAGE_SELF)
+            sys.stderr.write(f"RSS rank={os.environ.get('RANK', '0')} maxrss_mb="
+                             f"{peak_kb() / 1024:.0f} cpu_s={use.ru_utime + use.ru_stime:.2f}\n")
+        sys.exit(0)
+    a = cli(__doc__, "500 and 200 points (smoke run)",
+            n=dict(type=int, default=2000, help="points of eval robust (0: skip it)"),
+            eps=dict(type=float, default=0.03, help="linf budget of eval robust"),
+            n_train=dict(type=int, default=2000, help="points of PGD-AT (0: skip it)"))
     main(a.quick, a.n, a.eps, a.n_train)

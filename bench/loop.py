@@ -1,20 +1,13 @@
-"""Issue 2: seconds per epoch of advlab's loop / a plain hand-written PyTorch loop.
+"""Issue 2: seconds per epoch of advlab's loop / a plain hand-written PyTorch loop (the fastest
+simple one: a permutation, tensor slicing, zero_grad / forward / loss / backward / step), the same
+model from the same initial weights on the same in-memory tensors, batch size and optimizer, run
+alternately (ABAB...: machine noise hits both alike); the ratio of the medians is reported.
 
-Both train the same model from the same initial weights on the same in-memory tensors with the
-same batch size and optimizer; they run alternately (ABAB...) and the ratio of the medians is
-reported, so machine noise hits both alike. The plain loop is the fastest simple loop one would
-write by hand: a permutation, tensor slicing, zero_grad / forward / loss / backward / step.
-
-Issue 18, eager vs ``torch.compile`` vs bf16 autocast for training and PGD (the method and the
-figures are in docs/guide-performance.md), prints its medians, minima and ratios as JSON:
-
-    ADVLAB_DATA=../shared/data python -m bench.loop --compile [--reps 3] [--threads 2]
-        [--device cuda] [--no-bf16] [--quick]
+``ADVLAB_DATA=... python -m bench.loop --compile`` (issue 18; method and figures in
+docs/guide-performance.md): eager vs ``torch.compile`` vs bf16 autocast for training and PGD;
+prints the medians, minima and ratios as JSON (``--help``: its options).
 """
 
-from __future__ import annotations
-
-import argparse
 import copy
 import json
 import os
@@ -25,7 +18,11 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from bench.common import alternated, clocked, machine, require_data, rounds, write_fragment
+from advlab import data, models
+from advlab.attacks import PGD
+from advlab.train import TrainConfig, fit
+from advlab.train.loop import compiled_forward
+from bench.common import alternated, cli, clocked, machine, require_data, rounds, write_fragment
 
 
 def plain_epoch(model, x, y, batch_size, opt, seed):
@@ -43,17 +40,14 @@ def plain_epoch(model, x, y, batch_size, opt, seed):
 
 
 def measure(model_name, dataset, n, reps, batch_size=128):
-    from advlab import data, models
-    from advlab.train import TrainConfig, fit
-
+    """(advlab's seconds per epoch, the plain loop's: medians of ``reps``, examples)."""
     train = data.load(dataset, "train")
     train = data.subset(train, n, seed=0) if n else train
     torch.manual_seed(0)
     base = models.create(model_name, dataset=dataset)
     cfg = TrainConfig(epochs=1, batch_size=batch_size, lr=1e-3, device="cpu")
-    # Warm-up (first-call costs: thread pools, allocator, lazy imports).
-    fit(copy.deepcopy(base), train.subset(torch.arange(min(512, len(train)))), cfg,
-        progress=False)
+    # warm-up (first-call costs: thread pools, allocator, lazy imports)
+    fit(copy.deepcopy(base), train.subset(torch.arange(min(512, len(train)))), cfg, progress=False)
 
     def ours(r: int) -> float:
         m = copy.deepcopy(base)
@@ -69,26 +63,21 @@ def measure(model_name, dataset, n, reps, batch_size=128):
 
 def main(quick: bool = False) -> None:
     require_data()
-    reps = 3 if quick else 7
-    cases = [("mlp-100", "fashion-mnist", None if not quick else 10000),
-             ("fmnist-cnn", "fashion-mnist", 10000 if not quick else 2000),
-             ("madry-cnn", "mnist", 5000 if not quick else 1000)]
-    rows = []
-    for model, dataset, n in cases:
-        ours, plain, size = measure(model, dataset, n, reps)
+    reps, rows = (3 if quick else 7), []
+    for model, dataset, n, n_quick in (("mlp-100", "fashion-mnist", None, 10000),
+                                       ("fmnist-cnn", "fashion-mnist", 10000, 2000),
+                                       ("madry-cnn", "mnist", 5000, 1000)):
+        ours, plain, size = measure(model, dataset, n_quick if quick else n, reps)
         rows.append(f"| `{model}` | {dataset} | {size} | {ours:.3f} | {plain:.3f} | "
                     f"**{ours / plain:.3f}** |")
         print(rows[-1])
-    body = (
-        f"One epoch, batch 128, Adam, median of {reps} alternating runs each. advlab's `fit` runs "
-        "with its rich progress bar enabled and its per-epoch bookkeeping (loss and accuracy "
-        "sums, NaN check, history row); no evaluation split is given to either loop. "
-        "Target: ratio <= 1.10.\n\n"
-        "| model | data set | examples | advlab s / epoch | plain loop s / epoch | ratio |\n"
-        "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
-    )
-    write_fragment("loop" + "-quick" * quick, "Training loop overhead",
-                   "python -m bench.run --only loop" + " --quick" * quick, body)
+    body = (f"One epoch, batch 128, Adam, median of {reps} alternating runs each. advlab's `fit` "
+            "runs with its rich progress bar enabled and its per-epoch bookkeeping (loss and "
+            "accuracy sums, NaN check, history row); no evaluation split is given to either "
+            "loop. Target: ratio <= 1.10.\n\n"
+            "| model | data set | examples | advlab s / epoch | plain loop s / epoch | ratio |\n"
+            "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+    write_fragment("loop", "Training loop overhead", "python -m bench.run --only loop", body, quick)
 
 
 def compile_cost(reps: int = 3, quick: bool = False, bf16: bool = True,
@@ -98,11 +87,6 @@ def compile_cost(reps: int = 3, quick: bool = False, bf16: bool = True,
     # a cold compile: the inductor and FX-graph caches of an earlier run would hide its cost
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="inductor-"))
     from torch._dynamo.utils import counters
-
-    from advlab import data, models
-    from advlab.attacks import PGD
-    from advlab.train import TrainConfig, fit
-    from advlab.train.loop import compiled_forward
 
     load, (n_train, n_attack) = [os.getloadavg()], (500, 100) if quick else (5000, 500)
     train = data.subset(data.load("mnist", "train"), n_train, seed=0, balanced=True)
@@ -126,9 +110,8 @@ def compile_cost(reps: int = 3, quick: bool = False, bf16: bool = True,
     epoch(0, attacked)  # warm-up (thread pools, allocator, lazy imports); the weights PGD attacks
     attacked.eval()
     arms = {"train eager": epoch, "train compiled": partial(epoch, compile=True),
-            "train bf16": partial(epoch, amp="bf16"),
+            **({"train bf16": partial(epoch, amp="bf16")} if bf16 else {}),
             **{arm: partial(attack, arm=arm) for arm in ("pgd eager", "pgd compiled")}}
-    arms = {k: v for k, v in arms.items() if bf16 or k != "train bf16"}
     graphs, first = [counters["stats"]["unique_graphs"]], {}
     for arm in ("train compiled", "pgd compiled"):  # timed alone: each compiles in its first call
         first[arm] = arms[arm](-1)
@@ -147,14 +130,11 @@ def compile_cost(reps: int = 3, quick: bool = False, bf16: bool = True,
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="smaller settings (smoke run)")
-    ap.add_argument("--compile", action="store_true", help="eager vs torch.compile (issue 18)")
-    ap.add_argument("--reps", type=int, default=3, help="--compile's rounds")
-    ap.add_argument("--threads", type=int, default=2, help="--compile's torch threads")
-    ap.add_argument("--no-bf16", action="store_true", help="--compile without the bf16 arm")
-    ap.add_argument("--device", default="cpu", help="--compile's device: cpu | cuda")
-    a = ap.parse_args()
+    a = cli(__doc__, compile=dict(action="store_true", help="eager vs torch.compile (issue 18)"),
+            reps=dict(type=int, default=3, help="--compile's rounds"),
+            threads=dict(type=int, default=2, help="--compile's torch threads"),
+            no_bf16=dict(action="store_true", help="--compile without the bf16 arm"),
+            device=dict(default="cpu", help="--compile's device: cpu | cuda"))
     if a.compile:
         require_data()
         torch.set_num_threads(a.threads)

@@ -1,7 +1,5 @@
 """`make bench`: run the timing benchmarks and assemble docs/BENCHMARKS.md from the sections.
 
-    python -m bench.run [--only NAME ...] [--quick]
-
 bench/ holds timings only (ORDER): the training loop against a plain PyTorch loop, the attacks
 against torchattacks and Foolbox, AutoAttack against torchattacks', 2 processes against 1. Each
 writes docs/benchmarks/NAME.md (--quick: NAME-quick.md, left out). `advlab reproduce markdown
@@ -9,44 +7,34 @@ RUN -o docs/benchmarks/recipe-NAME.md` writes a recipe run's section. docs/BENCH
 timing sections, the recipe sections (in `advlab reproduce list`'s order), then the older ones.
 """
 
-from __future__ import annotations
-
-import argparse
 import importlib
 import sys
 
-from bench.common import FRAGMENTS, ROOT
+from bench.common import FRAGMENTS, ROOT, cli
 
 ORDER = ["loop", "attacks", "autoattack", "distributed"]
 OLDER = ["classifiers", "reproductions", "generative", "defenses", "evaluation"]
 
 
-def sections() -> list[str]:
-    """The fragments' names in docs/BENCHMARKS.md's order."""
+def assemble() -> None:
+    """Write docs/BENCHMARKS.md: a preface, then the sections in the order described above."""
     from advlab import recipes
 
     have = {p.stem for p in FRAGMENTS.glob("*.md") if not p.stem.endswith("-quick")}
     first = ORDER + [f"recipe-{name}" for name in recipes.names()] + OLDER
     rest = sorted(have - set(first), key=lambda s: (not s.startswith("recipe-"), s))
-    return [s for s in first + rest if s in have]
-
-
-def assemble() -> None:
     parts = ["# advlab benchmarks\n",
              "Every figure here was measured by the command named in its section, on the machine "
              "named there; nothing is copied or estimated. The timing sections come from `make "
              "bench` (`python -m bench.run`): ratios are measured side by side in one run, "
              "medians over repeated runs. The recipe sections come from `advlab reproduce NAME` "
              "(`advlab reproduce list` shows the recipes).\n"]
-    parts += [(FRAGMENTS / f"{s}.md").read_text() for s in sections()]
+    parts += [(FRAGMENTS / f"{s}.md").read_text() for s in first + rest if s in have]
     (ROOT / "docs" / "BENCHMARKS.md").write_text("\n".join(parts))
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--only", nargs="*", choices=ORDER, default=None, help="a subset")
-    ap.add_argument("--quick", action="store_true", help="smaller settings (smoke run)")
-    args = ap.parse_args()
+    args = cli(__doc__, only=dict(nargs="*", choices=ORDER, default=None, help="a subset"))
     failed = []
     for name in args.only or ORDER:
         print(f"[bench] {name}", flush=True)
