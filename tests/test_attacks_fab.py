@@ -410,3 +410,22 @@ def test_restarts_match_torchattacks(ta, norm, eps):
         theirs = 1 - (model(adv).argmax(1) != y).float().mean().item()
     robust = 1 - (ours.success & (size(ours, norm) <= eps)).float().mean().item()
     assert robust <= theirs + 1 / len(x) + 1e-9 and abs(robust - theirs) <= 0.01
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("newton_steps", [0, 1, 2])
+def test_linf_projections_bisection_fallback_equals_torchattacks(ta, newton_steps, monkeypatch):
+    """ℓ∞ radius by Newton steps; rows still rising after the cap finish by bisection: with
+    0, 1 or 2 steps allowed (all, most or some rows falling back) the projection is the
+    same, up to float64 rounding."""
+    from torchattacks.attacks import fab as ta_fab
+
+    from advlab.attacks import fab
+
+    monkeypatch.setattr(fab, "_NEWTON_STEPS", newton_steps)
+    t = box_points(300, 40, seed=11)
+    w = torch.randn(300, 40, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
+    b = (w * t).sum(1) + torch.linspace(-6, 6, 300, dtype=torch.float64)
+    torch.testing.assert_close(project_hyperplane_box(t, w, b, "linf"),
+                               ta_fab.projection_linf(t, w.clone(), b.clone()),
+                               atol=1e-12, rtol=0)

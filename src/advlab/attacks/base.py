@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from advlab.attacks import backward
 from advlab.attacks.checks_output import check_logits_like
 from advlab.attacks.rng import SampleRNG
 from advlab.attacks.threat import ThreatModel, clip_box, lp_norm
@@ -191,7 +192,7 @@ def check_differentiable(out: Tensor) -> None:
 def input_grad(loss: Tensor, x: Tensor) -> Tensor:
     """d loss / d x, without touching any parameter's ``.grad`` (never ``.backward()``)."""
     check_differentiable(loss)
-    (grad,) = torch.autograd.grad(loss, x, materialize_grads=True)
+    (grad,) = backward.grad(loss, x, materialize_grads=True)
     return grad
 
 
@@ -406,8 +407,11 @@ class Attack(ABC):
                 target = None if target is None else target.to(dev).clone()
                 checked.labels = [(n, lab.to(dev).clone()) for n, lab in labels]
                 rng = SampleRNG(self.seed, index.to(dev))
+                choice = "onednn" if self.gradient_free or not batch else \
+                    backward.conv_backward(model, x.shape[1:], dev, dtype)
                 if batch:
-                    out = self.run(checked, x32, y, target, rng)
+                    with backward.using(choice):
+                        out = self.run(checked, x32, y, target, rng)
                 else:  # nothing to attack; the forward below still checks the model
                     out = RunOutput(x32, 0)
                 adv = clip_box(out.adv.detach().to(dtype))

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from advlab.attacks import backward
 from advlab.attacks.base import (
     Attack,
     Model,
@@ -29,7 +30,7 @@ def candidate_grads(logits: Tensor, x: Tensor, weights: Tensor) -> Tensor:
     CPU faster than one vmapped backward, ``is_grads_batched``, and than M forward+backward).
     """
     check_differentiable(logits)
-    return torch.stack([torch.autograd.grad(logits, x, grad_outputs=w, retain_graph=True)[0]
+    return torch.stack([backward.grad(logits, x, grad_outputs=w, retain_graph=True)[0]
                         for w in weights])
 
 

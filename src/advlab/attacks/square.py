@@ -202,26 +202,46 @@ class Square(Attack):
         best = self._start(x, rng, key0)
         loss, fooled = self._scores(forward(best), label)
         used = torch.ones(x.shape[0], dtype=torch.int64, device=x.device)
-        active = (~fooled).nonzero().squeeze(1)  # indices of the points still searching
+        # The points still searching, kept compacted (their rows of x, best, loss, label, draws
+        # and ℓ∞ box) and written back only when some are fooled: an iteration then costs the
+        # forward and a few elementwise passes, no gather or scatter.
+        idx = (~fooled).nonzero().squeeze(1)
+        x_a, best_a, loss_a, label_a, rng_a = x[idx], best[idx], loss[idx], label[idx], \
+            rng.take(idx)
+        box = self._box(x_a)
         per_draw = (2 if self.norm == "linf" else 5) + x.shape[1]
-        draws = None
+        draws = x.new_empty(0)
         for i in range(1, self.queries):
-            if active.numel() == 0:
+            if idx.numel() == 0:
                 break
             j, t = divmod(i - 1, _CHUNK)
             if t == 0:  # one hash call for the next _CHUNK iterations of every point
-                draws = rng.rand((x.shape[0], _CHUNK, per_draw), key0 + 1 + j)
+                draws = rng_a.rand((idx.numel(), _CHUNK, per_draw), key0 + 1 + j)
             p = p_selection(self.p_init, i - 1, self.queries)
-            x_a, best_a = x[active], best[active]
-            cand = self._candidate(x_a, best_a, p, draws[active, t])
-            loss_c, fooled_c = self._scores(forward(cand), label[active])
-            accept = fooled_c | (loss_c < loss[active])
-            best[active] = torch.where(expand_as(accept, cand), cand, best_a)
-            loss[active] = torch.where(accept, loss_c, loss[active])
-            fooled[active] = fooled_c
-            used[active] += 1
-            active = active[~fooled_c]
+            cand = self._candidate(x_a, best_a, p, draws[:, t], box)
+            loss_c, fooled_c = self._scores(forward(cand), label_a)
+            accept = fooled_c | (loss_c < loss_a)
+            best_a = torch.where(expand_as(accept, cand), cand, best_a)
+            loss_a = torch.where(accept, loss_c, loss_a)
+            if fooled_c.any():  # write the fooled points back, drop them from the search
+                gone = idx[fooled_c]
+                best[gone], loss[gone], fooled[gone], used[gone] = \
+                    best_a[fooled_c], loss_a[fooled_c], True, i + 1
+                keep = ~fooled_c
+                idx, x_a, best_a, loss_a, label_a, draws = (
+                    idx[keep], x_a[keep], best_a[keep], loss_a[keep], label_a[keep],
+                    draws[keep])
+                box, rng_a = tuple(b[keep] for b in box), rng_a.take(keep)
+        best[idx], loss[idx], used[idx] = best_a, loss_a, max(self.queries, 1)
         return best, loss, fooled, used
+
+    def _box(self, x: Tensor) -> tuple[Tensor, ...]:
+        """ℓ∞: (x − ε, x + ε) clipped to [0, 1], the two values a square's pixels take;
+        ℓ2: ()."""
+        if self.norm != "linf":
+            return ()
+        eps = float(self.eps)
+        return clip_box(x - eps), clip_box(x + eps)
 
     def _start(self, x: Tensor, rng: SampleRNG, key: int) -> Tensor:
         b, c, h, w = x.shape
@@ -241,18 +261,19 @@ class Square(Attack):
         delta[:, :, top:top + nh * s, left:left + nw * s] = grid
         return clip_box(x + delta * expand_as(eps / lp_norm(delta, "l2").clamp_min(1e-12), x))
 
-    def _candidate(self, x: Tensor, best: Tensor, p: float, u: Tensor) -> Tensor:
+    def _candidate(self, x: Tensor, best: Tensor, p: float, u: Tensor,
+                   box: tuple[Tensor, ...]) -> Tensor:
         """The next candidate of each point from its uniforms ``u`` (A, 2 + C) for linf,
-        (A, 5 + C) for l2 (drawn per point and iteration: ``_search``)."""
+        (A, 5 + C) for l2 (drawn per point and iteration: ``_search``); ``box``: ``_box(x)``."""
         a, c, h, w = x.shape
         eps = float(self.eps)
         u = u.to(x.dtype)
         if self.norm == "linf":
             s = min(max(round(math.sqrt(p * h * w)), 1), h, w)
-            sign = torch.where(u[:, 2:] < 0.5, -1.0, 1.0)[:, :, None, None]  # (A, C, 1, 1)
+            up = (u[:, 2:] >= 0.5)[:, :, None, None]  # (A, C, 1, 1): the square's sign
             win = (window(corner(u[:, 0], s, h), s, h)[:, None, :, None]
                    & window(corner(u[:, 1], s, w), s, w)[:, None, None, :])  # (A, 1, H, W)
-            return torch.where(win, clip_box(x + eps * sign), best)
+            return torch.where(win, torch.where(up, box[1], box[0]), best)
         s = max(round(math.sqrt(p * h * w)), 3)
         s = min(s + 1 if s % 2 == 0 else s, h, w)
         sign = torch.where(u[:, 5:] < 0.5, -1.0, 1.0)[:, :, None, None]  # (A, C, 1, 1)
