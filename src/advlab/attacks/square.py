@@ -221,7 +221,8 @@ class Square(Attack):
             cand = self._candidate(x_a, best_a, p, draws[:, t], box)
             loss_c, fooled_c = self._scores(forward(cand), label_a)
             accept = fooled_c | (loss_c < loss_a)
-            best_a = torch.where(expand_as(accept, cand), cand, best_a)
+            rows = accept.nonzero().squeeze(1)  # few after the first iterations: copy those
+            best_a.index_copy_(0, rows, cand.index_select(0, rows))
             loss_a = torch.where(accept, loss_c, loss_a)
             if fooled_c.any():  # write the fooled points back, drop them from the search
                 gone = idx[fooled_c]
@@ -268,12 +269,17 @@ class Square(Attack):
         a, c, h, w = x.shape
         eps = float(self.eps)
         u = u.to(x.dtype)
-        if self.norm == "linf":
+        if self.norm == "linf":  # best with one s × s square set to x ± ε (clipped)
             s = min(max(round(math.sqrt(p * h * w)), 1), h, w)
-            up = (u[:, 2:] >= 0.5)[:, :, None, None]  # (A, C, 1, 1): the square's sign
-            win = (window(corner(u[:, 0], s, h), s, h)[:, None, :, None]
-                   & window(corner(u[:, 1], s, w), s, w)[:, None, None, :])  # (A, 1, H, W)
-            return torch.where(win, torch.where(up, box[1], box[0]), best)
+            up = (u[:, 2:] >= 0.5)[:, :, None]  # (A, C, 1): the square's sign per channel
+            top, left = corner(u[:, 0], s, h), corner(u[:, 1], s, w)
+            r = torch.arange(s, device=x.device)
+            pix = ((top[:, None, None] + r[:, None]) * w + left[:, None, None] + r)  # (A, s, s)
+            pix = pix.reshape(a, 1, s * s).expand(a, c, s * s)  # flat pixels of the square
+            lo, hi = (b.reshape(a, c, h * w) for b in box)
+            val = torch.where(up, hi.gather(2, pix), lo.gather(2, pix))  # (A, C, s²)
+            # a copy and a scatter of the square: no pass over the image but the copy
+            return best.reshape(a, c, h * w).clone().scatter_(2, pix, val).view_as(best)
         s = max(round(math.sqrt(p * h * w)), 3)
         s = min(s + 1 if s % 2 == 0 else s, h, w)
         sign = torch.where(u[:, 5:] < 0.5, -1.0, 1.0)[:, :, None, None]  # (A, C, 1, 1)
