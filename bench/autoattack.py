@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from advlab.attacks import backward
 from bench.common import ROOT, alternated, clocked, fwd_bwd, model_run, write_fragment
 
 DEFAULT_RUN = ROOT / "runs" / "reproduce" / "mnist-linf" / "fast-at"
@@ -127,6 +128,7 @@ def main(quick: bool = False, run: Path = DEFAULT_RUN, n: int = 1000, eps: float
         print(rows[-1], flush=True)
     xa, reps, steps = x[:500], *((1, 10) if quick else (5, 100))
     floor, per_step = _apgd_cost(model, xa, reps, steps)
+    choice = backward.conv_backward(model, x.shape[1:], x.device)
     (sq_ours, sq_n_ours), (sq_theirs, sq_n_theirs) = _square_queries(model, x[:200], y[:200], eps)
     name = run.relative_to(ROOT) if run.is_relative_to(ROOT) else run
 
@@ -151,9 +153,9 @@ torchattacks robust accuracy |
 advlab after each attack (cumulative): {cumul}.
 
 APGD per gradient step on {len(xa)} of these points (ε = 0: every step on the whole batch),
-against one forward+backward of the model (CPU time of the one thread, medians of
-{reps} alternated runs of {steps} steps; the attack's fixed costs —
-its clean and final forward passes, the random start — are spread over them):
+against one forward+backward of the model (advlab chose the {choice} CPU convolution backward
+for both; CPU time of the one thread, medians of {reps} alternated runs of {steps} steps; the
+fixed costs — the clean and final forward passes, the random start — are spread over them):
 
 | attack | ms per step | ms per forward+backward | ratio |
 |---|---|---|---|

@@ -56,10 +56,14 @@ def alternated(fns: Sequence[Callable[[int], float]], reps: int) -> list[float]:
 
 
 def fwd_bwd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int) -> None:
-    """One forward+backward w.r.t. the input over ``x`` in batches: an attack step's floor."""
-    for xb, yb in zip(x.split(batch), y.split(batch), strict=True):
-        xb = xb.detach().requires_grad_(True)
-        torch.autograd.grad(F.cross_entropy(model(xb), yb, reduction="sum"), xb)
+    """One forward+backward w.r.t. the input over ``x`` in batches: an attack step's floor
+    (with the CPU convolution backward advlab's attacks use for this model)."""
+    from advlab.attacks import backward
+
+    with backward.using(backward.conv_backward(model, x.shape[1:], x.device)):
+        for xb, yb in zip(x.split(batch), y.split(batch), strict=True):
+            xb = xb.detach().requires_grad_(True)
+            backward.grad(F.cross_entropy(model(xb), yb, reduction="sum"), xb)
 
 
 def peak_kb() -> int:
