@@ -93,7 +93,8 @@ class Square(Attack):
 
     Random search as in AutoAttack's version. ℓ∞: start from vertical stripes x ± ε (one sign
     per channel and column); each iteration sets one random square of side
-    s = round(sqrt(p · H · W)) to x ± ε (one sign per channel). ℓ2: start from a grid of the
+    s = round(sqrt(p · H · W)) to x ± ε (one sign per channel; a square that would change
+    nothing gets the opposite signs, where AutoAttack redraws it). ℓ2: start from a grid of the
     paper's weighted squares scaled to ‖δ‖₂ = ε; each iteration moves the perturbation's mass
     of a second random window into the first, plus a new weighted square, back on the sphere.
     The candidate is projected onto the ball ∩ [0, 1] and kept if the loss decreases (margin
@@ -276,10 +277,15 @@ class Square(Attack):
             r = torch.arange(s, device=x.device)
             pix = ((top[:, None, None] + r[:, None]) * w + left[:, None, None] + r)  # (A, s, s)
             pix = pix.reshape(a, 1, s * s).expand(a, c, s * s)  # flat pixels of the square
-            lo, hi = (b.reshape(a, c, h * w) for b in box)
-            val = torch.where(up, hi.gather(2, pix), lo.gather(2, pix))  # (A, C, s²)
+            lo, hi = (b.reshape(a, c, h * w).gather(2, pix) for b in box)  # (A, C, s²)
+            flat = best.reshape(a, c, h * w)
+            val = torch.where(up, hi, lo)
+            # a square that would change nothing (already at those values: frequent once the
+            # squares are a pixel wide) is redrawn, as in AutoAttack: its signs flipped
+            same = (val == flat.gather(2, pix)).flatten(1).all(dim=1)[:, None, None]
+            val = torch.where(same, torch.where(up, lo, hi), val)
             # a copy and a scatter of the square: no pass over the image but the copy
-            return best.reshape(a, c, h * w).clone().scatter_(2, pix, val).view_as(best)
+            return flat.clone().scatter_(2, pix, val).view_as(best)
         s = max(round(math.sqrt(p * h * w)), 3)
         s = min(s + 1 if s % 2 == 0 else s, h, w)
         sign = torch.where(u[:, 5:] < 0.5, -1.0, 1.0)[:, :, None, None]  # (A, C, 1, 1)
