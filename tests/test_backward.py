@@ -120,3 +120,11 @@ def test_a_compiled_model_keeps_the_backward_it_was_traced_with(auto, monkeypatc
     assert backward.conv_backward(model, (1, 28, 28), "cpu") == "onednn"
     monkeypatch.setenv("ADVLAB_CPU_BACKWARD", "native")  # not even when asked for
     assert backward.conv_backward(model, (1, 28, 28), "cpu") == "onednn"
+
+
+def test_a_process_of_a_torchrun_job_does_not_measure(auto, monkeypatch):
+    """Its peers could measure another answer: without a cached one it keeps oneDNN."""
+    monkeypatch.setattr(backward, "_measure", lambda *a: pytest.fail("measured"))
+    monkeypatch.setattr(backward, "_distributed", lambda: True)
+    assert backward.conv_backward(conv_net(), (1, 28, 28), "cpu") == "onednn"
+    assert not auto.exists()

@@ -16,6 +16,9 @@ machine (``cpu_backward.json`` beside the batch-size cache, keyed like it by the
 architecture, the input shape, the threads and the torch version) and announced in one log
 line the first time. Both ways compute the same gradient up to float rounding (about 1e-6).
 
+Under torchrun a process uses the cached answer, or oneDNN where none is cached (the processes
+could measure different answers and their results then differ by rounding).
+
 ``ADVLAB_CPU_BACKWARD`` = ``auto`` (the default), ``onednn`` or ``native`` overrides the
 measurement, e.g. for bitwise-reproducible runs across machines. Models without convolutions,
 models on a GPU, compiled models (``torch.compile`` fixes the backward graph when it traces)
@@ -140,6 +143,10 @@ def conv_backward(model: object, sample_shape: Sequence[int], device: torch.devi
     path = cache_dir() / CACHE_FILE
     if choice is None and cache:
         choice = _read(path).get(key)
+    if choice is None and _distributed():
+        # processes of one torchrun job could measure different answers, and their results
+        # would then differ by rounding: without a cached answer they keep PyTorch's default
+        choice = "onednn"
     if choice is None:
         choice, t_onednn, t_native = _measure(model, sample_shape, device, dtype)
         log.info("input gradients of this model on the CPU: %s convolution backward "
@@ -155,6 +162,10 @@ def conv_backward(model: object, sample_shape: Sequence[int], device: torch.devi
                 pass  # a read-only home still gets the measured answer, just not cached
     _memo[key] = choice
     return choice
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 @contextmanager
