@@ -139,8 +139,8 @@ def test_collectives_and_every_defense_objective_under_two_processes(tmp_path):
     """Variable-length gathers, shares, errors raised on every rank, and one epoch of
     data-parallel ``fit`` per objective: the ranks hold the same weights after it, and for
     deterministic objectives the weights of one process trained on the same global batches
-    (differences of float rounding only: < 1e-4; Deep Defense's DeepFool steps amplify
-    rounding to a few 1e-5 on some CPUs)."""
+    (differences of float rounding only: < 1e-5, and < 1e-4 for Deep Defense, whose DeepFool
+    steps amplify rounding to a few 1e-5 on some CPUs)."""
     worker = Path(__file__).with_name("distributed_worker.py")
     run(launcher(str(worker), str(tmp_path / "out")), tmp_path)
     found = [json.loads((tmp_path / f"out.{r}.json").read_text()) for r in range(2)]
@@ -156,7 +156,8 @@ def test_collectives_and_every_defense_objective_under_two_processes(tmp_path):
         for key, row in f["objectives"].items():
             assert row["same_on_ranks"] and row["finite"] and row["forward_restored"], key
             if row["exact"]:
-                assert row["max_param_diff"] < 1e-4, key
+                tol = 1e-4 if key.startswith("deep-defense") else 1e-5
+                assert row["max_param_diff"] < tol, key
                 assert row["loss"] == pytest.approx(row["loss_alone"], rel=1e-5), key
     assert found[0]["objectives"] == found[1]["objectives"]  # every rank saw the same
     # a NaN loss on rank 1 alone stops both at that batch (its flag rides on the gradients)

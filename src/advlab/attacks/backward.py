@@ -42,6 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from advlab.io import write_json
+from advlab.modes import eval_mode
 from advlab.tuning import _key, cache_dir
 
 CHOICES = ("onednn", "native")
@@ -107,20 +108,14 @@ def _measure(model: nn.Module, sample_shape: Sequence[int], device: torch.device
              dtype: torch.dtype) -> tuple[str, float, float]:
     """(choice, oneDNN seconds, native seconds) of one forward+backward of ``_BATCH`` inputs."""
     x = torch.rand(_BATCH, *sample_shape, device=device, dtype=dtype)
-    flags = [m.training for m in model.modules()]
-    model.eval()
-    try:
-        with torch.inference_mode(False), torch.enable_grad():
-            if _seconds(model, x, False) > _SLOW_CALL:  # the warm-up: too slow to measure
-                return "onednn", float("nan"), float("nan")
-            _seconds(model, x, True)
-            times: dict[bool, list[float]] = {False: [], True: []}
-            for _ in range(_REPS):
-                for native in (False, True):
-                    times[native].append(_seconds(model, x, native))
-    finally:
-        for m, f in zip(model.modules(), flags, strict=True):
-            m.training = f
+    with eval_mode(model), torch.inference_mode(False), torch.enable_grad():
+        if _seconds(model, x, False) > _SLOW_CALL:  # the warm-up: too slow to measure
+            return "onednn", float("nan"), float("nan")
+        _seconds(model, x, True)
+        times: dict[bool, list[float]] = {False: [], True: []}
+        for _ in range(_REPS):
+            for native in (False, True):
+                times[native].append(_seconds(model, x, native))
     onednn, native = min(times[False]), min(times[True])
     return ("native" if native <= MARGIN * onednn else "onednn"), onednn, native
 
