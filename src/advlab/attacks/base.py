@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from advlab import allocator
 from advlab.attacks import backward
 from advlab.attacks.checks_output import check_logits_like
 from advlab.attacks.rng import SampleRNG
@@ -380,6 +381,7 @@ class Attack(ABC):
             raise ValueError(f"expected the model to be an nn.Module or a callable x -> logits, "
                              f"got {type(model).__name__} (the call is attack(model, x, y))")
         check_inputs(x)
+        allocator.tune()  # once per process: attack loops then reuse freed memory
         batch = x.shape[0]
         y = check_labels("y", y, batch, x.device)
         labels = [("y", y)]

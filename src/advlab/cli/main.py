@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from advlab import allocator
 from advlab.cli import (
     attack_cmd,
     data_cmd,
@@ -19,6 +20,7 @@ from advlab.cli import (
 from advlab.cli.common import (
     DeviceOption,
     OutOption,
+    fail,
     set_verbose,
 )
 
@@ -28,6 +30,10 @@ def _main(ctx: typer.Context,
                                        "the console (every run's log.txt has them anyway).")
           ) -> None:
     set_verbose(verbose)
+    try:
+        allocator.tune()  # freed tensor memory stays in the process (no page faults)
+    except ValueError as e:
+        fail(str(e))
     report_cmd.collect(ctx)  # every run directory a command makes gets its report.html
 
 
