@@ -3,26 +3,70 @@
     ADVLAB_DATA=../shared/data python -m bench.autoattack [--model-run RUN] [--n N] [--quick]
 
 For a classifier run (default: the ``fast-at`` job of the ``mnist-linf`` recipe, a ``wong-cnn``)
-on the first ``n`` MNIST test points at ℓ∞ ε = 0.3, one process, one thread: the
-``autoattack`` suite of ``advlab eval robust`` vs torchattacks' AutoAttack at two budgets
-(seconds, robust accuracy), APGD's cost per gradient step against one forward+backward, and
-Square's queries per fooled point. Writes docs/benchmarks/autoattack.md, which says how.
+on the first ``n`` MNIST test points at ℓ∞ ε = 0.3, one thread: the ``autoattack`` suite of
+``advlab eval robust`` vs torchattacks' AutoAttack at two budgets (seconds, robust accuracy),
+each run in a fresh process (``--worker``) as a user would start it, the libraries
+alternating; at AutoAttack's budget also torchattacks in a process with the glibc malloc
+setting advlab makes (``advlab.allocator``). Then APGD's cost per gradient step against one
+forward+backward, and Square's queries per fooled point. Writes docs/benchmarks/autoattack.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
 import time
-from functools import partial
 from pathlib import Path
 
 import torch
 
+from advlab import allocator
 from advlab.attacks import backward
 from bench.common import ROOT, alternated, clocked, fwd_bwd, model_run, write_fragment
 
 DEFAULT_RUN = ROOT / "runs" / "reproduce" / "mnist-linf" / "fast-at"
 HINT = "run `advlab reproduce mnist-linf` first"
+
+
+# torchattacks in a process with the glibc setting advlab's attacks make (glibc's variables)
+SAME_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(allocator.MMAP_THRESHOLD),
+               "MALLOC_TRIM_THRESHOLD_": str(allocator.TRIM_THRESHOLD)}
+
+
+def _fresh(lib: str, run: Path, n: int, eps: float, steps: int | None, acc: dict,
+           env: dict | None = None, key: str | None = None):
+    """``fn(r) -> seconds``: one suite run of ``lib`` in a new process (``--worker``), its
+    accuracies into ``acc`` under ``key`` (default ``lib``)."""
+    def fn(r: int) -> float:
+        base = {k: v for k, v in os.environ.items() if k not in SAME_MALLOC}
+        argv = [sys.executable, "-m", "bench.autoattack", "--worker", lib, "--model-run",
+                str(run), "--n", str(n), "--eps", str(eps), "--steps", str(steps or 0)]
+        out = subprocess.run(argv, env={**base, **(env or {})}, cwd=ROOT, check=True,
+                             capture_output=True, text=True).stdout
+        res = json.loads(out.strip().splitlines()[-1])
+        acc[key or lib] = res["robust_accuracy"]
+        if "after" in res:
+            acc["after"] = res["after"]
+        return res["seconds"]
+    return fn
+
+
+def _worker(lib: str, run: Path, n: int, eps: float, steps: int) -> None:
+    """One suite run in this process; prints its seconds and robust accuracy as JSON."""
+    torch.set_num_threads(1)
+    from advlab import data
+    from advlab.weights import load_model
+
+    model = load_model(run).eval()
+    test = data.load("mnist", "test")
+    acc: dict = {}
+    run_suite = _ours if lib == "advlab" else _theirs
+    seconds = run_suite(model, test.x[:n], test.y[:n], eps, steps or None, acc, 0)
+    print(json.dumps({"seconds": seconds, "robust_accuracy": acc[lib],
+                      **({"after": acc["after"]} if "after" in acc else {})}))
 
 
 def _ours(model, x, y, eps: float, steps: int, acc: dict, r: int) -> float:
@@ -120,11 +164,17 @@ def main(quick: bool = False, run: Path = DEFAULT_RUN, n: int = 1000, eps: float
                                            ("torchattacks' default budget (10 iterations)",
                                             10, None)):
         acc: dict = {}
-        o, t = alternated([partial(_ours, model, x, y, eps, ours_steps, acc),
-                           partial(_theirs, model, x, y, eps, their_steps, acc)], repeats)
+        runs = [_fresh("advlab", run, n, eps, ours_steps, acc),
+                _fresh("torchattacks", run, n, eps, their_steps, acc)]
+        if ours_steps == 100:
+            runs.append(_fresh("torchattacks", run, n, eps, their_steps, acc, SAME_MALLOC,
+                               "same-malloc"))
+        o, t, *same = alternated(runs, repeats)
         after[label] = acc["after"]
-        rows.append(f"| {label} | {o:.1f} | {t:.1f} | {t / o:.2f}× | {acc['advlab']:.2%} | "
-                    f"{acc['torchattacks']:.2%} |")
+        same_cell = (f"{same[0]:.1f} ({same[0] / o:.2f}×, {acc['same-malloc']:.2%})" if same
+                     else "–")
+        rows.append(f"| {label} | {o:.1f} | {t:.1f} | **{t / o:.2f}×** | {same_cell} | "
+                    f"{acc['advlab']:.2%} | {acc['torchattacks']:.2%} |")
         print(rows[-1], flush=True)
     xa, reps, steps = x[:500], *((1, 10) if quick else (5, 100))
     floor, per_step = _apgd_cost(model, xa, reps, steps)
@@ -137,17 +187,23 @@ def main(quick: bool = False, run: Path = DEFAULT_RUN, n: int = 1000, eps: float
     apgd = "\n".join(f"| {k} | {1e3 * v:.1f} | {1e3 * floor:.1f} | **{v / floor:.3f}** |"
                      for k, v in per_step.items())
     body = f"""
-Model: `{name}`; the first {n} MNIST test points; ℓ∞ ε = {eps:g}; one thread; the two
-libraries alternate in one process ({repeats} run(s) each, median). advlab runs
+Model: `{name}`; the first {n} MNIST test points; ℓ∞ ε = {eps:g}; one thread; every run in a
+fresh Python process, as a user starts it, the libraries alternating ({repeats} run(s) each,
+median; the seconds are the suite's alone, not the imports). advlab runs
 `standard_evaluation(suite="autoattack")` (the CLI's `--suite autoattack`, `--aa-steps` for
 the budget); torchattacks 3.5.1 runs `AutoAttack(version="standard")` as shipped for its own
 budget — its APGD, APGD-T and FAB-T default to 10 iterations, not AutoAttack's 100 — and
 for AutoAttack's budget the same four attacks composed in its `MultiAttack` with 100
-iterations. Square has 5000 queries in every row.
+iterations. Square has 5000 queries in every row. advlab's attacks set glibc's malloc to keep
+freed memory in the process (`advlab.allocator`; `ADVLAB_MALLOC=off` keeps the defaults):
+without it a forward-only loop such as Square's maps and zero-fills its activations afresh on
+every query. The column "torchattacks, same malloc" gives torchattacks that setting too
+(through glibc's own `MALLOC_MMAP_THRESHOLD_` / `MALLOC_TRIM_THRESHOLD_`): its seconds, advlab's
+speed-up over it and its robust accuracy — the part of the speed-up that is not the allocator.
 
-| budget | advlab seconds | torchattacks seconds | advlab speed-up | advlab robust accuracy | \
-torchattacks robust accuracy |
-|---|---|---|---|---|---|
+| budget | advlab seconds | torchattacks seconds | advlab speed-up | torchattacks, same malloc \
+| advlab robust accuracy | torchattacks robust accuracy |
+|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 
 advlab after each attack (cumulative): {cumul}.
@@ -179,5 +235,10 @@ if __name__ == "__main__":
     ap.add_argument("--eps", type=float, default=0.3)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="20 points, short APGD timing")
+    ap.add_argument("--worker", choices=("advlab", "torchattacks"), help=argparse.SUPPRESS)
+    ap.add_argument("--steps", type=int, default=0, help=argparse.SUPPRESS)
     a = ap.parse_args()
-    main(a.quick, a.model_run.resolve(), a.n, a.eps, a.repeats)
+    if a.worker:
+        _worker(a.worker, a.model_run.resolve(), a.n, a.eps, a.steps)
+    else:
+        main(a.quick, a.model_run.resolve(), a.n, a.eps, a.repeats)
