@@ -6,16 +6,14 @@ For a classifier run (default: the ``fast-at`` job of the ``mnist-linf`` recipe,
 on the first ``n`` MNIST test points at ℓ∞ ε = 0.3, one thread: the ``autoattack`` suite of
 ``advlab eval robust`` vs torchattacks' AutoAttack at two budgets (seconds, robust accuracy),
 each run in a fresh process (``--worker``) as a user would start it, the libraries
-alternating; at AutoAttack's budget also torchattacks in a process with the glibc malloc
-setting advlab makes (``advlab.allocator``). Then APGD's cost per gradient step against one
-forward+backward, and Square's queries per fooled point. Writes docs/benchmarks/autoattack.md.
+alternating. Then APGD's cost per gradient step against one forward+backward, and Square's
+queries per fooled point. Writes docs/benchmarks/autoattack.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -23,7 +21,6 @@ from pathlib import Path
 
 import torch
 
-from advlab import allocator
 from advlab.attacks import backward
 from bench.common import ROOT, alternated, clocked, fwd_bwd, model_run, write_fragment
 
@@ -31,23 +28,15 @@ DEFAULT_RUN = ROOT / "runs" / "reproduce" / "mnist-linf" / "fast-at"
 HINT = "run `advlab reproduce mnist-linf` first"
 
 
-# torchattacks in a process with the glibc setting advlab's attacks make (glibc's variables)
-SAME_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(allocator.MMAP_THRESHOLD),
-               "MALLOC_TRIM_THRESHOLD_": str(allocator.TRIM_THRESHOLD)}
-
-
-def _fresh(lib: str, run: Path, n: int, eps: float, steps: int | None, acc: dict,
-           env: dict | None = None, key: str | None = None):
+def _fresh(lib: str, run: Path, n: int, eps: float, steps: int | None, acc: dict):
     """``fn(r) -> seconds``: one suite run of ``lib`` in a new process (``--worker``), its
-    accuracies into ``acc`` under ``key`` (default ``lib``)."""
+    accuracies into ``acc``."""
     def fn(r: int) -> float:
-        base = {k: v for k, v in os.environ.items() if k not in SAME_MALLOC}
         argv = [sys.executable, "-m", "bench.autoattack", "--worker", lib, "--model-run",
                 str(run), "--n", str(n), "--eps", str(eps), "--steps", str(steps or 0)]
-        out = subprocess.run(argv, env={**base, **(env or {})}, cwd=ROOT, check=True,
-                             capture_output=True, text=True).stdout
+        out = subprocess.run(argv, cwd=ROOT, check=True, capture_output=True, text=True).stdout
         res = json.loads(out.strip().splitlines()[-1])
-        acc[key or lib] = res["robust_accuracy"]
+        acc[lib] = res["robust_accuracy"]
         if "after" in res:
             acc["after"] = res["after"]
         return res["seconds"]
@@ -164,16 +153,10 @@ def main(quick: bool = False, run: Path = DEFAULT_RUN, n: int = 1000, eps: float
                                            ("torchattacks' default budget (10 iterations)",
                                             10, None)):
         acc: dict = {}
-        runs = [_fresh("advlab", run, n, eps, ours_steps, acc),
-                _fresh("torchattacks", run, n, eps, their_steps, acc)]
-        if ours_steps == 100:
-            runs.append(_fresh("torchattacks", run, n, eps, their_steps, acc, SAME_MALLOC,
-                               "same-malloc"))
-        o, t, *same = alternated(runs, repeats)
+        o, t = alternated([_fresh("advlab", run, n, eps, ours_steps, acc),
+                           _fresh("torchattacks", run, n, eps, their_steps, acc)], repeats)
         after[label] = acc["after"]
-        same_cell = (f"{same[0]:.1f} ({same[0] / o:.2f}×, {acc['same-malloc']:.2%})" if same
-                     else "–")
-        rows.append(f"| {label} | {o:.1f} | {t:.1f} | **{t / o:.2f}×** | {same_cell} | "
+        rows.append(f"| {label} | {o:.1f} | {t:.1f} | **{t / o:.2f}×** | "
                     f"{acc['advlab']:.2%} | {acc['torchattacks']:.2%} |")
         print(rows[-1], flush=True)
     xa, reps, steps = x[:500], *((1, 10) if quick else (5, 100))
@@ -194,16 +177,11 @@ median; the seconds are the suite's alone, not the imports). advlab runs
 the budget); torchattacks 3.5.1 runs `AutoAttack(version="standard")` as shipped for its own
 budget — its APGD, APGD-T and FAB-T default to 10 iterations, not AutoAttack's 100 — and
 for AutoAttack's budget the same four attacks composed in its `MultiAttack` with 100
-iterations. Square has 5000 queries in every row. advlab's attacks set glibc's malloc to keep
-freed memory in the process (`advlab.allocator`; `ADVLAB_MALLOC=off` keeps the defaults):
-without it a forward-only loop such as Square's maps and zero-fills its activations afresh on
-every query. The column "torchattacks, same malloc" gives torchattacks that setting too
-(through glibc's own `MALLOC_MMAP_THRESHOLD_` / `MALLOC_TRIM_THRESHOLD_`): its seconds, advlab's
-speed-up over it and its robust accuracy — the part of the speed-up that is not the allocator.
+iterations. Square has 5000 queries in every row.
 
-| budget | advlab seconds | torchattacks seconds | advlab speed-up | torchattacks, same malloc \
-| advlab robust accuracy | torchattacks robust accuracy |
-|---|---|---|---|---|---|---|
+| budget | advlab seconds | torchattacks seconds | advlab speed-up | advlab robust accuracy | \
+torchattacks robust accuracy |
+|---|---|---|---|---|---|
 {chr(10).join(rows)}
 
 advlab after each attack (cumulative): {cumul}.
