@@ -138,8 +138,12 @@ def _square_queries(model, x, y, eps: float) -> list[tuple[float, int]]:
             for q in (ours, n_q[fooled])]
 
 
+BUDGETS = {100: ("AutoAttack's budget (100 iterations)", 100, 100),
+           10: ("torchattacks' default budget (10 iterations)", 10, None)}
+
+
 def main(quick: bool = False, run: Path = DEFAULT_RUN, n: int = 1000, eps: float = 0.3,
-         repeats: int = 1) -> None:
+         repeats: int = 1, budgets: tuple[int, ...] = (100, 10)) -> None:
     torch.set_num_threads(1)
     from advlab import data
     from advlab.weights import load_model
@@ -149,9 +153,7 @@ def main(quick: bool = False, run: Path = DEFAULT_RUN, n: int = 1000, eps: float
     test = data.load("mnist", "test")
     x, y = test.x[:n], test.y[:n]
     rows, after = [], {}
-    for label, ours_steps, their_steps in (("AutoAttack's budget (100 iterations)", 100, 100),
-                                           ("torchattacks' default budget (10 iterations)",
-                                            10, None)):
+    for label, ours_steps, their_steps in (BUDGETS[b] for b in budgets):
         acc: dict = {}
         o, t = alternated([_fresh("advlab", run, n, eps, ours_steps, acc),
                            _fresh("torchattacks", run, n, eps, their_steps, acc)], repeats)
@@ -202,6 +204,7 @@ queries per fooled point {sq_ours:.0f} (advlab, {sq_n_ours} fooled) vs {sq_their
     write_fragment("autoattack" + "-quick" * quick,
                    "AutoAttack-grade evaluation vs torchattacks' AutoAttack",
                    f"python -m bench.autoattack --model-run {name} --n {n} --repeats {repeats}"
+                   + (f" --budgets {','.join(map(str, budgets))}" if budgets != (100, 10) else "")
                    + " --quick" * quick, body)
 
 
@@ -213,10 +216,15 @@ if __name__ == "__main__":
     ap.add_argument("--eps", type=float, default=0.3)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="20 points, short APGD timing")
+    ap.add_argument("--budgets", default="100,10",
+                    help="rows: 100 (AutoAttack's iterations), 10 (torchattacks' default)")
     ap.add_argument("--worker", choices=("advlab", "torchattacks"), help=argparse.SUPPRESS)
     ap.add_argument("--steps", type=int, default=0, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
         _worker(a.worker, a.model_run.resolve(), a.n, a.eps, a.steps)
     else:
-        main(a.quick, a.model_run.resolve(), a.n, a.eps, a.repeats)
+        budgets = tuple(int(b) for b in a.budgets.split(","))
+        if not set(budgets) <= set(BUDGETS):
+            ap.error(f"--budgets: expected some of 100,10, got {a.budgets!r}")
+        main(a.quick, a.model_run.resolve(), a.n, a.eps, a.repeats, budgets)
