@@ -87,16 +87,24 @@ def test_a_real_sigint_exits_130_with_the_resume_line(tmp_path):
     args = [sys.executable, "-m", "advlab.cli.main", "train", "classifier", "--dataset",
             "digits", "--model", "lrl", "--epochs", "100000", "--batch-size", "512",
             "--device", "cpu", "--no-progress", "--out", str(out)]
+    # A shell starts a background job (`make test &`) with SIGINT ignored, and Python then
+    # installs no KeyboardInterrupt handler in the child: give the child the default back.
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "COLUMNS": "300"})
-    ckpt = out / "checkpoint.safetensors"
-    deadline = time.time() + 60
-    while time.time() < deadline and proc.poll() is None and not ckpt.exists():
-        time.sleep(0.05)
-    assert proc.poll() is None, proc.communicate()
-    time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+                            env={**os.environ, "COLUMNS": "300"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        ckpt = out / "checkpoint.safetensors"
+        deadline = time.time() + 60
+        while time.time() < deadline and proc.poll() is None and not ckpt.exists():
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # a failed assertion above: no run left behind
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 130, err
     text = " ".join(err.split())
     assert "interrupted" in text and "--resume" in text and "Traceback" not in err
