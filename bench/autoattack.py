@@ -53,12 +53,12 @@ def _worker(lib: str, run: Path, n: int, eps: float, steps: int) -> None:
     test = data.load("mnist", "test")
     acc: dict = {}
     run_suite = _ours if lib == "advlab" else _theirs
-    seconds = run_suite(model, test.x[:n], test.y[:n], eps, steps or None, acc, 0)
+    seconds = run_suite(model, test.x[:n], test.y[:n], eps, steps or None, acc)
     print(json.dumps({"seconds": seconds, "robust_accuracy": acc[lib],
                       **({"after": acc["after"]} if "after" in acc else {})}))
 
 
-def _ours(model, x, y, eps: float, steps: int, acc: dict, r: int) -> float:
+def _ours(model, x, y, eps: float, steps: int, acc: dict) -> float:
     """Seconds of advlab's suite; its robust accuracy, also after each attack, into ``acc``."""
     from advlab.attacks import ThreatModel
     from advlab.eval import AutoAttackSettings, standard_evaluation
@@ -70,7 +70,7 @@ def _ours(model, x, y, eps: float, steps: int, acc: dict, r: int) -> float:
     return seconds
 
 
-def _theirs(model, x, y, eps: float, steps: int | None, acc: dict, r: int) -> float:
+def _theirs(model, x, y, eps: float, steps: int | None, acc: dict) -> float:
     """Seconds of torchattacks' AutoAttack as shipped (``steps`` None), or of its four attacks
     composed the same way with ``steps`` iterations for APGD, APGD-T and FAB-T; its robust
     accuracy into ``acc``."""
