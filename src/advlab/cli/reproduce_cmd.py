@@ -46,7 +46,8 @@ def list_command() -> None:
     from advlab import recipes
 
     t = Table(title="recipes (advlab reproduce NAME [--quick])")
-    for col in ("name", "reproduces", "data", "full", "quick"):
+    t.add_column("name", no_wrap=True)  # a name is what the user types: never cut
+    for col in ("reproduces", "data", "full", "quick"):
         t.add_column(col)
     for name in recipes.names():
         r = recipes.load(name)
