@@ -129,3 +129,44 @@ def test_svd_options_are_checked_before_the_run_directory(plain_run, tmp_path, a
                               "--out", str(out), *args])
     assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output
     assert not out.exists()
+
+
+def test_defend_svd_suite_evaluates_each_truncated_model_as_eval_robust_does(plain_run,
+                                                                             tmp_path):
+    common = ["defend", "svd", str(plain_run), "--fraction", "0,0.5", "--eps", "0.1",
+              "--n", "60", "--seed", "3"]
+    budgets = ["--aa-steps", "10", "--aa-targets", "2", "--square-queries", "100",
+               "--steps", "10", "--restarts", "1", "--n-checks", "20"]
+    result = _ok([*common, "--suite", "standard", *budgets, "--out", str(tmp_path / "s")])
+    rows = json.loads((tmp_path / "s" / "metrics.json").read_text())["rows"]
+    _ok([*common, "--attack", "fgsm", "--out", str(tmp_path / "f")])
+    fgsm = json.loads((tmp_path / "f" / "metrics.json").read_text())["rows"]
+    for row, f in zip(rows, fgsm, strict=True):
+        attacks = row["extra"]["attacks"]
+        assert {"apgd-ce", "apgd-t", "fab-t", "square", "fgsm", "pgd"} <= set(attacks)
+        # the worst case over every attack: at most each attack's own number, FGSM's included
+        assert row["adversarial_accuracy"] <= min(attacks.values()) + 1e-9
+        assert row["adversarial_accuracy"] <= f["adversarial_accuracy"] + 1e-9
+        assert row["clean_accuracy"] == pytest.approx(f["clean_accuracy"])
+        assert 0.0 <= row["extra"]["transfer_accuracy"] <= row["clean_accuracy"]
+        assert isinstance(row["extra"]["reliable"], bool)
+    config = yaml.safe_load((tmp_path / "s" / "config.yaml").read_text())
+    assert config["suite"] == "standard" and config["threat"] == {"norm": "linf", "eps": 0.1}
+    assert "worst case" in result.output and "transfer" in result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--suite", "standard"], "--suite needs --eps"),
+    (["--suite", "strongest", "--eps", "0.1"], "'standard', 'autoattack', 'quick'"),
+    (["--suite", "standard", "--eps", "0.1", "--attack", "fgsm"], "not both"),
+    (["--suite", "quick", "--eps", "0.1", "--craft-on", "original"], "drop"),
+    (["--suite", "quick", "--eps", "0.1", "--norm", "l3"], "l3"),
+])
+def test_svd_suite_options_are_checked_before_the_run_directory(plain_run, tmp_path, args,
+                                                                message):
+    out = tmp_path / "svd"
+    res = runner.invoke(app, ["defend", "svd", str(plain_run), "--fraction", "0,0.5",
+                              "--out", str(out), *args])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and message in text and "Traceback" not in text, text
+    assert not out.exists()

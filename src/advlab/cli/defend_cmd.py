@@ -1,7 +1,8 @@
 """``advlab defend``: post-training defenses and certificates of trained classifiers.
 
 - ``advlab defend svd RUN --fraction 0:0.9:0.05 [--mode zero|scale] [--attack fgsm --eps 0.1]``:
-  test and adversarial accuracy against the fraction of singular values removed.
+  test and adversarial accuracy against the fraction of singular values removed;
+  ``--suite standard --eps 0.1`` evaluates each truncated model as ``eval robust`` does.
 - ``advlab defend certify RUN --eps 0.1,0.3``: Lipschitz bound and certified ℓ2 accuracy.
 - ``advlab defend latent AE_RUN --head lrl --code encode|project``: a classifier on the codes of
   an AE/VAE run, saved as a run that ``attack`` and ``eval robust`` take.
@@ -43,8 +44,17 @@ def svd(
     factor: float = typer.Option(10.0, help="Divisor of the bottom singular values (scale)."),
     attack: str = typer.Option(None, help="Attack for the adversarial accuracy (fgsm, pgd, ...); "
                                "none: clean accuracy only."),
-    eps: float = typer.Option(None, help="Budget of --attack."),
-    steps: int = typer.Option(None, help="Steps of --attack (pgd)."),
+    eps: float = typer.Option(None, help="Budget of --attack or --suite."),
+    steps: int = typer.Option(None, help="Steps of --attack (pgd), or of --suite's PGD [50]."),
+    suite: str = typer.Option(None, help="Evaluate each truncated model as `eval robust` does: "
+                              "standard | autoattack | quick (the original model is the "
+                              "transfer surrogate); the worst case is the adversarial accuracy."),
+    norm: str = typer.Option("linf", help="Threat model of --suite: linf | l2."),
+    aa_steps: int = typer.Option(100, min=1, help="--suite: APGD / FAB iterations."),
+    aa_targets: int = typer.Option(9, min=1, help="--suite: APGD-T / FAB-T target classes."),
+    square_queries: int = typer.Option(5000, min=1, help="--suite: Square's queries per point."),
+    restarts: int = typer.Option(10, min=1, help="--suite: PGD random restarts."),
+    n_checks: int = typer.Option(200, min=1, help="--suite: points of the soundness checks."),
     craft_on: str = typer.Option("truncated", help="truncated (white-box on each truncated "
                                  "model) | original (transfer from the unmodified model)."),
     n: int = typer.Option(None, help="Evaluate a seeded subset of n test points [all]."),
@@ -55,8 +65,9 @@ def svd(
     data_dir: Path = DataDirOption,
 ) -> None:
     """Zero (or shrink) the bottom singular values of every weight matrix; sweep the fraction."""
-    from advlab.attacks import create
+    from advlab.attacks import ThreatModel, create
     from advlab.defenses.svd import MODES, check_sweep, sweep
+    from advlab.eval.protocol import AutoAttackSettings, check_protocol
     from advlab.eval.robust import check_batch_size
     from advlab.report.attack_figures import accuracy_curves
     from advlab.runs import log_to_run, new_run_dir
@@ -68,29 +79,50 @@ def svd(
         fractions = parse_floats(fraction, "--fraction", low=0.0, high=1.0)
         if mode not in MODES:
             raise ValueError(f"expected --mode in {', '.join(MODES)}, got {mode!r}")
-        att = None
+        att, threat, protocol = None, None, {}
         params = {k: v for k, v in dict(eps=eps, steps=steps).items() if v is not None}
+        if attack is not None and suite is not None:
+            raise ValueError("give --attack NAME or --suite NAME, not both")
         if attack is not None:
             att = create(attack, **params)
+        elif suite is not None:
+            if eps is None:
+                raise ValueError("--suite needs --eps, the budget of its threat model")
+            threat = ThreatModel(norm, eps)
+            protocol = dict(steps=50 if steps is None else steps, restarts=restarts,
+                            n_checks=n_checks, seed=seed,
+                            autoattack=AutoAttackSettings(steps=aa_steps,
+                                                          n_target_classes=aa_targets,
+                                                          square_queries=square_queries))
+            check_protocol(threat, steps=protocol["steps"], restarts=restarts,
+                           n_checks=n_checks, suite=suite)
         elif params:
-            raise ValueError("--eps/--steps need --attack NAME")
-        check_sweep(fractions, mode=mode, factor=factor, craft_on=craft_on)
+            raise ValueError("--eps/--steps need --attack NAME or --suite NAME")
+        check_sweep(fractions, mode=mode, factor=factor, craft_on=craft_on, suite=suite,
+                    threat=threat)
         check_batch_size(batch_size)
         model, dataset, ds, dev = load_classifier_run(run, "test", n, seed, device)
         report = new_run_dir("defend-svd", out)
         config = {"command": "defend svd", "source_run": str(run), "dataset": dataset,
                   "n": len(ds), "seed": seed, "fractions": fractions, "mode": mode,
                   "factor": factor, "attack": att.config() if att else None,
-                  "craft_on": craft_on}
+                  "craft_on": craft_on, "suite": suite,
+                  "threat": None if threat is None else {"norm": norm, "eps": eps}}
         report.write_config(config)
         x, y = ds.x.to(dev), ds.y.to(dev)
         with log_to_run(report):
             rows = sweep(model, x, y, fractions, mode=mode, factor=factor, attack=att,
-                         craft_on=craft_on, batch_size=batch_size)
+                         craft_on=craft_on, batch_size=batch_size, suite=suite, threat=threat,
+                         **protocol)
         curves = {"test accuracy": (fractions, [r.clean_accuracy for r in rows])}
         if att is not None:
             label = f"{attack} eps={att.config().get('eps')} ({craft_on})"
             curves[label] = (fractions, [r.adversarial_accuracy for r in rows])
+        elif suite is not None:
+            curves[f"--suite {suite}, {norm} eps={eps:g} (worst case)"] = (
+                fractions, [r.adversarial_accuracy for r in rows])
+            curves["transfer from the original"] = (
+                fractions, [r.extra["transfer_accuracy"] for r in rows])
         verb = "zeroed" if mode == "zero" else f"divided by {factor:g}"
         accuracy_curves(curves, report.figures / "svd_sweep.png",
                         xlabel=f"fraction of singular values {verb}",
@@ -99,10 +131,18 @@ def svd(
         report.write_metrics(metrics)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
-    table = Table("fraction", "values changed", "test acc", "adversarial acc")
+    cols = ["fraction", "values changed", "test acc",
+            "worst case" if suite else "adversarial acc"]
+    table = Table(*cols, *(["transfer", "checks"] if suite else []))
     for r in rows:
         adv = "-" if r.adversarial_accuracy is None else f"{r.adversarial_accuracy:.4f}"
-        table.add_row(f"{r.fraction:.3g}", str(r.removed), f"{r.clean_accuracy:.4f}", adv)
+        cells = [f"{r.fraction:.3g}", str(r.removed), f"{r.clean_accuracy:.4f}", adv]
+        if suite:
+            tr = r.extra["transfer_accuracy"]
+            cells += ["-" if tr is None else f"{tr:.4f}",
+                      "pass" if r.extra["reliable"] else
+                      "FAIL: " + ", ".join(r.extra["failed_checks"])]
+        table.add_row(*cells)
     console.print(table)
     console.print(f"results in [bold]{report.path}[/]")
 

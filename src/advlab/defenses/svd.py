@@ -74,7 +74,8 @@ def svd_truncate(model: nn.Module, fraction: float, *, mode: str = "zero",
 
 
 def check_sweep(fractions: Sequence[float], *, mode: str = "zero", factor: float = 10.0,
-                craft_on: str = "truncated") -> None:
+                craft_on: str = "truncated", suite: str | None = None,
+                threat: Any = None) -> None:
     """Raise ``ValueError`` for settings ``sweep`` cannot run (cheap: a command calls it before
     loading anything or creating its run directory)."""
     for f in fractions:
@@ -82,6 +83,18 @@ def check_sweep(fractions: Sequence[float], *, mode: str = "zero", factor: float
     check_choice("mode", mode, MODES)
     check_number("factor", factor, positive=True)
     check_choice("craft_on", craft_on, ("truncated", "original"))
+    if suite is not None:
+        from advlab.attacks import ThreatModel
+        from advlab.eval.protocol import SUITES
+
+        check_choice("suite", suite, SUITES)
+        if craft_on != "truncated":
+            raise ValueError("a suite attacks each truncated model white-box, and its transfer "
+                             "step already crafts on the original model: drop "
+                             "craft_on='original' (--craft-on original)")
+        if not isinstance(threat, ThreatModel):
+            raise ValueError(f"a suite needs a threat (ThreatModel: norm and eps), got "
+                             f"{threat!r}")
 
 
 @dataclass(frozen=True)
@@ -95,16 +108,26 @@ class SweepRow:
 
 def sweep(model: nn.Module, x: Tensor, y: Tensor, fractions: Sequence[float], *,
           mode: str = "zero", factor: float = 10.0, attack: Any = None,
-          craft_on: str = "truncated", batch_size: int = 500) -> list[SweepRow]:
+          craft_on: str = "truncated", batch_size: int = 500, suite: str | None = None,
+          threat: Any = None, **protocol: Any) -> list[SweepRow]:
     """Clean and adversarial accuracy of ``svd_truncate(model, f)`` for every f in ``fractions``.
 
     ``attack`` (an ``advlab.attacks`` attack, or None) is run white-box on each truncated model
     (``craft_on="truncated"``), or once on the original ``model`` and its adversarial examples
     passed to every truncated model (``craft_on="original"``, a transfer setting).
+
+    ``suite`` (``standard``, ``autoattack`` or ``quick``, with ``threat``) instead evaluates
+    each truncated model with ``advlab.eval.standard_evaluation``, the original model as the
+    transfer surrogate; ``protocol`` goes to it (``n_checks``, ``seed``, ``autoattack``, ...).
+    The row's ``adversarial_accuracy`` is then the per-point worst case, and ``extra`` holds
+    ``reliable``, the failed checks, the transfer accuracy and every step's accuracy.
     """
     from advlab.eval.robust import predict, robust_accuracy
 
-    check_sweep(fractions, mode=mode, factor=factor, craft_on=craft_on)
+    check_sweep(fractions, mode=mode, factor=factor, craft_on=craft_on, suite=suite,
+                threat=threat)
+    if suite is not None and attack is not None:
+        raise ValueError("give an attack or a suite, not both")
     ranks = [min(m.weight.shape[0], math.prod(m.weight.shape[1:]))
              for _, m in weight_layers(model)]
     adv_original = None
@@ -116,12 +139,33 @@ def sweep(model: nn.Module, x: Tensor, y: Tensor, fractions: Sequence[float], *,
         m.eval()
         clean_logits = predict(m, x, batch_size)
         clean = (clean_logits.argmax(1) == y).float().mean().item()
-        adv_acc = None
-        if attack is not None and adv_original is None:
+        adv_acc, extra = None, {}
+        if suite is not None:
+            adv_acc, extra = _suite_row(m, model, x, y, suite, threat, batch_size, protocol)
+        elif attack is not None and adv_original is None:
             ev = robust_accuracy(m, x, y, attack, batch_size=batch_size,
                                  clean_logits=clean_logits)
             adv_acc = ev.robust_accuracy
         elif adv_original is not None:
             adv_acc = (predict(m, adv_original, batch_size).argmax(1) == y).float().mean().item()
-        rows.append(SweepRow(float(f), clean, adv_acc, sum(n_truncated(r, f) for r in ranks)))
+        rows.append(SweepRow(float(f), clean, adv_acc, sum(n_truncated(r, f) for r in ranks),
+                             extra))
     return rows
+
+
+def _suite_row(truncated: nn.Module, original: nn.Module, x: Tensor, y: Tensor, suite: str,
+               threat: Any, batch_size: int, protocol: dict[str, Any]
+               ) -> tuple[float, dict[str, Any]]:
+    """The worst case of ``standard_evaluation`` on the truncated model, and what to keep."""
+    from advlab.eval.protocol import standard_evaluation
+
+    res = standard_evaluation(truncated, x, y, threat=threat, suite=suite, surrogate=original,
+                              batch_size=batch_size, **protocol)
+    return res.robust_accuracy, {
+        "reliable": res.reliable,
+        "failed_checks": [c.name for c in res.checks if not c.passed],
+        "transfer_accuracy": res.transfer_accuracy,
+        # each step's accuracy within ε (a minimal attack's points broken beyond ε count as
+        # robust), as eval robust's metrics.json gives it
+        "attacks": {k: v.float().mean().item() for k, v in res.step_robust.items()},
+        "seconds": res.seconds}
