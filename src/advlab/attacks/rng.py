@@ -10,8 +10,9 @@ batch's positions in the whole set as ``index``; a direct ``attack(model, x, y)`
 ``arange(B)``.
 
 The hash is Wellons' ``lowbias32`` integer mixer applied twice per element, computed in int64
-tensor arithmetic kept below 2**48 (no overflow on any device); 24 bits of each hash make a
-float32 uniform in (0, 1), and Box–Muller turns pairs of them into normals.
+tensor arithmetic whose products stay below 2**63 in magnitude (no overflow on any device); 24
+bits of each hash make a float32 uniform in (0, 1), and Box–Muller turns pairs of them into
+normals.
 """
 
 from __future__ import annotations
@@ -24,19 +25,22 @@ from torch import Tensor
 _M32 = 0xFFFFFFFF
 
 
-def _mul32(x: Tensor, m: int) -> Tensor:
-    """``(x * m) mod 2**32`` for int64 ``x`` in [0, 2**32) without int64 overflow."""
-    lo, hi = m & 0xFFFF, m >> 16
-    return (x * lo + (((x * hi) & 0xFFFF) << 16)) & _M32
+def _mul32_(x: Tensor, m: int) -> Tensor:
+    """``(x * m) mod 2**32``, in place, for int64 ``x`` in [0, 2**32) and ``m`` in [0, 2**32),
+    without int64 overflow: ``m`` at or above 2**31 is replaced by ``m - 2**32`` (the same
+    residue), so |x·m| < 2**63, and the mask of a negative two's-complement product keeps its
+    correct low 32 bits. Two passes over ``x``."""
+    return x.mul_(m - (1 << 32) if m >= 1 << 31 else m).bitwise_and_(_M32)
 
 
 def _mix(x: Tensor) -> Tensor:
-    """Wellons' lowbias32: a bijection of [0, 2**32) with good avalanche."""
+    """Wellons' lowbias32: a bijection of [0, 2**32) with good avalanche (a new tensor; ten
+    passes over it, the allocation of one shift's result aside)."""
     x = x ^ (x >> 16)
-    x = _mul32(x, 0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = _mul32(x, 0x846CA68B)
-    return x ^ (x >> 16)
+    _mul32_(x, 0x7FEB352D)
+    x.bitwise_xor_(x >> 15)
+    _mul32_(x, 0x846CA68B)
+    return x.bitwise_xor_(x >> 16)
 
 
 def _check_key(key: int) -> int:

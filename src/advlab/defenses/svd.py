@@ -120,7 +120,7 @@ def sweep(model: nn.Module, x: Tensor, y: Tensor, fractions: Sequence[float], *,
     each truncated model with ``advlab.eval.standard_evaluation``, the original model as the
     transfer surrogate; ``protocol`` goes to it (``n_checks``, ``seed``, ``autoattack``, ...).
     The row's ``adversarial_accuracy`` is then the per-point worst case, and ``extra`` holds
-    ``reliable``, the failed checks, the transfer accuracy and every step's accuracy.
+    ``reliable``, the failed checks, the transfer accuracy and the worst case after each step.
     """
     from advlab.eval.robust import predict, robust_accuracy
 
@@ -165,7 +165,7 @@ def _suite_row(truncated: nn.Module, original: nn.Module, x: Tensor, y: Tensor, 
         "reliable": res.reliable,
         "failed_checks": [c.name for c in res.checks if not c.passed],
         "transfer_accuracy": res.transfer_accuracy,
-        # each step's accuracy within ε (a minimal attack's points broken beyond ε count as
-        # robust), as eval robust's metrics.json gives it
-        "attacks": {k: v.float().mean().item() for k, v in res.step_robust.items()},
+        # the worst case after each step and every step before it, in run order (eval
+        # robust's robust_accuracy_after): later steps attack only the points left
+        "robust_accuracy_after": dict(res.cumulative()),
         "seconds": res.seconds}
