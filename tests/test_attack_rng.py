@@ -183,3 +183,26 @@ def test_content_keys_depend_on_each_inputs_pixels_only():
     swapped[0, 0, 0, :2] = x[0, 0, 0, :2].flip(0)  # the same pixels in another order
     assert content_keys(swapped)[0] != keys[0]
     assert torch.equal(content_keys(x.double()), keys)  # keyed by the float32 value
+
+
+def _lowbias32(x: int) -> int:
+    """Wellons' lowbias32 in Python integers: the reference of the tensor hash."""
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+def test_the_tensor_hash_is_lowbias32_exactly_over_the_whole_32_bit_range():
+    from advlab.attacks.rng import _mix
+
+    edges = [0, 1, 2, 0xFFFF, 0x10000, 2**31 - 1, 2**31, 2**31 + 1, 2**32 - 2, 2**32 - 1]
+    rest = torch.randint(0, 2**32, (2000,), generator=torch.Generator().manual_seed(0),
+                         dtype=torch.int64).tolist()
+    values = edges + rest
+    x = torch.tensor(values, dtype=torch.int64)
+    out = _mix(x)
+    assert out.tolist() == [_lowbias32(v) for v in values]
+    assert x.tolist() == values  # the input is not modified
+    assert int(out.min()) >= 0 and int(out.max()) < 2**32
