@@ -115,7 +115,7 @@ class _State:
     hi: Tensor | None
     x: Tensor  # the current iterate x_k
     prev: Tensor  # x_{k−1}
-    dir: Tensor  # the steepest-ascent direction at x_k: sign(∇) or ∇/‖∇‖₂
+    dir: Tensor  # the steepest-ascent direction at x_k: sign(∇), or ∇ (ℓ2, scaled by dscale)
     x_best: Tensor  # the highest-loss point so far, its direction and loss
     dir_best: Tensor
     loss_best: Tensor
@@ -124,6 +124,8 @@ class _State:
     eta: Tensor  # step size
     ups: Tensor  # increases of the loss since the last checkpoint
     cut: Tensor  # the step was halved at the last checkpoint
+    dscale: Tensor | None = None  # ℓ2: 1/‖∇‖₂ per point, applied in the step (no pass over ∇)
+    dscale_best: Tensor | None = None
 
     def take(self, keep: Tensor) -> _State:
         return replace(self, **{f.name: getattr(self, f.name).index_select(0, keep)
@@ -131,9 +133,11 @@ class _State:
 
 
 def _evaluate(model: Model, x: Tensor, s: _State, loss: str, norm: str,
-              eot_iter: int) -> tuple[Tensor, Tensor, Tensor]:
-    """(logits, loss, ascent direction) at ``x``: one forward and backward pass, or with
-    ``eot_iter`` > 1 the means over that many (AutoAttack's EOT for randomized models)."""
+              eot_iter: int) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """(logits, loss, ascent direction, its per-point scale) at ``x``: one forward and backward
+    pass, or with ``eot_iter`` > 1 the means over that many (AutoAttack's EOT for randomized
+    models). ℓ∞: sign(∇) and None; ℓ2: ∇ itself and 1/‖∇‖₂ (A,), which the step applies, so the
+    gradient is not rescaled in a pass of its own."""
     logits = value = grad = None
     for _ in range(eot_iter):
         xg = x.detach().requires_grad_(True)
@@ -147,8 +151,8 @@ def _evaluate(model: Model, x: Tensor, s: _State, loss: str, norm: str,
     if eot_iter > 1:
         logits, value = logits / eot_iter, value / eot_iter
     if norm == "linf":
-        return logits, value, grad.sign_()
-    return logits, value, grad.div_(expand_as(lp_norm(grad, "l2").clamp_min(1e-12), grad))
+        return logits, value, grad.sign_(), None
+    return logits, value, grad, lp_norm(grad, "l2").clamp_min_(1e-12).reciprocal_()
 
 
 def _project_(z: Tensor, s: _State, threat: ThreatModel) -> Tensor:
@@ -169,8 +173,9 @@ def apgd_run(model: Model, x0: Tensor, y: Tensor, target: Tensor | None, start: 
     ``hit_target``, else not ``y``), else its highest-loss iterate. A point stops at its first
     success and the batch shrinks. Per step: one forward and backward pass (``eot_iter`` with
     EOT), in-place updates of preallocated buffers (ℓ∞: six passes over the batch for the
-    sign, the step, the momentum and two projections) and one host sync (two (A,) masks: the
-    points fooled, the points whose best loss rose); the checkpoints need no sync.
+    sign, the step, the momentum and two projections; ℓ2: the gradient's norm, the step with
+    η/‖∇‖₂, the momentum and two projections of four passes each) and one host sync (two (A,)
+    masks: the points fooled, the points whose best loss rose); the checkpoints need no sync.
     """
     n, norm = x0.shape[0], threat.norm
     adv, best = start.clone(), x0.new_full((n,), -torch.inf)
@@ -183,8 +188,9 @@ def apgd_run(model: Model, x0: Tensor, y: Tensor, target: Tensor | None, start: 
                dir_best=start, loss_best=best, loss_prev=best, loss_check=best,
                eta=x0.new_full((n,), 2 * threat.eps), ups=torch.zeros_like(used),
                cut=torch.ones_like(fooled))  # no "unchanged step" test at the first checkpoint
-    logits, value, s.dir = _evaluate(model, s.x, s, loss, norm, eot_iter)
+    logits, value, s.dir, s.dscale = _evaluate(model, s.x, s, loss, norm, eot_iter)
     s.dir_best, s.loss_best, s.loss_prev, s.loss_check = s.dir.clone(), value, value, value
+    s.dscale_best = None if s.dscale is None else s.dscale.clone()
 
     def retire(s: _State, ok: Tensor, value: Tensor, step: int) -> _State:
         """Record the points fooled at ``s.x`` (``ok``: a host bool mask) and drop them."""
@@ -207,13 +213,14 @@ def apgd_run(model: Model, x0: Tensor, y: Tensor, target: Tensor | None, start: 
             break
         if buf.shape != s.x.shape:  # the batch shrank
             buf = torch.empty_like(s.x)
-        z = _project_(torch.addcmul(s.x, expand_as(s.eta, s.x), s.dir, out=buf), s, threat)
+        rate = s.eta if s.dscale is None else s.eta * s.dscale  # (A,): ℓ2 η/‖∇‖₂
+        z = _project_(torch.addcmul(s.x, expand_as(rate, s.x), s.dir, out=buf), s, threat)
         if i > 0:  # x_k + α(z − x_k) + (1 − α)(x_k − x_{k−1}) = lerp(2x_k − x_{k−1}, z, α)
             z, buf = _project_(s.prev.lerp_(s.x, 2.0).lerp_(z, MOMENTUM), s, threat), z
         else:
             buf = s.prev
         s.prev, s.x = s.x, z
-        logits, value, s.dir = _evaluate(model, s.x, s, loss, norm, eot_iter)
+        logits, value, s.dir, s.dscale = _evaluate(model, s.x, s, loss, norm, eot_iter)
         s.ups += value > s.loss_prev
         s.loss_prev = value
         better = value > s.loss_best
@@ -225,6 +232,8 @@ def apgd_run(model: Model, x0: Tensor, y: Tensor, target: Tensor | None, start: 
             up = better.nonzero().squeeze(1).to(s.x.device)
             s.x_best.index_copy_(0, up, s.x.index_select(0, up))
             s.dir_best.index_copy_(0, up, s.dir.index_select(0, up))
+            if s.dscale is not None:
+                s.dscale_best.index_copy_(0, up, s.dscale.index_select(0, up))
         s = retire(s, ok, value, i + 1)
         if i + 1 in marks:  # halve a stalled step and go back to the best point
             k, last = i + 1 - last, i + 1
@@ -233,6 +242,8 @@ def apgd_run(model: Model, x0: Tensor, y: Tensor, target: Tensor | None, start: 
             w = expand_as(cut.to(s.x.dtype), s.x)
             s.x.lerp_(s.x_best, w)  # a 0/1 weight: an exact select in one pass, no sync
             s.dir.lerp_(s.dir_best, w)
+            if s.dscale is not None:
+                s.dscale = torch.where(cut, s.dscale_best, s.dscale)
             s.cut, s.loss_check, s.ups = cut, s.loss_best, torch.zeros_like(s.ups)
     adv[s.rows], best[s.rows] = s.x_best, s.loss_best
     return adv, fooled, best, used
