@@ -6,14 +6,16 @@ For a classifier run (default: the ``fast-at`` job of the ``mnist-linf`` recipe,
 on the first ``n`` MNIST test points at ℓ∞ ε = 0.3, one thread: the ``autoattack`` suite of
 ``advlab eval robust`` vs torchattacks' AutoAttack at two budgets (seconds, robust accuracy),
 each run in a fresh process (``--worker``) as a user would start it, the libraries
-alternating. Then APGD's cost per gradient step against one forward+backward, and Square's
-queries per fooled point. Writes docs/benchmarks/autoattack.md.
+alternating (``--part suites``, docs/benchmarks/autoattack.md). Then APGD's cost per gradient
+step against one forward+backward, and Square's queries per fooled point (``--part steps``,
+docs/benchmarks/autoattack-steps.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -93,9 +95,13 @@ def _theirs(model, x, y, eps: float, steps: int | None, acc: dict) -> float:
     return seconds
 
 
-def _apgd_cost(model, x, reps: int, steps: int = 100) -> tuple[float, dict[str, float]]:
-    """(CPU seconds of one forward+backward, {APGD variant: CPU seconds per step}) on ``x``,
-    medians of ``reps`` alternated runs of ``steps`` steps (AutoAttack's 100 iterations)."""
+def _apgd_cost(model, x, reps: int, steps: int = 100
+               ) -> tuple[float, dict[str, tuple[float, float]]]:
+    """(CPU seconds of one forward+backward, {APGD variant: (CPU seconds per step, ratio)}) on
+    ``x``, over ``reps`` rounds of ``steps`` steps (AutoAttack's 100 iterations). Paired: in a
+    round the floor is timed before the first variant and after each one, and a variant's
+    ratio is its time over the mean of the two floors beside it (the machine's drift between
+    rounds cancels); medians over the rounds."""
     from advlab.attacks import APGD, APGDT
 
     with torch.no_grad():
@@ -114,8 +120,20 @@ def _apgd_cost(model, x, reps: int, steps: int = 100) -> tuple[float, dict[str, 
     def cost(attack):
         return lambda r: clocked(lambda: attack(model, x, y), clock)[0] / steps
 
-    base, *per_step = alternated([floor, *map(cost, attacks.values())], reps)
-    return base, dict(zip(attacks, per_step, strict=True))
+    floors, secs = [], {k: [] for k in attacks}
+    ratios = {k: [] for k in attacks}
+    for r in range(reps):
+        before = floor(r)
+        floors.append(before)
+        for name, attack in attacks.items():
+            t = cost(attack)(r)
+            after = floor(r)
+            floors.append(after)
+            secs[name].append(t)
+            ratios[name].append(t / ((before + after) / 2))
+            before = after
+    med = statistics.median
+    return med(floors), {k: (med(secs[k]), med(ratios[k])) for k in attacks}
 
 
 def _square_queries(model, x, y, eps: float) -> list[tuple[float, int]]:
@@ -143,15 +161,27 @@ BUDGETS = {100: ("AutoAttack's budget (100 iterations)", 100, 100),
 
 
 def main(quick: bool = False, run: Path = DEFAULT_RUN, n: int = 1000, eps: float = 0.3,
-         repeats: int = 1, budgets: tuple[int, ...] = (100, 10)) -> None:
+         repeats: int = 1, budgets: tuple[int, ...] = (100, 10), part: str = "all",
+         rounds: int = 7) -> None:
+    """``part``: ``suites`` (the suite timings, docs/benchmarks/autoattack.md), ``steps``
+    (APGD per step and Square's queries, autoattack-steps.md) or ``all``."""
     torch.set_num_threads(1)
-    from advlab import data
-    from advlab.weights import load_model
+    model_run(run, HINT)
+    if part in ("all", "suites"):
+        _suites(quick, run, n, eps, repeats, budgets)
+    if part in ("all", "steps"):
+        _steps(quick, run, n, eps, rounds)
 
-    model = load_model(model_run(run, HINT)).eval()
+
+def _command(run: Path, quick: bool, part: str, **options) -> str:
+    name = run.relative_to(ROOT) if run.is_relative_to(ROOT) else run
+    return (f"python -m bench.autoattack --model-run {name} --part {part} "
+            + " ".join(f"--{k} {v}" for k, v in options.items()) + " --quick" * quick)
+
+
+def _suites(quick: bool, run: Path, n: int, eps: float, repeats: int,
+            budgets: tuple[int, ...]) -> None:
     n = min(n, 20) if quick else n
-    test = data.load("mnist", "test")
-    x, y = test.x[:n], test.y[:n]
     rows, after = [], {}
     for label, ours_steps, their_steps in (BUDGETS[b] for b in budgets):
         acc: dict = {}
@@ -161,16 +191,9 @@ def main(quick: bool = False, run: Path = DEFAULT_RUN, n: int = 1000, eps: float
         rows.append(f"| {label} | {o:.1f} | {t:.1f} | **{t / o:.2f}×** | "
                     f"{acc['advlab']:.2%} | {acc['torchattacks']:.2%} |")
         print(rows[-1], flush=True)
-    xa, reps, steps = x[:500], *((1, 10) if quick else (5, 100))
-    floor, per_step = _apgd_cost(model, xa, reps, steps)
-    choice = backward.conv_backward(model, x.shape[1:], x.device)
-    (sq_ours, sq_n_ours), (sq_theirs, sq_n_theirs) = _square_queries(model, x[:200], y[:200], eps)
     name = run.relative_to(ROOT) if run.is_relative_to(ROOT) else run
-
     cumul = "; ".join(f"{label}: " + ", ".join(f"{k} {v:.2%}" for k, v in steps)
                       for label, steps in after.items())
-    apgd = "\n".join(f"| {k} | {1e3 * v:.1f} | {1e3 * floor:.1f} | **{v / floor:.3f}** |"
-                     for k, v in per_step.items())
     body = f"""
 Model: `{name}`; the first {n} MNIST test points; ℓ∞ ε = {eps:g}; one thread; every run in a
 fresh Python process, as a user starts it, the libraries alternating ({repeats} run(s) each,
@@ -188,24 +211,51 @@ torchattacks robust accuracy |
 
 advlab after each attack (cumulative): {cumul}.
 
-APGD per gradient step on {len(xa)} of these points (ε = 0: every step on the whole batch),
-against one forward+backward of the model (advlab chose the {choice} CPU convolution backward
-for both; CPU time of the one thread, medians of {reps} alternated runs of {steps} steps; the
-fixed costs — the clean and final forward passes, the random start — are spread over them):
+APGD's cost per gradient step and Square's queries: the next section.
+"""
+    options = {"n": n, "repeats": repeats}
+    if budgets != (100, 10):
+        options["budgets"] = ",".join(map(str, budgets))
+    write_fragment("autoattack" + "-quick" * quick,
+                   "AutoAttack-grade evaluation vs torchattacks' AutoAttack",
+                   _command(run, quick, "suites", **options), body)
+
+
+def _steps(quick: bool, run: Path, n: int, eps: float, rounds: int) -> None:
+    from advlab import data
+    from advlab.weights import load_model
+
+    model = load_model(run).eval()
+    test = data.load("mnist", "test")
+    x, y = test.x[:min(n, 500)], test.y[:min(n, 500)]
+    reps, steps = (1, 10) if quick else (rounds, 100)
+    floor, per_step = _apgd_cost(model, x, reps, steps)
+    choice = backward.conv_backward(model, x.shape[1:], x.device)
+    (sq_ours, sq_n_ours), (sq_theirs, sq_n_theirs) = _square_queries(model, x[:200], y[:200], eps)
+    apgd = "\n".join(f"| {k} | {1e3 * v:.1f} | {1e3 * floor:.1f} | **{r:.3f}** |"
+                     for k, (v, r) in per_step.items())
+    print(apgd, flush=True)
+    name = run.relative_to(ROOT) if run.is_relative_to(ROOT) else run
+    body = f"""
+Model: `{name}`. APGD per gradient step on the first {len(x)} MNIST test points (ε = 0: every
+step on the whole batch), against one forward+backward of the model (advlab chose the {choice}
+CPU convolution backward for both); CPU time of the one thread. {reps} rounds; in each, the
+floor is timed before the first variant and after every variant, and a variant's ratio is its
+time over the mean of the two floors beside it (the machine's drift cancels within a pair);
+medians over the rounds. The fixed costs — the clean and final forward passes, the random
+start — are spread over the {steps} steps. Target: ≤ 1.05.
 
 | attack | ms per step | ms per forward+backward | ratio |
 |---|---|---|---|
 {apgd}
 
-Square, 5000 queries, on the correctly classified points among the first {min(n, 200)}: median
-queries per fooled point {sq_ours:.0f} (advlab, {sq_n_ours} fooled) vs {sq_theirs:.0f}
-(torchattacks, {sq_n_theirs} fooled).
+Square, 5000 queries, ℓ∞ ε = {eps:g}, on the correctly classified points among the first 200:
+median queries per fooled point {sq_ours:.0f} (advlab, {sq_n_ours} fooled) vs {sq_theirs:.0f}
+(torchattacks 3.5.1, {sq_n_theirs} fooled).
 """
-    write_fragment("autoattack" + "-quick" * quick,
-                   "AutoAttack-grade evaluation vs torchattacks' AutoAttack",
-                   f"python -m bench.autoattack --model-run {name} --n {n} --repeats {repeats}"
-                   + (f" --budgets {','.join(map(str, budgets))}" if budgets != (100, 10) else "")
-                   + " --quick" * quick, body)
+    write_fragment("autoattack-steps" + "-quick" * quick,
+                   "APGD per gradient step, and Square's queries",
+                   _command(run, quick, "steps", rounds=rounds), body)
 
 
 if __name__ == "__main__":
@@ -218,6 +268,9 @@ if __name__ == "__main__":
     ap.add_argument("--quick", action="store_true", help="20 points, short APGD timing")
     ap.add_argument("--budgets", default="100,10",
                     help="rows: 100 (AutoAttack's iterations), 10 (torchattacks' default)")
+    ap.add_argument("--part", choices=("all", "suites", "steps"), default="all",
+                    help="suites: the suite timings; steps: APGD per step and Square's queries")
+    ap.add_argument("--rounds", type=int, default=7, help="paired rounds of the APGD timing")
     ap.add_argument("--worker", choices=("advlab", "torchattacks"), help=argparse.SUPPRESS)
     ap.add_argument("--steps", type=int, default=0, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -227,4 +280,4 @@ if __name__ == "__main__":
         budgets = tuple(int(b) for b in a.budgets.split(","))
         if not set(budgets) <= set(BUDGETS):
             ap.error(f"--budgets: expected some of 100,10, got {a.budgets!r}")
-        main(a.quick, a.model_run.resolve(), a.n, a.eps, a.repeats, budgets)
+        main(a.quick, a.model_run.resolve(), a.n, a.eps, a.repeats, budgets, a.part, a.rounds)

@@ -21,7 +21,9 @@ def assemble() -> None:
     from advlab import recipes
 
     have = {p.stem for p in FRAGMENTS.glob("*.md") if not p.stem.endswith("-quick")}
-    first = ORDER + [f"recipe-{name}" for name in recipes.names()] + OLDER
+    parts_of = {name: sorted(s for s in have if s.startswith(f"{name}-")) for name in ORDER}
+    first = ([s for name in ORDER for s in (name, *parts_of[name])]  # NAME, then NAME-part
+             + [f"recipe-{name}" for name in recipes.names()] + OLDER)
     rest = sorted(have - set(first), key=lambda s: (not s.startswith("recipe-"), s))
     parts = ["# advlab benchmarks\n",
              "Every figure here was measured by the command named in its section, on the machine "
