@@ -272,16 +272,21 @@ def test_a_recipe_run_becomes_a_markdown_section(tmp_path):
 @pytest.mark.slow
 def test_a_recipe_under_torchrun_gives_the_single_process_numbers(tmp_path):
     """`advlab reproduce --nproc 2`: every job runs sharded / data-parallel on 2 gloo
-    processes, rank 0 writes, and the verdicts equal one process's."""
+    processes, rank 0 writes, and the verdicts equal one process's. A job with its own
+    `nproc: 2` relaunches its own command (not the recipe's) from a one-process recipe, and
+    runs on the recipe's processes under `--nproc 2`."""
     import subprocess
     import sys
 
     from test_distributed import TIMEOUT, env
 
     doc = _doc()
-    doc["jobs"].append({"name": "rob", "command": "eval robust", "run": "clf",
-                        "options": {"eps": 0.1, "suite": "quick", "n": 40, "aa-steps": 10}})
+    rob = {"eps": 0.1, "suite": "quick", "n": 40, "aa-steps": 10}
+    doc["jobs"].append({"name": "rob", "command": "eval robust", "run": "clf", "options": rob})
+    doc["jobs"].append({"name": "rob2", "command": "eval robust", "run": "clf",
+                        "options": {**rob, "nproc": 2}})
     doc["verdicts"].append({"quantity": "rob", "value": "{rob:robust_accuracy}"})
+    doc["verdicts"].append({"quantity": "rob2", "value": "{rob2:robust_accuracy}"})
     path = _write(tmp_path, doc)
     one, two = tmp_path / "one", tmp_path / "two"
     res = runner.invoke(app, ["reproduce", path, "--out", str(one), "--device", "cpu",
@@ -294,6 +299,9 @@ def test_a_recipe_under_torchrun_gives_the_single_process_numbers(tmp_path):
     a = json.loads((one / "metrics.json").read_text())["verdicts"]
     b = json.loads((two / "metrics.json").read_text())["verdicts"]
     assert [v["advlab"] for v in b] == pytest.approx([v["advlab"] for v in a], abs=1e-6)
+    # rob2 relaunched its own command on 2 processes (it used to relaunch the recipe's command
+    # line, which refused the recipe's directory); its numbers are one process's
+    assert a[-1]["advlab"] == pytest.approx(a[-2]["advlab"], abs=1e-6)
     assert done.stdout.count("source vs advlab") == 1  # rank 0 alone prints
 
 

@@ -17,7 +17,8 @@ from advlab.recipes import load
 from advlab.recipes.runner import _accepts
 
 RECIPES = ("latent-defenses", "gan-vae")
-DATA = {"latent-defenses": ("mnist", "fashion-mnist"), "gan-vae": ("mnist", "fashion-mnist", "cifar10-jpeg")}
+DATA = {"latent-defenses": ("mnist", "fashion-mnist"),
+        "gan-vae": ("mnist", "fashion-mnist", "cifar10-jpeg")}
 # a row read from a list of a job's metrics (a sweep): the entry's own eps / fraction
 _INDEXED = re.compile(r"\{([a-z0-9-]+):(per_eps|rows|certified_accuracy)\.(\d+)\.")
 _KEY = {"per_eps": "eps", "rows": "fraction", "certified_accuracy": "eps"}

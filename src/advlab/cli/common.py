@@ -24,6 +24,9 @@ DataDirOption = typer.Option(None, "--data-dir", help="Data root (overrides ADVL
 
 
 _VERBOSE = {"on": False}
+# the command lines run in this process by ``advlab reproduce`` (innermost last): what
+# ``--nproc`` relaunches, instead of the recipe's own command line in sys.argv
+_IN_PROCESS: list[list[str]] = []
 
 
 def set_verbose(on: bool) -> None:
@@ -74,12 +77,18 @@ def relaunch(nproc: int | None) -> None:
         return
     from advlab import distributed
 
-    entry = Path(sys.argv[0])  # the advlab script, or advlab/__main__.py (python -m advlab)
-    if entry.stem != "advlab" and entry.parent.name != "advlab":
-        fail(f"expected --nproc on the advlab command line, got a call from {sys.argv[0]!r}; "
-             f"start it with torchrun -m advlab instead")
+    if _IN_PROCESS:  # a recipe's job: relaunch the job's command, not the recipe's
+        args = _IN_PROCESS[-1]
+        if distributed.launched() and distributed.world_size() == nproc:
+            return  # the recipe already runs as nproc processes: the job runs on them
+    else:
+        entry = Path(sys.argv[0])  # the advlab script, or advlab/__main__.py (python -m advlab)
+        if entry.stem != "advlab" and entry.parent.name != "advlab":
+            fail(f"expected --nproc on the advlab command line, got a call from "
+                 f"{sys.argv[0]!r}; start it with torchrun -m advlab instead")
+        args = sys.argv[1:]
     try:
-        code = distributed.launch(nproc, distributed.strip_option(sys.argv[1:], "--nproc"))
+        code = distributed.launch(nproc, distributed.strip_option(args, "--nproc"))
     except ValueError as e:  # --nproc inside a torchrun job
         fail(str(e))
     raise typer.Exit(code)

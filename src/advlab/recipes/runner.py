@@ -38,11 +38,12 @@ def invoke(args: list[str]) -> int:
     from typer import Exit
 
     from advlab.cli import report_cmd
-    from advlab.cli.common import _VERBOSE, console
+    from advlab.cli.common import _IN_PROCESS, _VERBOSE, console
     from advlab.cli.main import app
 
     depth, quiet = len(report_cmd._STACK), console.quiet
     console.quiet = quiet or not _VERBOSE["on"]  # each job's tables: in its report (-v: here)
+    _IN_PROCESS.append(list(args))  # what a job's --nproc relaunches
     try:
         rv = typer.main.get_command(app).main(args, prog_name="advlab", standalone_mode=False)
         return rv if isinstance(rv, int) else 0
@@ -56,6 +57,7 @@ def invoke(args: list[str]) -> int:
         return e.exit_code
     finally:
         console.quiet = quiet
+        _IN_PROCESS.pop()
         del report_cmd._STACK[depth:]  # a failed command leaves its collection behind
 
 
