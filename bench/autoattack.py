@@ -173,9 +173,13 @@ def main(quick: bool = False, run: Path = DEFAULT_RUN, n: int = 1000, eps: float
         _steps(quick, run, n, eps, rounds)
 
 
+def _shown(run: Path) -> Path:
+    """``run`` as the docs name it: relative to the checkout when inside it."""
+    return run.relative_to(ROOT) if run.is_relative_to(ROOT) else run
+
+
 def _command(run: Path, quick: bool, part: str, **options) -> str:
-    name = run.relative_to(ROOT) if run.is_relative_to(ROOT) else run
-    return (f"python -m bench.autoattack --model-run {name} --part {part} "
+    return (f"python -m bench.autoattack --model-run {_shown(run)} --part {part} "
             + " ".join(f"--{k} {v}" for k, v in options.items()) + " --quick" * quick)
 
 
@@ -191,7 +195,7 @@ def _suites(quick: bool, run: Path, n: int, eps: float, repeats: int,
         rows.append(f"| {label} | {o:.1f} | {t:.1f} | **{t / o:.2f}×** | "
                     f"{acc['advlab']:.2%} | {acc['torchattacks']:.2%} |")
         print(rows[-1], flush=True)
-    name = run.relative_to(ROOT) if run.is_relative_to(ROOT) else run
+    name = _shown(run)
     cumul = "; ".join(f"{label}: " + ", ".join(f"{k} {v:.2%}" for k, v in steps)
                       for label, steps in after.items())
     body = f"""
@@ -235,7 +239,7 @@ def _steps(quick: bool, run: Path, n: int, eps: float, rounds: int) -> None:
     apgd = "\n".join(f"| {k} | {1e3 * v:.1f} | {1e3 * floor:.1f} | **{r:.3f}** |"
                      for k, (v, r) in per_step.items())
     print(apgd, flush=True)
-    name = run.relative_to(ROOT) if run.is_relative_to(ROOT) else run
+    name = _shown(run)
     body = f"""
 Model: `{name}`. APGD per gradient step on the first {len(x)} MNIST test points (ε = 0: every
 step on the whole batch), against one forward+backward of the model (advlab chose the {choice}

@@ -34,8 +34,8 @@ def _mul32_(x: Tensor, m: int) -> Tensor:
 
 
 def _mix(x: Tensor) -> Tensor:
-    """Wellons' lowbias32: a bijection of [0, 2**32) with good avalanche (a new tensor; ten
-    passes over it, the allocation of one shift's result aside)."""
+    """Wellons' lowbias32: a bijection of [0, 2**32) with good avalanche (``x`` is left as it
+    is; the result is updated in place, ten passes over it)."""
     x = x ^ (x >> 16)
     _mul32_(x, 0x7FEB352D)
     x.bitwise_xor_(x >> 15)

@@ -67,7 +67,7 @@ def svd(
     """Zero (or shrink) the bottom singular values of every weight matrix; sweep the fraction."""
     from advlab.attacks import ThreatModel, create
     from advlab.defenses.svd import MODES, check_sweep, sweep
-    from advlab.eval.protocol import AutoAttackSettings, check_protocol
+    from advlab.eval.protocol import AutoAttackSettings
     from advlab.eval.robust import check_batch_size
     from advlab.report.attack_figures import accuracy_curves
     from advlab.runs import log_to_run, new_run_dir
@@ -81,11 +81,9 @@ def svd(
             raise ValueError(f"expected --mode in {', '.join(MODES)}, got {mode!r}")
         att, threat, protocol = None, None, {}
         params = {k: v for k, v in dict(eps=eps, steps=steps).items() if v is not None}
-        if attack is not None and suite is not None:
-            raise ValueError("give --attack NAME or --suite NAME, not both")
         if attack is not None:
             att = create(attack, **params)
-        elif suite is not None:
+        if suite is not None:
             if eps is None:
                 raise ValueError("--suite needs --eps, the budget of its threat model")
             threat = ThreatModel(norm, eps)
@@ -94,12 +92,10 @@ def svd(
                             autoattack=AutoAttackSettings(steps=aa_steps,
                                                           n_target_classes=aa_targets,
                                                           square_queries=square_queries))
-            check_protocol(threat, steps=protocol["steps"], restarts=restarts,
-                           n_checks=n_checks, suite=suite)
-        elif params:
+        elif att is None and params:
             raise ValueError("--eps/--steps need --attack NAME or --suite NAME")
-        check_sweep(fractions, mode=mode, factor=factor, craft_on=craft_on, suite=suite,
-                    threat=threat)
+        check_sweep(fractions, mode=mode, factor=factor, craft_on=craft_on, attack=att,
+                    suite=suite, threat=threat, **protocol)
         check_batch_size(batch_size)
         model, dataset, ds, dev = load_classifier_run(run, "test", n, seed, device)
         report = new_run_dir("defend-svd", out)

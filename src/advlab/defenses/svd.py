@@ -74,27 +74,28 @@ def svd_truncate(model: nn.Module, fraction: float, *, mode: str = "zero",
 
 
 def check_sweep(fractions: Sequence[float], *, mode: str = "zero", factor: float = 10.0,
-                craft_on: str = "truncated", suite: str | None = None,
-                threat: Any = None) -> None:
+                craft_on: str = "truncated", attack: Any = None, suite: str | None = None,
+                threat: Any = None, **protocol: Any) -> None:
     """Raise ``ValueError`` for settings ``sweep`` cannot run (cheap: a command calls it before
-    loading anything or creating its run directory)."""
+    loading anything or creating its run directory); with a ``suite``, ``threat`` and the
+    ``protocol`` options as ``advlab.eval.protocol.check_protocol`` checks them."""
     for f in fractions:
         check_fraction("fraction", f)
     check_choice("mode", mode, MODES)
     check_number("factor", factor, positive=True)
     check_choice("craft_on", craft_on, ("truncated", "original"))
-    if suite is not None:
-        from advlab.attacks import ThreatModel
-        from advlab.eval.protocol import SUITES
+    if suite is None:
+        return
+    from advlab.eval.protocol import check_protocol
 
-        check_choice("suite", suite, SUITES)
-        if craft_on != "truncated":
-            raise ValueError("a suite attacks each truncated model white-box, and its transfer "
-                             "step already crafts on the original model: drop "
-                             "craft_on='original' (--craft-on original)")
-        if not isinstance(threat, ThreatModel):
-            raise ValueError(f"a suite needs a threat (ThreatModel: norm and eps), got "
-                             f"{threat!r}")
+    if attack is not None:
+        raise ValueError("give an attack or a suite, not both")
+    if craft_on != "truncated":
+        raise ValueError("a suite attacks each truncated model white-box, and its transfer "
+                         "step already crafts on the original model: drop "
+                         "craft_on='original' (--craft-on original)")
+    checked = ("steps", "restarts", "minimal", "eot", "n_checks", "batch_size")
+    check_protocol(threat, suite=suite, **{k: v for k, v in protocol.items() if k in checked})
 
 
 @dataclass(frozen=True)
@@ -124,10 +125,8 @@ def sweep(model: nn.Module, x: Tensor, y: Tensor, fractions: Sequence[float], *,
     """
     from advlab.eval.robust import predict, robust_accuracy
 
-    check_sweep(fractions, mode=mode, factor=factor, craft_on=craft_on, suite=suite,
-                threat=threat)
-    if suite is not None and attack is not None:
-        raise ValueError("give an attack or a suite, not both")
+    check_sweep(fractions, mode=mode, factor=factor, craft_on=craft_on, attack=attack,
+                suite=suite, threat=threat, **protocol)
     ranks = [min(m.weight.shape[0], math.prod(m.weight.shape[1:]))
              for _, m in weight_layers(model)]
     adv_original = None
