@@ -9,6 +9,7 @@ fingerprint of the weights it ends with to ``OUT.<rank>.json``.
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import torch
@@ -54,3 +55,9 @@ def main(path: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    # torch's gloo threads can abort the interpreter's own teardown now and then ("terminate
+    # called without an active exception", after destroy_process_group): everything is
+    # written and the group is left, so end the process without that teardown
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
